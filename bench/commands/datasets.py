@@ -1,0 +1,171 @@
+"""`python -m bench datasets ...`: list, show, import, validate, build and fetch datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("datasets", help="list, show, import and validate expert-load traces")
+    dsub = p.add_subparsers(dest="datasets_command", metavar="ACTION", required=True)
+
+    q = dsub.add_parser("list", help="list built-in, public and user datasets")
+    q.add_argument("--json", action="store_true", help="print one JSON array")
+    q.set_defaults(func=cmd_list)
+
+    q = dsub.add_parser("show", help="show a dataset's card and shape (builds a public dataset on first use)")
+    q.add_argument("id", help="dataset id, NAME or NAME@VERSION")
+    q.add_argument("--json", action="store_true", help="print one JSON document")
+    q.set_defaults(func=cmd_show)
+
+    q = dsub.add_parser("import", help="import a load dump into the user registry")
+    q.add_argument("path", type=Path)
+    q.add_argument("--format", required=True, help="dump format (see `datasets formats`)")
+    q.add_argument("--id", required=True, help="dataset id to store it under")
+    q.add_argument("--version", type=int, default=None, help="version number (default: next free)")
+    q.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="format-specific option")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_import)
+
+    q = dsub.add_parser("validate", help="check a stored trace folder or a dump without storing it")
+    q.add_argument("path", type=Path)
+    q.add_argument("--format", default=None, help="dump format; default: a stored trace folder, or npz by suffix")
+    q.set_defaults(func=cmd_validate)
+
+    q = dsub.add_parser("formats", help="list the import formats")
+    q.set_defaults(func=cmd_formats)
+
+    q = dsub.add_parser("build", help="build a declared public dataset from a local copy")
+    q.add_argument("id")
+    q.add_argument("--from", dest="source", type=Path, default=None, help="folder or archive of the upstream files")
+    q.set_defaults(func=cmd_build)
+
+    q = dsub.add_parser("fetch", help="download a public dataset's upstream archive (needs network)")
+    q.add_argument("id")
+    q.set_defaults(func=cmd_fetch)
+
+
+def parse_options(pairs: list[str]) -> dict:
+    """KEY=VALUE strings -> dict, values parsed as JSON where they parse (numbers, booleans)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_list(args) -> int:
+    from datasets_registry import registry
+    from datasets_registry.sources import PUBLIC
+
+    rows = [registry.summary(e) for e in registry.entries()]
+    have = {r["id"] for r in rows}
+    for src in PUBLIC.values():
+        if src.id not in have:
+            rows.append({"id": src.id, "version": src.card.version, "kind": "public (not built)", "layers": src.card.model.moe_layers,
+                         "experts": src.card.model.experts, "records": None, "first_step": None, "last_step": None,
+                         "static": False, "source": src.url, "licence": src.licence, "fingerprint": None})
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="datasets")
+    for col in ("id", "version", "kind", "layers", "experts", "records", "steps", "licence"):
+        table.add_column(col, no_wrap=col == "id")
+    for r in rows:
+        steps = f"{r['first_step']}..{r['last_step']}" if r["records"] else "-"
+        table.add_row(r["id"], str(r["version"]), r["kind"], str(r["layers"]), str(r["experts"]), str(r["records"] or "-"), steps, r["licence"])
+    Console().print(table)
+    return 0
+
+
+def cmd_show(args) -> int:
+    from datasets_registry import registry, storage
+
+    entry = registry.resolve(args.id)
+    trace = storage.load(entry.folder)
+    info = registry.describe(trace, entry)
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"{info['id']}@{info['version']}  ({info['kind']}, {info['path']})")
+    print(f"  {info['title']}" if info.get("title") else "", end="")
+    print(f"\n  shape: {info['records']} records x {info['layers']} MoE layers x {info['experts']} experts")
+    print(f"  steps: {info['first_step']} .. {info['last_step']} ({info['step_unit']})")
+    tpr = info["tokens_per_record"]
+    print(f"  routed slots per layer per record: {tpr['min']}" + ("" if tpr["constant"] else f" .. {tpr['max']}"))
+    print(f"  model: {json.dumps({k: v for k, v in info['model'].items() if v is not None})}")
+    print(f"  source: {info['source_summary']}")
+    print(f"  licence: {info['licence']}")
+    print(f"  fingerprint: {info['fingerprint']}")
+    if info.get("notes"):
+        print(f"  notes: {info['notes']}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    from datasets_registry import registry
+    from datasets_registry.importers import import_path
+
+    trace = import_path(args.path, args.format, **parse_options(args.option))
+    entry = registry.add(trace, args.id, args.version)
+    info = registry.summary(entry)
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        print()
+    else:
+        print(f"imported {args.path} as {entry.ref}: {info['records']} records x {info['layers']} layers x {info['experts']} experts ({info['fingerprint']})")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from datasets_registry import storage
+    from datasets_registry.importers import import_path
+
+    if args.format is None and args.path.is_dir() and (args.path / storage.CARD_FILE).exists():
+        trace = storage.load(args.path)
+    else:
+        trace = import_path(args.path, args.format or args.path.suffix.lstrip(".").lower() or "npz")
+    s = trace.summary()
+    print(f"{args.path}: valid, {s['records']} records x {s['layers']} layers x {s['experts']} experts, steps {s['first_step']}..{s['last_step']}, {s['fingerprint']}")
+    return 0
+
+
+def cmd_formats(args) -> int:
+    from datasets_registry.importers import FORMATS
+
+    for name, (_, desc) in sorted(FORMATS.items()):
+        print(f"{name:24s} {desc}")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from datasets_registry.sources import PUBLIC
+
+    if args.id not in PUBLIC:
+        raise LookupError(f"{args.id!r} is not a declared public dataset; declared: {', '.join(PUBLIC)}")
+    entry = PUBLIC[args.id].build(args.source)
+    print(f"built {entry.ref} at {entry.folder}")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from datasets_registry.sources import PUBLIC
+
+    if args.id not in PUBLIC:
+        raise LookupError(f"{args.id!r} is not a declared public dataset; declared: {', '.join(PUBLIC)}")
+    dest = PUBLIC[args.id].fetch()
+    print(f"downloaded {dest}")
+    return 0

@@ -1,0 +1,38 @@
+"""Forecast errors and the noise floor, exactly as the protocol defines them.
+
+All functions work on one origin's horizon for every layer at once: ``phat`` and ``p`` are
+``[H, L, E]`` and results are ``[L]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+METRICS = ("error_rate", "window_error", "mape", "noise_floor")
+
+
+def forecast_errors(phat: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+    """error_rate, window_error and mape per layer for one origin."""
+    E = p.shape[-1]
+    diff = np.abs(phat - p)
+    return {
+        "error_rate": diff.sum(axis=2).mean(axis=0),
+        "window_error": np.abs(phat.mean(axis=0) - p.mean(axis=0)).sum(axis=1),
+        "mape": (diff / np.maximum(p, 1.0 / (100 * E))).mean(axis=(0, 2)),
+    }
+
+
+def noise_floor(q: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """E|sum_e (X_e/N - q_e)| for X ~ Multinomial(N, q), per layer: exact, by linearity.
+
+    Each marginal X_e is Binomial(N, q_e), whose mean absolute deviation has de Moivre's
+    closed form ``2 (m+1) (1-q) P(X = m+1)`` with ``m = floor(N q)``.
+    `q` is ``[L, E]`` (each row a distribution), `n` the routed slots per step ``[L]``.
+    """
+    from scipy.stats import binom
+
+    n = np.rint(np.asarray(n, dtype=np.float64))[:, None]
+    q = np.clip(q, 0.0, 1.0)
+    m = np.floor(n * q)
+    mad = 2.0 * (m + 1.0) * (1.0 - q) * binom.pmf(m + 1.0, n, q)
+    return mad.sum(axis=1) / n[:, 0]

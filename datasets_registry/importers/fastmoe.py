@@ -1,0 +1,119 @@
+"""FastMoE / SmartMoE ``FileGate`` tables.
+
+Files ``table_iter{I}_rank{R}.log`` hold one line per MoE layer, ``<layer>:<json>``, where the
+JSON is a list of micro-batches, each a list of per-expert token counts (upstream reader:
+``fmoe/gates/file_gate.py``). A record is one iteration: the sum over ranks and micro-batches.
+The tables are read straight from a folder or from a ``.tar``/``.tar.gz``/``.tar.xz`` archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..trace import TraceError
+from .common import build_trace, file_hashes, sha256_file
+
+TABLE_NAME = re.compile(r"(?:^|/)table_iter(\d+)_rank(\d+)\.log$")
+
+
+def _members(path: Path) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of every table file in a folder or tar archive."""
+    if path.is_dir():
+        for f in sorted(path.rglob("table_iter*_rank*.log")):
+            yield str(f), f.read_bytes()
+        return
+    try:
+        with tarfile.open(path, mode="r|*") as tar:
+            for m in tar:
+                if m.isfile() and TABLE_NAME.search(m.name):
+                    yield f"{path}:{m.name}", tar.extractfile(m).read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise TraceError(str(path), f"not a readable folder or tar archive of FileGate tables ({exc})") from None
+
+
+def _parse_table(name: str, text: bytes) -> tuple[list[str], np.ndarray]:
+    """Layer labels and the per-layer per-expert sums over micro-batches of one table file."""
+    labels, rows = [], []
+    try:
+        lines = text.decode("utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise TraceError(name, "not a UTF-8 text file") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        label, sep, body = line.partition(":")
+        if not sep:
+            raise TraceError(name, f"line {lineno}: expected '<layer>:<json list>'")
+        try:
+            mb = json.loads(body)
+        except json.JSONDecodeError as exc:
+            raise TraceError(name, f"line {lineno} (layer {label.strip()}): invalid JSON ({exc.msg})") from None
+        try:
+            arr = np.asarray(mb, dtype=np.float64)
+        except (ValueError, TypeError):
+            raise TraceError(name, f"line {lineno} (layer {label.strip()}): micro-batches must be equal-length lists of numbers") from None
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] == 0:
+            raise TraceError(name, f"line {lineno} (layer {label.strip()}): expected [micro-batch][expert] counts, got shape {arr.shape}")
+        if not np.isfinite(arr).all():
+            raise TraceError(name, f"line {lineno} (layer {label.strip()}): NaN or inf count")
+        if (arr < 0).any():
+            raise TraceError(name, f"line {lineno} (layer {label.strip()}): negative count")
+        if (arr != np.round(arr)).any():
+            raise TraceError(name, f"line {lineno} (layer {label.strip()}): non-integer count")
+        labels.append(label.strip())
+        rows.append(arr.sum(axis=0))
+    if not rows:
+        raise TraceError(name, "empty table")
+    widths = {len(r) for r in rows}
+    if len(widths) != 1:
+        raise TraceError(name, f"layers have different numbers of experts: {sorted(widths)}")
+    return labels, np.stack(rows)
+
+
+def read_fastmoe(path: Path) -> "Trace":  # noqa: F821
+    per_iter: dict[int, dict[int, np.ndarray]] = {}
+    labels_seen: list[str] | None = None
+    hashes: dict[str, str] = {}
+    for name, data in _members(path):
+        it, rank = (int(x) for x in TABLE_NAME.search(name).groups())
+        labels, sums = _parse_table(name, data)
+        if labels_seen is None:
+            labels_seen, first_name = labels, name
+        elif labels != labels_seen:
+            raise TraceError(name, f"layers {labels} differ from {labels_seen} in {first_name}")
+        if rank in per_iter.setdefault(it, {}):
+            raise TraceError(name, f"iteration {it}, rank {rank} appears twice")
+        per_iter[it][rank] = sums
+        hashes[name.rsplit("/", 1)[-1].split(":")[-1]] = hashlib.sha256(data).hexdigest()
+    if not per_iter:
+        raise TraceError(str(path), "no table_iter{I}_rank{R}.log files found")
+    iters = sorted(per_iter)
+    ranks = sorted(per_iter[iters[0]])
+    shapes = {s.shape for d in per_iter.values() for s in d.values()}
+    if len(shapes) != 1:
+        raise TraceError(str(path), f"tables disagree on [layers, experts]: {sorted(shapes)}")
+    for it in iters:
+        if sorted(per_iter[it]) != ranks:
+            raise TraceError(str(path), f"iteration {it} has ranks {sorted(per_iter[it])}, expected {ranks}")
+    counts = np.stack([np.sum([per_iter[it][r] for r in ranks], axis=0) for it in iters])
+    files = {"archive": {path.name: sha256_file(path)}} if path.is_file() else {}
+    files["tables"] = dict(sorted(hashes.items()))
+    return build_trace(
+        counts,
+        np.asarray(iters),
+        path=path,
+        fmt="fastmoe",
+        files=files,
+        layer_names=[f"layer{x}" for x in labels_seen],
+        notes=f"summed over {len(ranks)} ranks and all micro-batches",
+        extra={"ranks": len(ranks)},
+    )

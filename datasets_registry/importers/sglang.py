@@ -1,0 +1,183 @@
+"""SGLang's expert distribution recorder (``python/sglang/srt/eplb/expert_distribution.py``).
+
+``stat`` / ``stat_approx`` mode: rank 0 writes ``expert_distribution_recorder_{time}.pt`` =
+``dict(rank, logical_count, average_utilization_rate_over_window)``, ``logical_count`` int
+``[buffer rows, layers, logical experts]``: one row a forward pass, already summed over ranks
+and mapped to logical experts. The rows are the recorder's whole buffer:
+
+- ``--expert-distribution-recorder-buffer-size -1``: a growing buffer, rows in pass order;
+- default (1000): a circular buffer. A pass is written at ``_curr_index``, which then advances
+  modulo the size; ``reset()`` (run at start and after each dump) zeroes the rows but keeps
+  ``_curr_index``, and the dump does not include it. So the unfilled rows are all-zero, and if
+  they form one (cyclic) run, the write position is the start of that run and the oldest pass
+  the row just after it: the importer rotates the rows into pass order and drops the zero run.
+  If there are no zero rows the buffer is full and its order cannot be told from the file (give
+  ``ring_start=K``, the oldest row, if known); if the zero rows form several runs, passes with no
+  tokens are mixed in and the write position cannot be told either: the zero rows are dropped
+  and the rest kept in buffer order. Every such change is warned about and written in the notes.
+
+The dump holds no forward-pass ids: steps are the pass's position, 0..T-1.
+
+``per_pass`` / ``per_token`` mode: every rank writes ``expert_distribution_recorder_{time}_{rank}.pt``
+= ``dict(records=[...], last_physical_to_logical_map)``; a record has ``forward_pass_id``,
+``rank`` and ``global_physical_count [layers, physical experts]`` (that rank's tokens). Records
+are summed over ranks per forward pass and mapped from physical to logical experts with
+``last_physical_to_logical_map [layers, physical] -> logical id``.
+
+In both modes whole-model layer arrays include dense layers as all-zero columns: they are
+dropped and named in the card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..trace import ModelInfo, TraceError
+from .common import build_trace, file_hashes
+from .dumps import (counts_array, drop_dense_layers, drop_empty_records, dump_files, expert_ids, finish_notes, int_option,
+                    load_pt, physical_to_logical, ranges, require_keys, warn)
+
+SOURCE_FILE = "python/sglang/srt/eplb/expert_distribution.py"
+
+
+def _single_file(path: Path, fmt: str) -> Path:
+    if path.is_dir():
+        files = sorted(path.glob("*.pt"))
+        if len(files) != 1:
+            raise TraceError(str(path), f"format {fmt!r} reads one .pt file; this folder has {len(files)}: name the file")
+        return files[0]
+    return path
+
+
+def _ring_order(zero: np.ndarray, ring_start: int | None, notes: list[str]) -> tuple[np.ndarray, int | None]:
+    """Buffer rows in pass order with the all-zero ones left out, and the oldest row if known."""
+    n = len(zero)
+    if ring_start is not None:
+        start = ring_start
+        how = f"rows rotated so that buffer row {start} (option ring_start) comes first" if start else "rows in buffer order (option ring_start=0)"
+    elif not zero.any():
+        warn(notes, f"all {n} buffer rows are filled and SGLang's dump does not record the circular buffer's write position: rows "
+                    "kept in buffer order, which is pass order only if the buffer did not wrap (buffer size -1, or exactly "
+                    f"{n} passes recorded); pass --option ring_start=K (the oldest row) to rotate them")
+        return np.arange(n), None
+    else:
+        runs = np.flatnonzero(zero != np.roll(zero, 1))  # cyclic run starts
+        zero_runs = [int(i) for i in runs if zero[i]]
+        if len(zero_runs) == 1:
+            first_zero = zero_runs[0]
+            after = np.flatnonzero(~np.roll(zero, -first_zero))[0]
+            start = (first_zero + int(after)) % n
+            how = (f"rows rotated so that buffer row {start} comes first (the write position: the row after the zero run)" if start
+                   else "remaining rows already in pass order")
+            warn(notes, f"dropped {int(zero.sum())} unfilled (all-zero) rows {ranges(np.flatnonzero(zero))} of the {n}-row circular "
+                        f"buffer; {how}")
+            return np.roll(np.arange(n), -start)[~np.roll(zero, -start)], start
+        warn(notes, f"dropped {int(zero.sum())} all-zero rows at buffer positions {ranges(np.flatnonzero(zero))}: they form "
+                    f"{len(zero_runs)} separate runs (unfilled rows and passes without tokens look alike), so the buffer's write "
+                    "position cannot be told: the other rows are kept in buffer order, which may be a rotation of pass order")
+        return np.flatnonzero(~zero), None
+    order = np.roll(np.arange(n), -start)
+    keep = order[~zero[order]]
+    msg = how + (f"; dropped {int(zero.sum())} all-zero rows {ranges(np.flatnonzero(zero))}" if zero.any() else "")
+    if start or zero.any():
+        warn(notes, msg)
+    else:
+        notes.append(msg)
+    return keep, start
+
+
+def read_stat(path: Path, ring_start: int | None = None) -> "Trace":  # noqa: F821
+    """``stat`` / ``stat_approx`` dump: one ``.pt`` with ``logical_count [passes, layers, experts]``."""
+    fmt = "sglang-stat"
+    path = _single_file(path, fmt)
+    data = require_keys(load_pt(path), ["logical_count"], path, "the dump")
+    counts = counts_array(data["logical_count"], path, "logical_count", 3)
+    n = counts.shape[0]
+    ring_start = int_option(ring_start, "ring_start", path, fmt, "", required=False, minimum=0)
+    if ring_start is not None and ring_start >= n:
+        raise TraceError(str(path), f"option ring_start={ring_start} is not a row of the {n}-row buffer")
+    zero = counts.reshape(n, -1).sum(axis=1) == 0
+    if zero.all():
+        raise TraceError(str(path), f"logical_count: all {n} rows are zero (nothing was recorded)")
+    notes: list[str] = []
+    rows, start = _ring_order(zero, ring_start, notes)
+    extra: dict = {"buffer_rows": n, "oldest_buffer_row": start, "dropped_rows": int(zero.sum()), "rank": data.get("rank")}
+    rate = data.get("average_utilization_rate_over_window")
+    if isinstance(rate, (int, float)):
+        extra["average_utilization_rate_over_window"] = float(rate)
+    labels = [f"layer{i}" for i in range(counts.shape[1])]
+    counts, labels = drop_dense_layers(counts[rows], labels, path, notes, extra)
+    notes.insert(0, f"SGLang stat recorder ({SOURCE_FILE}): logical_count is already summed over ranks and mapped to logical "
+                    "experts; steps are pass positions 0..T-1 (the dump holds no forward-pass ids)")
+    return build_trace(counts, np.arange(counts.shape[0]), path=path, fmt=fmt, files=file_hashes([path]), layer_names=labels,
+                       model=ModelInfo(experts=counts.shape[2]), step_unit="forward pass", notes=finish_notes(notes), extra=extra)
+
+
+def _read_rank_file(f: Path, experts: int | None) -> tuple[dict, np.ndarray]:
+    """(forward_pass_id, rank, gatherer_key) -> global_physical_count, and the mapping, of one rank's file."""
+    data = require_keys(load_pt(f), ["records", "last_physical_to_logical_map"], f, "the dump")
+    mapping = expert_ids(data["last_physical_to_logical_map"], f, "last_physical_to_logical_map", experts, 2)
+    if not isinstance(data["records"], (list, tuple)):
+        raise TraceError(str(f), f"records must be a list, got {type(data['records']).__name__}")
+    out: dict = {}
+    for i, rec in enumerate(data["records"]):
+        what = f"records[{i}]"
+        require_keys(rec, ["forward_pass_id", "rank", "global_physical_count"], f, what)
+        ids = []
+        for key in ("forward_pass_id", "rank"):
+            v = rec[key]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise TraceError(str(f), f"{what}.{key} must be a non-negative integer, got {v!r}")
+            ids.append(int(v))
+        phys = counts_array(rec["global_physical_count"], f, f"{what}.global_physical_count", 2)
+        if phys.shape != mapping.shape:
+            raise TraceError(str(f), f"{what}.global_physical_count has shape {phys.shape} but last_physical_to_logical_map "
+                                     f"has {mapping.shape} [layers, physical experts]")
+        key = (*ids, str(rec.get("gatherer_key", "primary")))
+        if key in out:
+            raise TraceError(str(f), f"{what} repeats forward pass {key[0]} of rank {key[1]}")
+        out[key] = phys
+    if not out:
+        raise TraceError(str(f), "records is empty")
+    return out, mapping
+
+
+def read_per_pass(path: Path, experts: int | None = None) -> "Trace":  # noqa: F821
+    """``per_pass`` / ``per_token`` dump: a folder of per-rank ``.pt`` files (or one of them)."""
+    fmt = "sglang-per-pass"
+    experts = int_option(experts, "experts", path, fmt, "", required=False)
+    files = dump_files(path, "*.pt", "SGLang per-pass recorder files")
+    records: dict = {}
+    rank_file: dict[int, Path] = {}
+    mapping = first = None
+    for f in files:
+        recs, m = _read_rank_file(f, experts)
+        if mapping is None:
+            mapping, first = m, f
+        elif not np.array_equal(m, mapping):
+            raise TraceError(str(f), f"last_physical_to_logical_map differs from the one in {first.name}")
+        for (pass_id, rank, _), phys in recs.items():
+            if rank_file.setdefault(rank, f) != f:
+                raise TraceError(str(f), f"rank {rank} also has records in {rank_file[rank].name}")
+            records.setdefault(pass_id, {}).setdefault(rank, []).append(phys)
+    ranks = sorted(rank_file)
+    steps = np.array(sorted(records), dtype=np.int64)
+    for pass_id in steps.tolist():
+        missing = sorted(set(ranks) - set(records[pass_id]))
+        if missing:
+            raise TraceError(str(rank_file[missing[0]]), f"forward pass {pass_id} has no record from rank(s) {missing}, which "
+                                                         "recorded other passes")
+    physical = np.stack([np.sum([p for r in ranks for p in records[s][r]], axis=0) for s in steps.tolist()])
+    E = experts if experts is not None else int(mapping.max()) + 1
+    notes = [f"SGLang per-pass recorder ({SOURCE_FILE}): global_physical_count summed over {len(ranks)} rank(s) per forward "
+             f"pass and mapped from {mapping.shape[1]} physical to {E} logical experts with last_physical_to_logical_map (the map "
+             "at dump time; passes recorded before an EPLB rebalance are mapped with it too)"]
+    extra: dict = {"ranks": ranks, "physical_experts": int(mapping.shape[1])}
+    counts = physical_to_logical(physical, mapping, E)
+    counts, steps = drop_empty_records(counts, steps, notes, extra, "forward pass")
+    counts, labels = drop_dense_layers(counts, [f"layer{i}" for i in range(counts.shape[1])], path, notes, extra)
+    return build_trace(counts, steps, path=path, fmt=fmt, files=file_hashes(files, path if path.is_dir() else None),
+                       layer_names=labels, model=ModelInfo(experts=E), step_unit="forward pass", notes=finish_notes(notes),
+                       extra=extra)

@@ -1,0 +1,146 @@
+"""Public datasets, declared with their upstream source and built from a local copy.
+
+The project never commits a public dataset's raw files. A declared dataset is built on first
+use from a local copy found at (in order):
+
+1. ``$MOE_LOAD_BENCH_SOURCE_<ID>`` (id upper-cased, '-' and '.' as '_'): a folder or archive;
+2. ``<dir>/<id>`` or ``<dir>/<archive name>`` for each ``<dir>`` in ``$MOE_LOAD_BENCH_SOURCES``
+   (a ``os.pathsep``-separated list);
+3. ``<data home>/sources/<id>``.
+
+``python -m bench datasets fetch ID`` downloads the upstream archive into place 3 where the
+network allows. Without a copy the error says what to fetch and where to put it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .trace import Card, ModelInfo
+
+
+class SourceMissing(FileNotFoundError):
+    pass
+
+
+@dataclass(frozen=True)
+class PublicSource:
+    id: str
+    title: str
+    url: str  # upstream archive of the pinned commit
+    repository: str
+    commit: str
+    path_in_repo: str
+    licence: str
+    importer: str  # a format of datasets_registry.importers
+    archive_name: str  # the name a downloaded or repacked archive goes by
+    card: Card
+
+    @property
+    def env_var(self) -> str:
+        return "MOE_LOAD_BENCH_SOURCE_" + self.id.upper().replace("-", "_").replace(".", "_")
+
+    def candidates(self) -> list[Path]:
+        from .registry import data_home
+
+        out = []
+        if os.environ.get(self.env_var):
+            out.append(Path(os.environ[self.env_var]).expanduser())
+        for d in filter(None, os.environ.get("MOE_LOAD_BENCH_SOURCES", "").split(os.pathsep)):
+            d = Path(d).expanduser()
+            out += [d / self.id / self.archive_name, d / self.id, d / self.archive_name]
+        home = data_home() / "sources" / self.id
+        out += [home / self.archive_name, home]
+        return out
+
+    def local_copy(self) -> Path:
+        for path in self.candidates():
+            if path.is_file() or (path.is_dir() and any(path.iterdir())):
+                return path
+        from .registry import data_home
+
+        raise SourceMissing(
+            f"dataset {self.id!r} is not built and no local copy of its source was found.\n"
+            f"  Upstream: {self.url}\n"
+            f"  ({self.repository} at commit {self.commit}, folder {self.path_in_repo}/, licence {self.licence})\n"
+            f"  Fetch that archive (or run `python -m bench datasets fetch {self.id}` where the network allows) and\n"
+            f"  put the archive or its {self.path_in_repo}/ folder at {data_home() / 'sources' / self.id}/,\n"
+            f"  or point {self.env_var} (or MOE_LOAD_BENCH_SOURCES) at it.\n"
+            f"  Looked in: {', '.join(str(p) for p in self.candidates())}"
+        )
+
+    def build(self, path: str | os.PathLike | None = None):
+        """Import the local copy (or `path`) and store it as version 1 of this dataset."""
+        from . import registry
+        from .importers import import_path
+
+        src = Path(path) if path is not None else self.local_copy()
+        trace = import_path(src, self.importer)
+        card = dataclasses.replace(
+            self.card,
+            source={**trace.card.source, "url": self.url, "repository": self.repository, "commit": self.commit, "path": self.path_in_repo, "built_from": str(src)},
+            fingerprint=trace.fingerprint,
+            layer_names=trace.card.layer_names,
+        )
+        folder = registry.user_datasets_dir() / self.id / "v1"
+        if folder.exists():
+            return registry.Entry(self.id, 1, "public", folder)
+        from . import storage
+        from .trace import Trace
+
+        storage.save(Trace(trace.counts, trace.steps, card), folder)
+        return registry.Entry(self.id, 1, "public", folder)
+
+    def fetch(self, timeout: float = 60.0) -> Path:
+        """Download the upstream archive into the data home's sources folder."""
+        from .registry import data_home
+
+        dest_dir = data_home() / "sources" / self.id
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        dest = dest_dir / Path(self.url).name
+        with tempfile.NamedTemporaryFile(dir=dest_dir, delete=False) as tmp:
+            try:
+                with urllib.request.urlopen(self.url, timeout=timeout) as resp:
+                    shutil.copyfileobj(resp, tmp)
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
+        os.replace(tmp.name, dest)
+        return dest
+
+
+SMARTMOE_AE = PublicSource(
+    id="smartmoe-ae",
+    title="SmartMoE-AE expert-selection trace of a GPT-MoE training run",
+    url="https://github.com/thu-pacman/SmartMoE-AE/archive/e19b3a994db5.tar.gz",
+    repository="thu-pacman/SmartMoE-AE",
+    commit="e19b3a994db5",
+    path_in_repo="moe_trace",
+    licence="GPL-3.0",
+    importer="fastmoe",
+    archive_name="moe_trace.tar.xz",
+    card=Card(
+        id="smartmoe-ae",
+        version=1,
+        title="SmartMoE-AE expert-selection trace of a GPT-MoE training run",
+        licence="GPL-3.0",
+        model=ModelInfo(moe_layers=24, experts=32, top_k=2, tokens_per_step=131072),
+        step_unit="training iteration",
+        notes=(
+            "Artifact of the ATC'23 paper 'SmartMoE: Efficiently Training Sparsely-Activated Models through "
+            "Combining Static and Dynamic Parallelization'. FastMoE FileGate tables of a GPT-MoE trained with "
+            "FastMoE/Megatron on 16 data-parallel ranks x 4 micro-batches; every 10th iteration recorded "
+            "(1..5001). Each micro-batch routes 2048 tokens x top-2 = 4096 slots, so 262,144 slots per layer per "
+            "record. The exact model configuration (width, router, aux loss) is not documented upstream; loads are "
+            "strongly skewed, so no strong balancing loss is apparent."
+        ),
+    ),
+)
+
+PUBLIC: dict[str, PublicSource] = {s.id: s for s in (SMARTMOE_AE,)}

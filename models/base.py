@@ -1,0 +1,167 @@
+"""The predictor interface: the harness owns the loop, a contributor writes only the model.
+
+A predictor is configured by keyword parameters (declared with their defaults in
+``defaults``), may be fitted on whole training traces, receives the trace under test one chunk
+of past records at a time, and forecasts the load proportions of the next ``horizon`` records of
+every layer at once: ``phat[horizon, layers, experts]``.
+
+It never sees the trace under test itself. The harness hands it *copies* of the records before
+the current origin (:meth:`Predictor.observe`), which it keeps in its own :class:`History`; there
+is no reference through which a record at or after the origin could be reached.
+
+To write one, subclass :class:`Predictor` and implement :meth:`predict` (and, where useful,
+:meth:`fit`, :meth:`update`, :meth:`refit`)::
+
+    class LastValue(Predictor):
+        name = "last"
+        def predict(self, horizon):
+            return self.repeat(self.history.proportions[-1], horizon)
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+
+class ParamError(ValueError):
+    pass
+
+
+class History:
+    """The records of one trace that a predictor has been shown, in order, and nothing else."""
+
+    def __init__(self, layers: int, experts: int, capacity: int = 256):
+        self.layers, self.experts = layers, experts
+        self._counts = np.zeros((capacity, layers, experts), dtype=np.int64)
+        self._p = np.zeros((capacity, layers, experts), dtype=np.float64)
+        self._steps = np.zeros(capacity, dtype=np.int64)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(self, counts: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """Add records; returns their proportions."""
+        k = len(steps)
+        if self._n + k > len(self._steps):
+            cap = max(2 * len(self._steps), self._n + k)
+            for attr in ("_counts", "_p", "_steps"):
+                old = getattr(self, attr)
+                new = np.zeros((cap,) + old.shape[1:], dtype=old.dtype)
+                new[: self._n] = old[: self._n]
+                setattr(self, attr, new)
+        sl = slice(self._n, self._n + k)
+        self._counts[sl] = counts
+        self._steps[sl] = steps
+        self._p[sl] = counts / counts.sum(axis=2, keepdims=True)
+        self._n += k
+        return self._p[sl]
+
+    def _view(self, arr: np.ndarray) -> np.ndarray:
+        v = arr[: self._n]
+        v.flags.writeable = False
+        return v
+
+    @property
+    def counts(self) -> np.ndarray:
+        """[n, L, E] token counts seen so far (read-only)."""
+        return self._view(self._counts)
+
+    @property
+    def proportions(self) -> np.ndarray:
+        """[n, L, E] load proportions seen so far (read-only)."""
+        return self._view(self._p)
+
+    @property
+    def steps(self) -> np.ndarray:
+        return self._view(self._steps)
+
+    def since(self, iterations: int) -> slice:
+        """Records within the last `iterations` iterations (at least the last record)."""
+        if self._n == 0:
+            return slice(0, 0)
+        start = int(np.searchsorted(self._steps[: self._n], self._steps[self._n - 1] - iterations, side="right"))
+        return slice(min(start, self._n - 1), self._n)
+
+
+class Predictor:
+    """Base class of every load predictor. See the module docstring."""
+
+    #: The name `--model` selects it by.
+    name: ClassVar[str] = ""
+    #: Parameters and their defaults; `--param key=value` may set only these.
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: Whether it cannot work without the task's training traces.
+    needs_training: ClassVar[bool] = False
+    #: Refit policies it supports: "every" (every origin), "every:K", "once".
+    refit_policies: ClassVar[tuple[str, ...]] = ("every", "every:K", "once")
+    #: Optuna search space: param -> ("int"|"float"|"log"|"cat", low, high) or ("cat", [choices]).
+    search_space: ClassVar[dict[str, tuple]] = {}
+    #: Bumped when the model's behaviour changes, so cached results are not reused.
+    version: ClassVar[int] = 1
+
+    def __init__(self, **params: Any):
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            known = ", ".join(f"{k}={v!r}" for k, v in self.defaults.items()) or "none"
+            raise ParamError(f"{self.name or type(self).__name__}: unknown parameter(s) {unknown}; known: {known}")
+        self.params = {**self.defaults, **{k: self._coerce(k, v) for k, v in params.items()}}
+        self.history: History | None = None
+
+    def _coerce(self, key: str, value: Any) -> Any:
+        default = self.defaults[key]
+        if default is None or value is None or isinstance(default, str) and isinstance(value, str):
+            return value
+        try:
+            if isinstance(default, bool):
+                if isinstance(value, str):
+                    return {"true": True, "1": True, "false": False, "0": False}[value.lower()]
+                return bool(value)
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                out = type(default)(value)
+                if isinstance(default, int) and out != float(value):
+                    raise ValueError
+                return out
+        except (ValueError, KeyError, TypeError):
+            raise ParamError(f"{self.name}: parameter {key}={value!r} must be of type {type(default).__name__}") from None
+        return value
+
+    # ---- called by the harness -------------------------------------------------------------
+    def start(self, layers: int, experts: int, training: Sequence[Any] = ()) -> None:
+        """Reset for a new trace under test; fit on the training traces if there are any."""
+        self.history = History(layers, experts)
+        if self.needs_training and not training:
+            raise ParamError(f"{self.name} needs training traces: give the task --train DATASET")
+        if training:
+            self.fit(training)
+
+    def observe(self, counts: np.ndarray, steps: np.ndarray) -> None:
+        """New past records arrived (copies, never views of the trace under test)."""
+        if len(steps):
+            p = self.history.append(counts, steps)
+            self.update(p, self.history.steps[-len(steps):])
+
+    # ---- written by a contributor ----------------------------------------------------------
+    def fit(self, training: Sequence[Any]) -> None:
+        """Learn from whole training traces (other runs, never the trace under test)."""
+
+    def update(self, proportions: np.ndarray, steps: np.ndarray) -> None:
+        """Cheap state update with the records just appended to ``self.history``."""
+
+    def refit(self) -> None:
+        """Re-estimate from ``self.history``; the task's refit policy says when it is called."""
+
+    def predict(self, horizon: int) -> np.ndarray:
+        """Return phat[horizon, layers, experts]: each row a distribution over experts."""
+        raise NotImplementedError
+
+    # ---- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def repeat(estimate: np.ndarray, horizon: int) -> np.ndarray:
+        """A constant forecast: `estimate[L, E]` for every record of the horizon (no copy)."""
+        return np.broadcast_to(estimate, (horizon,) + estimate.shape)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "params": dict(self.params), "version": self.version}

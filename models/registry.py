@@ -1,0 +1,84 @@
+"""Find a predictor class from what the user typed after `--model`.
+
+- a built-in name (``sw_avg``, ``arima``, ...): :data:`BUILTIN`, imported only when chosen;
+- a name registered by an installed package under the entry-point group
+  ``moe_load_bench.predictors``;
+- ``path/to/file.py:ClassName``: a predictor defined in a file;
+- ``sktime:Forecaster`` / ``darts:Model``: a forecaster of those libraries through an adapter.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+from .base import Predictor
+
+ENTRY_POINT_GROUP = "moe_load_bench.predictors"
+
+#: name -> "module:Class", imported on use.
+BUILTIN: dict[str, str] = {
+    "sw_avg": "models.baselines:SlidingWindowAverage",
+    "last": "models.baselines:LastValue",
+    "ema": "models.baselines:ExponentialMovingAverage",
+    "static": "models.baselines:StaticShare",
+    "sw_sum": "models.baselines:SlidingWindowSum",
+    "arima": "models.arima:Arima",
+    "lstm": "models.lstm:LSTMPredictor",
+}
+
+#: "prefix:" -> "module:function(name) -> class" for library adapters.
+ADAPTERS: dict[str, str] = {
+    "sktime": "models.adapters.sktime:adapter_class",
+    "darts": "models.adapters.darts:adapter_class",
+}
+
+
+def _import(target: str):
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _from_file(path: Path, cls_name: str) -> type:
+    if not path.is_file():
+        raise LookupError(f"{path}: no such predictor file")
+    mod_name = f"_moe_load_bench_plugin_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    spec.loader.exec_module(module)
+    if not hasattr(module, cls_name):
+        raise LookupError(f"{path}: defines no {cls_name!r}")
+    return getattr(module, cls_name)
+
+
+def plugin_names() -> dict[str, object]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available() -> list[str]:
+    return sorted(set(BUILTIN) | set(plugin_names()))
+
+
+def predictor_class(spec: str) -> type[Predictor]:
+    """The predictor class that `spec` names (see the module docstring)."""
+    if spec in BUILTIN:
+        cls = _import(BUILTIN[spec])
+    elif spec in plugin_names():
+        cls = plugin_names()[spec].load()
+    elif ":" in spec and spec.split(":", 1)[0] in ADAPTERS:
+        prefix, name = spec.split(":", 1)
+        cls = _import(ADAPTERS[prefix])(name)
+    elif ".py:" in spec:
+        path, _, cls_name = spec.rpartition(":")
+        cls = _from_file(Path(path), cls_name)
+    else:
+        raise LookupError(f"unknown model {spec!r}; available: {', '.join(available())}, sktime:NAME, darts:NAME, path/to/file.py:Class")
+    if not (isinstance(cls, type) and issubclass(cls, Predictor)):
+        raise LookupError(f"{spec!r} is not a moe-load-bench Predictor subclass")
+    if not cls.name:
+        cls.name = spec
+    return cls
