@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from .placement import derive
+
 STATES = ("all", "transient", "stable")
 
 
@@ -35,6 +37,7 @@ def summarize(frame, failures: list[dict], horizons, metrics: list[str]) -> dict
                 "transient": _mean_over_origins_then_layers(df[df["state"] == "transient"] if not df.empty else df, m),
                 "stable": _mean_over_origins_then_layers(df[df["state"] == "stable"] if not df.empty else df, m),
             }
+        derive(entry)  # ratio metrics (gap closed, speed-ups) from the aggregated means of their parts
         entry["n_origins"] = n_ok + n_failed
         entry["failures"] = n_failed
         if not df.empty:

@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "bench.commands.plugins",
     "bench.commands.tune",
     "bench.commands.grid",
+    "bench.commands.placement",
 ]
 
 

@@ -12,9 +12,14 @@ The detector (causal: a label uses only records up to its own):
    ``sqrt(2/pi) * sqrt(2/w) * sum_e sigma_e``. Because this scale is the trace's own, one
    threshold serves 16 and 128 experts, large and small batches, every-step or every-10th-step
    recording.
-4. *Ratio* = drift / noise, smoothed with a rolling median over ``smooth`` iterations; a record is
-   *stable* where the ratio is at most ``threshold`` and *transient* above it. Records too early
-   for a full ``2w`` window are transient (training starts in the transient state).
+4. *Ratio* = drift / noise, centred on the record (the ``w`` records before it against the ``w``
+   from it on) and smoothed with a centred rolling median over ``smooth`` iterations; a record
+   is *stable* where the ratio is at most ``threshold`` and *transient* above it. Records within
+   ``w`` of either end of the trace, where a window is incomplete, are transient (training
+   starts in the transient state) at the start and take the last computed label at the end.
+
+The labels describe the trace after the fact (they use records on both sides of a point, like
+a person reading the plot); they are never shown to predictors.
 
 This follows the seed paper's use of variance and range over windows of 10 and 100 iterations:
 first differences stand for the short window, the window means for the long one.
@@ -43,7 +48,8 @@ def _rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
 
 
 def drift_ratio(p: np.ndarray, steps: np.ndarray, cfg: StateConfig = StateConfig()) -> np.ndarray:
-    """The unsmoothed drift/noise ratio [T, L] (NaN where the window is incomplete)."""
+    """The unsmoothed drift/noise ratio [T, L], centred: at record t it compares the ``w``
+    records before t with the ``w`` from t on (NaN where either window is incomplete)."""
     T = p.shape[0]
     w = _records_for(steps, cfg.window)
     out = np.full(p.shape[:2], np.nan)
@@ -61,7 +67,9 @@ def drift_ratio(p: np.ndarray, steps: np.ndarray, cfg: StateConfig = StateConfig
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.where(noise > 0, drift / noise, np.where(drift > 0, np.inf, 0.0))
     out[: 2 * w - 1] = np.nan
-    return out
+    centred = np.full_like(out, np.nan)
+    centred[: T - w + 1] = out[w - 1 :]
+    return centred
 
 
 def _rolling_median(x: np.ndarray, k: int) -> np.ndarray:
@@ -75,15 +83,24 @@ def _rolling_median(x: np.ndarray, k: int) -> np.ndarray:
     xs = x[first:]
     if len(xs) == 0:
         return out
-    padded = np.concatenate([np.repeat(xs[:1], k - 1, axis=0), xs])
-    out[first:] = np.median(sliding_window_view(padded, k, axis=0), axis=-1)
+    valid_rows = ~np.isnan(xs).any(axis=1)
+    last = int(len(xs) - np.argmax(valid_rows[::-1]))  # one past the last valid row
+    xs = xs[:last]
+    half = k // 2
+    padded = np.concatenate([np.repeat(xs[:1], half, axis=0), xs, np.repeat(xs[-1:], k - 1 - half, axis=0)])
+    out[first : first + last] = np.median(sliding_window_view(padded, k, axis=0), axis=-1)
     return out
 
 
 def detect_states(p: np.ndarray, steps: np.ndarray, cfg: StateConfig = StateConfig()) -> np.ndarray:
     """Boolean [T, L]: True where stable, False where transient."""
     ratio = _rolling_median(drift_ratio(p, steps, cfg), _records_for(steps, cfg.smooth) if cfg.smooth else 1)
-    return ratio <= cfg.threshold  # NaN (too early) compares False: transient
+    stable = ratio <= cfg.threshold  # NaN (window incomplete) compares False: transient
+    valid = ~np.isnan(ratio).any(axis=1)
+    if valid.any():
+        last = len(valid) - 1 - int(np.argmax(valid[::-1]))
+        stable[last + 1 :] = stable[last]
+    return stable
 
 
 def state_names(stable: np.ndarray) -> np.ndarray:

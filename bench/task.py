@@ -22,8 +22,8 @@ class StateConfig:
     """Parameters of the transient/stable detector (:mod:`bench.states`)."""
 
     window: int = 100  # iterations
-    threshold: float = 3.0  # drift over the window, in units of the drift noise alone would cause
-    smooth: int = 500  # iterations of rolling median over the drift ratio
+    threshold: float = 2.5  # drift over the window, in units of the drift noise alone would cause
+    smooth: int = 200  # iterations of centred rolling median over the drift ratio
 
 
 @dataclass(frozen=True)

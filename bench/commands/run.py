@@ -17,7 +17,7 @@ def add_task_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", action="append", default=[], metavar="DATASET", help="a whole training trace for the predictor; repeatable")
     p.add_argument("--refit", default="every", help="refit policy: every | every:K | once (default every)")
     p.add_argument("--state-window", type=int, default=100, help="state detector window in iterations (default 100)")
-    p.add_argument("--state-threshold", type=float, default=3.0, help="state detector drift/noise threshold (default 3)")
+    p.add_argument("--state-threshold", type=float, default=2.5, help="state detector drift/noise threshold (default 2.5)")
 
 
 def task_from_args(args, dataset: str):
@@ -75,7 +75,7 @@ def print_result(result: dict) -> None:
     for H, entry in result["horizons"].items():
         for metric, v in entry.items():
             if isinstance(v, dict) and "all" in v:
-                cells = [("-" if v[s] is None else f"{100 * v[s]:.3f}%" if metric != "mape" else f"{v[s]:.4f}") for s in ("all", "transient", "stable")]
+                cells = [("-" if v[s] is None else f"{100 * v[s]:.3f}%" if metric != "mape" and not metric.startswith("imbalance") and not metric.endswith("_us") else f"{v[s]:.4f}") for s in ("all", "transient", "stable")]
                 table.add_row(H, metric, *cells)
         table.add_row(H, "origins (origin x layer by state)", str(entry["n_origins"]), *(str(entry.get("origin_layers_by_state", {}).get(s, "-")) for s in ("transient", "stable")))
         table.add_row(H, "failed origins", str(entry["failures"]), "", "")

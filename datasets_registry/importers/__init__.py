@@ -9,6 +9,7 @@ import leaves nothing in the registry.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -21,6 +22,13 @@ FORMATS: dict[str, tuple[str, str]] = {
     "csv": ("generic:read_long", "long table (CSV or parquet) with columns step, layer, expert, tokens"),
     "parquet": ("generic:read_long", "same as csv, read from parquet"),
     "fastmoe": ("fastmoe:read_fastmoe", "FastMoE/SmartMoE FileGate tables table_iter{I}_rank{R}.log (folder or .tar archive)"),
+    "sglang-stat": ("sglang:read_stat", "SGLang stat/stat_approx recorder .pt, logical_count [passes, layers, experts]; option ring_start=K"),
+    "sglang-per-pass": ("sglang:read_per_pass", "SGLang per_pass/per_token recorder .pt per rank (folder or file), physical -> logical; option experts=N"),
+    "eplb-json": ("eplb:read_eplb_json", 'EPLB statistics JSON {"logical_count": [layers, experts] (static) or [T, layers, experts]}'),
+    "trtllm": ("trtllm:read_trtllm", "TensorRT-LLM EXPERT_STATISTIC_PATH folder: meta_info.json + rank{r}.safetensors keyed {iter}_{layer}"),
+    "megatron-router-trace": ("megatron:read_megatron", "Megatron-Core router trace JSONL per rank (folder or file); option experts=N (required)"),
+    "vllm-routed-experts": ("vllm:read_vllm", "vLLM routed experts [tokens, layers, top_k] .npy/.npz/.pt; options step_tokens=N, experts=N (required)"),
+    "mindspeed-json": ("mindspeed:read_mindspeed_json", 'MindSpeed EPLB JSON {"<layer>": {"<expert>": count}} (static); option experts=N'),
 }
 
 
@@ -36,4 +44,11 @@ def import_path(path: str | os.PathLike, fmt: str, **options: Any) -> Trace:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or folder")
-    return importer(fmt)(path, **options)
+    func = importer(fmt)
+    params = inspect.signature(func).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        takes = list(params)[1:]
+        unknown = sorted(set(options) - set(takes))
+        if unknown:
+            raise ValueError(f"format {fmt!r} has no option(s) {unknown}; its options: {', '.join(takes) or 'none'}")
+    return func(path, **options)

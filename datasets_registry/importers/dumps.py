@@ -45,7 +45,7 @@ def load_pt(path: Path) -> Any:
         text = str(exc)
         m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         if m:
-            raise TraceError(str(path), f"refused: it holds a pickled {m.group(1)} object, and only tensors, lists, dicts and "
+            raise TraceError(str(path), f"refused: it needs pickle to build {m.group(1)}, and only tensors, lists, dicts and "
                                         "numbers are read (weights_only; no code is run from data files)") from None
         m = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n|$)", text)
         detail = m.group(1) if m and m.group(1).strip() else text.splitlines()[0]
@@ -87,15 +87,20 @@ def require_keys(obj: Any, keys: Sequence[str], source: Path, what: str) -> dict
     return obj
 
 
+def whole(value: Any, source: Path, what: str, minimum: int = 0) -> int:
+    """A single whole number (a record's step, rank, a count of experts) of at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise TraceError(str(source), f"{what} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def int_option(value: Any, name: str, source: Path, fmt: str, why: str, required: bool = True, minimum: int = 1) -> int | None:
     """A whole-number importer option, e.g. ``--option experts=64``."""
     if value is None:
         if required:
             raise TraceError(str(source), f"format {fmt!r} needs --option {name}=N: {why}")
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise TraceError(str(source), f"option {name} must be a whole number >= {minimum}, got {value!r}")
-    return int(value)
+    return whole(value, source, f"option {name}", minimum)
 
 
 # --------------------------------------------------------------------------- arrays

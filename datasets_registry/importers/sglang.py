@@ -37,7 +37,7 @@ import numpy as np
 from ..trace import ModelInfo, TraceError
 from .common import build_trace, file_hashes
 from .dumps import (counts_array, drop_dense_layers, drop_empty_records, dump_files, expert_ids, finish_notes, int_option,
-                    load_pt, physical_to_logical, ranges, require_keys, warn)
+                    load_pt, physical_to_logical, ranges, require_keys, warn, whole)
 
 SOURCE_FILE = "python/sglang/srt/eplb/expert_distribution.py"
 
@@ -125,12 +125,7 @@ def _read_rank_file(f: Path, experts: int | None) -> tuple[dict, np.ndarray]:
     for i, rec in enumerate(data["records"]):
         what = f"records[{i}]"
         require_keys(rec, ["forward_pass_id", "rank", "global_physical_count"], f, what)
-        ids = []
-        for key in ("forward_pass_id", "rank"):
-            v = rec[key]
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-                raise TraceError(str(f), f"{what}.{key} must be a non-negative integer, got {v!r}")
-            ids.append(int(v))
+        ids = [whole(rec[key], f, f"{what}.{key}") for key in ("forward_pass_id", "rank")]
         phys = counts_array(rec["global_physical_count"], f, f"{what}.global_physical_count", 2)
         if phys.shape != mapping.shape:
             raise TraceError(str(f), f"{what}.global_physical_count has shape {phys.shape} but last_physical_to_logical_map "

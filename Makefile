@@ -1,0 +1,28 @@
+# Quick start:  make run   (set up, then run the main job on the built-in default dataset)
+#               make test  (set up, then run the test suite)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# Raw copies of public datasets (built into the registry on first use): a `shared/datasets`
+# folder beside the checkout unless MOE_LOAD_BENCH_SOURCES says otherwise.
+export MOE_LOAD_BENCH_SOURCES ?= $(abspath $(CURDIR)/../shared/datasets)
+export MLFLOW_DISABLE_TELEMETRY ?= true
+
+.PHONY: setup run test bench leaderboard clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+run: setup
+	$(PY) -m bench run --model sw_avg
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,193 @@
+"""`python -m bench trace ...`: train an MoE language model and record its expert load.
+
+    python -m bench trace --preset tiny-cpu --steps 2000 --seed 1
+    python -m bench trace --preset gpt3-125m-16e --steps 10000 --device cuda --id my-run
+    python -m bench trace plot ID [--out FILE.png]
+    python -m bench trace presets
+
+A run keeps its checkpoints in ``--out`` (default ``<data home>/tracer-runs/<id>``); running the
+same command again continues from the last checkpoint (to a larger ``--steps`` too). The trace
+is stored as a user dataset (``registry.add``) unless ``--no-register``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trace", help="train an MoE model and record its expert load (the tracer); plot traces",
+                       description="Train a GPT-style MoE language model on the Python standard library and record, every "
+                                   "iteration and MoE layer, the tokens routed to each expert. Sub-commands: plot, presets.")
+    p.add_argument("--preset", default="tiny-cpu", help="tiny-cpu, gpt3-125m-16e or gpt3-350m-128e (see `trace presets`)")
+    p.add_argument("--steps", type=int, default=None, help="train until this many iterations (default: the preset's decay_steps)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
+    p.add_argument("--router", default=None, choices=["softmax-topk", "switch", "hash", "expert-choice"])
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--aux-loss", type=float, default=None, help="load-balancing loss coefficient (0 = none)")
+    p.add_argument("--capacity-factor", type=float, default=None, help="<= 0: no capacity limit")
+    p.add_argument("--experts", type=int, default=None)
+    p.add_argument("--layers", type=int, default=None)
+    p.add_argument("--d-model", type=int, default=None)
+    p.add_argument("--heads", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--id", default=None, help="dataset id (default: PRESET-ROUTER-sSEED)")
+    p.add_argument("--out", type=Path, default=None, help="run folder for checkpoints and the trace (default: <data home>/tracer-runs/ID)")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints (default 1000 on CPU, 0 = only at the end on GPU)")
+    p.add_argument("--no-state", action="store_true", help="checkpoint only the records, not model/optimiser (the run cannot be continued)")
+    p.add_argument("--fresh", action="store_true", help="ignore (delete) an earlier run in --out instead of continuing it")
+    p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds of training, keeping what was recorded")
+    p.add_argument("--flush-every", type=int, default=100, help="iterations kept on the device before copying records to the host")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the blocks (default on CUDA)")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--corpus", type=Path, default=None, help="corpus root (default: this Python's standard library)")
+    p.add_argument("--no-register", action="store_true", help="do not store the trace in the registry (it stays in --out/trace)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_trace)
+
+    tsub = p.add_subparsers(dest="trace_command", metavar="ACTION")
+    q = tsub.add_parser("plot", help="plot a dataset's load proportions over steps, one panel per layer")
+    q.add_argument("id", help="dataset id, NAME or NAME@VERSION, or a trace folder")
+    q.add_argument("--out", dest="plot_out", type=Path, default=None, help="PNG file (default: ID.png)")
+    q.add_argument("--points", type=int, default=400, help="points per line (records are averaged into bins)")
+    q.add_argument("--dpi", type=int, default=72)
+    q.set_defaults(func=cmd_plot)
+
+    q = tsub.add_parser("presets", help="list the presets")
+    q.add_argument("--json", dest="presets_json", action="store_true")
+    q.set_defaults(func=cmd_presets)
+
+
+def cmd_presets(args) -> int:
+    from datasets_registry.tracer.config import PRESETS
+
+    rows = {name: cfg.to_dict() for name, cfg in PRESETS.items()}
+    if args.presets_json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+        return 0
+    for name, c in PRESETS.items():
+        print(f"{name:16s} {c.n_layers} layers ({len(c.moe_layer_ids)} MoE), d_model {c.d_model}, {c.n_experts} experts, top-{c.top_k} "
+              f"{c.router}, aux {c.aux_loss}, capacity {c.capacity_factor}, {c.tokens_per_step} tokens/step ({c.batch_size}x{c.seq_len})")
+        if c.notes:
+            print(f"{'':16s} {c.notes}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from datasets_registry import registry, storage
+    from datasets_registry.tracer.plot import plot_trace
+
+    folder = Path(args.id)
+    if folder.is_dir() and (folder / storage.CARD_FILE).exists():
+        trace = storage.load(folder)
+    else:
+        trace = registry.load(args.id)
+    out = args.plot_out or Path(f"{trace.id}.png")
+    plot_trace(trace, out, max_points=args.points, dpi=args.dpi)
+    print(f"wrote {out}")
+    return 0
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def cmd_trace(args) -> int:
+    import shutil
+    import signal
+    import time
+
+    from datasets_registry import registry
+    from datasets_registry.tracer.config import get_preset
+    from datasets_registry.tracer.train import TRACE_DIR, Tracer, config_from_args, default_run_dir, write_trace
+
+    get_preset(args.preset)  # a clear error for an unknown preset
+    cfg = config_from_args(args.preset, seed=args.seed, router=args.router, top_k=args.top_k, aux_loss=args.aux_loss,
+                           capacity_factor=args.capacity_factor, n_experts=args.experts, n_layers=args.layers, d_model=args.d_model,
+                           n_heads=args.heads, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr)
+    steps = args.steps if args.steps is not None else cfg.decay_steps
+    if steps < 1:
+        raise ValueError("--steps must be >= 1")
+    trace_id = args.id or f"{cfg.preset}-{cfg.router_tag()}-s{cfg.seed}"
+    registry.parse_id(trace_id)
+    device = _device(args.device)
+    out = args.out or default_run_dir(trace_id)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    checkpoint_every = args.checkpoint_every if args.checkpoint_every is not None else (1000 if device == "cpu" else 0)
+
+    tracer = Tracer(cfg, device=device, compile=args.compile, flush_every=args.flush_every, corpus_root=args.corpus)
+    resumed = tracer.load_checkpoint(out)
+    if tracer.step >= steps and resumed:
+        print(f"{out} already holds {tracer.step} iterations (>= --steps {steps}); writing its trace", file=sys.stderr)
+
+    # SIGTERM (a job scheduler, `timeout`) ends the run like Ctrl-C: records and state are kept.
+    def _term(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, _term)
+    progress = None
+    bar = None
+    t0 = time.monotonic()
+    try:
+        if not args.quiet and tracer.step < steps:
+            from rich.console import Console
+
+            console = Console(stderr=True)
+            if console.is_terminal:
+                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+                bar = Progress(TextColumn(f"[bold]{trace_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                               TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+                task = bar.add_task("train", total=steps, completed=tracer.step, rate="")
+                bar.start()
+
+                def progress(step, _info):
+                    if step % 10 == 0 or step == steps:
+                        el = time.monotonic() - t0
+                        bar.update(task, completed=step, rate=f"{(step - start) * cfg.tokens_per_step / max(el, 1e-9):,.0f} tok/s")
+            else:
+                every = max(1, steps // 20)
+
+                def progress(step, _info):
+                    if step % every == 0 or step == steps:
+                        el = time.monotonic() - t0
+                        print(f"{trace_id}: step {step}/{steps}, {el:.0f}s, {(step - start) * cfg.tokens_per_step / max(el, 1e-9):,.0f} tok/s",
+                              file=sys.stderr, flush=True)
+            start = tracer.step
+        stats = tracer.run(steps, out=out, checkpoint_every=checkpoint_every, save_state=not args.no_state,
+                           time_limit=args.time_limit, progress=progress)
+    finally:
+        if bar is not None:
+            bar.stop()
+        signal.signal(signal.SIGTERM, old)
+    stats["resumed_from"] = None if not resumed else int(tracer.first_step + (tracer.prev["counts"].shape[0] if tracer.prev is not None else 0))
+    trace, extras = tracer.trace(trace_id, stats=stats, steps_asked=steps)
+    folder = write_trace(trace, extras, out / TRACE_DIR)
+    result = {"id": trace_id, "shape": list(trace.shape), "run_folder": str(out), "trace_folder": str(folder), **stats,
+              "final_loss": round(float(extras["loss"][-100:].mean()), 4), "fingerprint": trace.fingerprint}
+    if not args.no_register:
+        entry = registry.add(trace, trace_id)
+        shutil.copy2(folder / "extras.npz", entry.folder / "extras.npz")
+        result["dataset"] = entry.ref
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        where = f"stored as dataset {result['dataset']}" if "dataset" in result else f"written to {folder}"
+        print(f"{trace_id}: {trace.records} iterations x {trace.layers} MoE layers x {trace.experts} experts, {where}"
+              f"{' (stopped early by --time-limit)' if stats['stopped_early'] else ''}; {stats['tokens_per_second']} tokens/s, "
+              f"final loss {result['final_loss']}")
+    return 0

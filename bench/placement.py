@@ -1,0 +1,312 @@
+"""What a forecast is worth: expert placement from a forecast, scored on the actual loads.
+
+Policy (EPLB-like, after DeepSeek's ``rebalance_experts``; docs/placement.md has the details).
+From a load estimate ``w[L, E]`` (a forecast's horizon mean), per layer:
+
+1. replicate: E experts get ``E + R`` physical slots; each extra replica goes to the expert with
+   the highest load per replica ``w_e / r_e`` (ties: the lowest expert id), and an expert's load
+   is split evenly over its replicas;
+2. pack: longest processing time first, with equal slots per device ``(E + R) / G``: the
+   heaviest replica goes to the least loaded device that still has a free slot (ties: lowest id).
+
+With ``N`` nodes it is hierarchical, as EPLB's: expert groups (``K`` groups of ``E/K``
+consecutive experts, default one expert per group) are first packed onto nodes (equal groups
+per node, LPT), then experts are replicated within each node (``(E+R)/N`` slots) and packed
+onto the node's ``G/N`` devices.
+
+The static placement puts expert ``e`` on device ``e mod G`` with no replicas; the oracle runs
+the policy on the actual horizon-mean load. Each placement is scored on the horizon's actual
+per-step counts: imbalance (mean over steps of max/mean device load), token drop rate with
+capacity allotted from the load estimate, and the :mod:`bench.steptime` layer time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from .steptime import LINKS, NETWORKS, StepTimeModel
+
+#: Per-(origin, layer) metrics a placement scorer adds; `DERIVED` ones are computed after aggregation.
+METRICS = ("imbalance", "imbalance_static", "imbalance_oracle", "drop_rate", "drop_rate_static", "drop_rate_oracle",
+           "layer_time_us", "layer_time_static_us", "layer_time_oracle_us")
+
+
+def _gap_closed(static: float, forecast: float, oracle: float) -> float:
+    """(static - forecast) / (static - oracle); NaN where the oracle gains nothing over static."""
+    gap = static - oracle
+    return (static - forecast) / gap if gap > 1e-9 * abs(static) else float("nan")
+
+
+def _gain(static: float, forecast: float) -> float:
+    """static / forecast - 1: how much faster than static (0.1 = 10% faster)."""
+    return static / forecast - 1.0 if forecast > 0 else float("nan")
+
+
+#: Ratio metrics, computed from the aggregated means of their components (mean over origins, then
+#: layers, per state), never averaged per origin: name -> (components, function of their means).
+DERIVED = {
+    "gap_closed": (("imbalance_static", "imbalance", "imbalance_oracle"), _gap_closed),
+    "layer_time_gain": (("layer_time_static_us", "layer_time_us"), _gain),
+    "layer_time_gain_oracle": (("layer_time_static_us", "layer_time_oracle_us"), _gain),
+    "layer_time_shortfall": (("layer_time_us", "layer_time_oracle_us"), _gain),
+}
+
+_KEYS = {"G": "devices", "R": "replicas", "N": "nodes", "K": "groups", "groups": "groups", "cf": "capacity_factor"}
+_MODEL_KEYS = {"hidden": "hidden", "ffn": "ffn", "mats": "matrices", "bytes": "bytes_per_element", "tflops": "tflops",
+               "bw": "link_gbps", "net_bw": "net_gbps"}
+
+
+@dataclass(frozen=True)
+class PlacementSpec:
+    """G devices, R redundant replicas, N nodes, K expert groups, capacity factor, hardware."""
+
+    devices: int = 8
+    replicas: int = 0
+    nodes: int = 1
+    groups: int | None = None  # default: one group per expert
+    capacity_factor: float = 1.25
+    hardware: StepTimeModel = field(default_factory=StepTimeModel)
+
+    @classmethod
+    def parse(cls, text: str) -> "PlacementSpec":
+        """``"G=8,R=8,N=2,K=8,cf=1.25,link=nvlink|pcie|pcie4,net=ib|roce,bw=GB/s,net_bw=GB/s,hidden=,ffn=,mats=,bytes=,tflops="``."""
+        spec, hw = {}, {}
+        for part in filter(None, (s.strip() for s in text.split(","))):
+            key, sep, value = part.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep or not value:
+                raise ValueError(f"placement: expected KEY=VALUE, got {part!r}")
+            try:
+                if key in _KEYS:
+                    spec[_KEYS[key]] = float(value) if key == "cf" else int(value)
+                elif key in _MODEL_KEYS:
+                    hw[_MODEL_KEYS[key]] = float(value)
+                elif key in ("link", "net"):
+                    table = LINKS if key == "link" else NETWORKS
+                    if value not in table:
+                        raise ValueError(f"placement: {key}={value!r} is none of {sorted(table)}; give bandwidth as "
+                                         f"{'bw' if key == 'link' else 'net_bw'}=GB/s instead")
+                    hw["link_gbps" if key == "link" else "net_gbps"] = table[value]
+                else:
+                    known = sorted(set(_KEYS) | set(_MODEL_KEYS) | {"link", "net"})
+                    raise ValueError(f"placement: unknown key {key!r} (known: {', '.join(known)})")
+            except ValueError as exc:
+                if str(exc).startswith("placement:"):
+                    raise
+                raise ValueError(f"placement: {key}={value!r} is not a number") from None
+        for k in ("hidden", "ffn", "matrices"):
+            if k in hw:
+                hw[k] = int(hw[k])
+        return cls(**spec, hardware=replace(StepTimeModel(), **hw))
+
+    def check(self, experts: int) -> "PlacementSpec":
+        """Raise ValueError unless the spec fits `experts` experts; returns the spec."""
+        E, R, G, N = experts, self.replicas, self.devices, self.nodes
+        K = self.groups or E
+        problems = []
+        if G < 1 or N < 1 or R < 0:
+            problems.append("devices and nodes must be positive and replicas non-negative")
+        elif (E + R) % G:
+            problems.append(f"{E} experts + {R} replicas do not fill {G} devices equally")
+        elif G % N:
+            problems.append(f"{G} devices do not split into {N} nodes")
+        elif E % K or K % N:
+            problems.append(f"{E} experts do not form {K} equal groups that split evenly over {N} nodes")
+        if not self.capacity_factor > 0:
+            problems.append("capacity factor must be positive")
+        hw = self.hardware
+        if min(hw.hidden, hw.ffn, hw.matrices, hw.bytes_per_element, hw.tflops, hw.link_gbps, hw.net_gbps) <= 0:
+            problems.append("hardware numbers must be positive")
+        if problems:
+            raise ValueError(f"placement {self.describe()}: " + "; ".join(problems))
+        return self
+
+    def describe(self) -> str:
+        out = f"G={self.devices},R={self.replicas}"
+        if self.nodes > 1:
+            out += f",N={self.nodes}" + (f",K={self.groups}" if self.groups else "")
+        return out + f",cf={self.capacity_factor:g}"
+
+
+@dataclass
+class Placement:
+    """Where each expert lives, for every layer."""
+
+    replicas: np.ndarray  # [L, E] replicas per expert (>= 1)
+    slots: np.ndarray  # [L, P] expert held by each physical slot, ordered by device
+    slot_device: np.ndarray  # [L, P] device of each slot
+    share: np.ndarray  # [L, E, G] fraction of expert e's tokens served by device g
+    nodes: int = 1
+
+    @property
+    def devices(self) -> int:
+        return self.share.shape[-1]
+
+    def device_loads(self, counts: np.ndarray) -> np.ndarray:
+        """Tokens per device: ``counts[T, L, E]`` -> ``[T, L, G]`` (replicas split their expert's load evenly)."""
+        return np.einsum("tle,leg->tlg", counts, self.share)
+
+    def moved(self, previous: "Placement") -> np.ndarray:
+        """Per layer, the expert replicas that must be copied onto a device to go from `previous` to this one."""
+        L, E, G = self.share.shape
+        idx = np.arange(L)[:, None]
+        held = np.zeros((L, E, G), dtype=np.int64)
+        before = np.zeros((L, E, G), dtype=np.int64)
+        np.add.at(held, (idx, self.slots, self.slot_device), 1)
+        np.add.at(before, (idx, previous.slots, previous.slot_device), 1)
+        return np.maximum(held - before, 0).sum(axis=(1, 2))
+
+
+def replicate(weight: np.ndarray, slots: int) -> np.ndarray:
+    """Replicas per item, ``weight[X, n]`` -> ``[X, n]`` summing to `slots`: each extra replica
+    goes to the item with the highest weight per replica."""
+    X, n = weight.shape
+    count = np.ones((X, n), dtype=np.int64)
+    rows = np.arange(X)
+    for _ in range(slots - n):
+        count[rows, np.argmax(weight / count, axis=1)] += 1
+    return count
+
+
+def pack(weight: np.ndarray, packs: int) -> np.ndarray:
+    """Pack index per item, ``weight[X, m]`` -> ``[X, m]``: longest processing time first with
+    exactly ``m / packs`` items per pack (the heaviest item to the lightest pack with room)."""
+    X, m = weight.shape
+    per = m // packs
+    rows = np.arange(X)
+    order = np.argsort(-weight, axis=1, kind="stable")
+    load = np.zeros((X, packs))
+    filled = np.zeros((X, packs), dtype=np.int64)
+    out = np.empty((X, m), dtype=np.int64)
+    for k in range(m):
+        item = order[:, k]
+        dest = np.argmin(np.where(filled < per, load, np.inf), axis=1)
+        out[rows, item] = dest
+        load[rows, dest] += weight[rows, item]
+        filled[rows, dest] += 1
+    return out
+
+
+def _expand(count: np.ndarray) -> np.ndarray:
+    """Item index of each slot: ``count[X, n]`` (rows with equal sums P) -> ``[X, P]``."""
+    P = int(count[0].sum())
+    return (np.cumsum(count, axis=1)[:, None, :] <= np.arange(P)[None, :, None]).sum(axis=2)
+
+
+def place(weight: np.ndarray, spec: PlacementSpec) -> Placement:
+    """The EPLB-like placement for a load estimate ``weight[L, E]`` (any non-negative scale)."""
+    weight = np.asarray(weight, dtype=np.float64)
+    L, E = weight.shape
+    spec.check(E)
+    G, N = spec.devices, spec.nodes
+    P, K = E + spec.replicas, spec.groups or E
+    # 1. expert groups onto nodes: the experts of each node, [L, N, E/N], in node order
+    if N > 1:
+        group_node = pack(weight.reshape(L, K, E // K).sum(axis=2), N)
+        expert_node = np.repeat(group_node, E // K, axis=1)
+        local = np.argsort(expert_node * E + np.arange(E), axis=1).reshape(L * N, E // N)
+    else:
+        local = np.broadcast_to(np.arange(E), (L, E))
+    w_local = np.take_along_axis(weight, local.reshape(L, E), axis=1).reshape(L * N, E // N)
+    # 2. replicate within each node; 3. pack the node's replicas onto its devices
+    count = replicate(w_local, P // N)
+    slot_item = _expand(count)  # [L*N, P/N]
+    rows = np.arange(L * N)[:, None]
+    device = pack(w_local[rows, slot_item] / count[rows, slot_item], G // N)
+    device += (np.arange(L * N) % N)[:, None] * (G // N)
+    slot_expert = local.reshape(L * N, E // N)[rows, slot_item].reshape(L, P)
+    device = device.reshape(L, P)
+    replicas = np.zeros((L, E), dtype=np.int64)
+    np.put_along_axis(replicas, local.reshape(L, E), count.reshape(L, E), axis=1)
+    return _placement(slot_expert, device, replicas, G, N)
+
+
+def static_placement(layers: int, experts: int, devices: int, nodes: int = 1) -> Placement:
+    """Round-robin, no replicas: expert e on device e mod G."""
+    slots = np.broadcast_to(np.arange(experts), (layers, experts))
+    return _placement(slots, slots % devices, np.ones((layers, experts), dtype=np.int64), devices, nodes)
+
+
+def _placement(slot_expert, slot_device, replicas, devices, nodes) -> Placement:
+    L, E = replicas.shape
+    order = np.argsort(slot_device, axis=1, kind="stable")
+    slots = np.take_along_axis(slot_expert, order, axis=1)
+    dev = np.take_along_axis(slot_device, order, axis=1)
+    share = np.zeros((L, E, devices))
+    idx = np.arange(L)[:, None]
+    np.add.at(share, (idx, slots, dev), 1.0 / replicas[idx, slots])
+    return Placement(replicas, slots, dev, share, nodes)
+
+
+def imbalance(loads: np.ndarray) -> np.ndarray:
+    """Mean over steps of max device load / mean device load: ``[T, L, G]`` -> ``[L]``."""
+    return (loads.max(axis=2) / loads.mean(axis=2)).mean(axis=0)
+
+
+def drop_rate(counts: np.ndarray, share: np.ndarray, capacity_factor: float) -> np.ndarray:
+    """Fraction of tokens over capacity when expert e may take ``cf * share_e * tokens`` of a step.
+
+    ``counts[T, L, E]``, ``share[L, E]`` (each row sums to 1) -> ``[L]``, mean over steps. Replicas
+    split an expert's capacity and tokens evenly, so they do not change the total.
+    """
+    tokens = counts.sum(axis=2, keepdims=True)
+    over = np.maximum(counts - capacity_factor * share[None] * tokens, 0.0).sum(axis=2)
+    return (over / tokens[..., 0]).mean(axis=0)
+
+
+def score(estimate: np.ndarray, counts: np.ndarray, spec: PlacementSpec, static: Placement | None = None,
+          oracle: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Score the placement from ``estimate[L, E]`` (mean proportions) on ``counts[T, L, E]``.
+
+    Returns the :data:`METRICS` per layer; the static and oracle ones only where `static` is
+    given (the oracle estimate defaults to the mean proportion of `counts`).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    T, L, E = counts.shape
+    hw = spec.hardware
+
+    def scores(placement: Placement, share: np.ndarray, suffix: str) -> dict[str, np.ndarray]:
+        loads = placement.device_loads(counts)
+        return {f"imbalance{suffix}": imbalance(loads),
+                f"drop_rate{suffix}": drop_rate(counts, share, spec.capacity_factor),
+                f"layer_time{suffix}_us": 1e6 * hw.layer_time(loads, spec.nodes).mean(axis=0)}
+
+    out = scores(place(estimate, spec), estimate, "")
+    if static is not None:
+        if oracle is None:
+            oracle = (counts / counts.sum(axis=2, keepdims=True)).mean(axis=0)
+        out.update(scores(static, np.full((L, E), 1.0 / E), "_static"))
+        out.update(scores(place(oracle, spec), oracle, "_oracle"))
+    return {k: out[k] for k in METRICS if k in out}
+
+
+def make_scorer(spec: str | PlacementSpec, experts: int):
+    """The harness scorer ``(phat[H,L,E], counts[H,L,E], p[H,L,E]) -> {metric: [L]}`` for `spec`."""
+    spec = (PlacementSpec.parse(spec) if isinstance(spec, str) else spec).check(experts)
+    statics: dict[int, Placement] = {}
+
+    def scorer(phat: np.ndarray, counts: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
+        L = counts.shape[1]
+        if L not in statics:
+            statics[L] = static_placement(L, experts, spec.devices, spec.nodes)
+        return score(phat.mean(axis=0), counts, spec, statics[L], oracle=p.mean(axis=0))
+
+    scorer.spec = spec
+    return scorer
+
+
+def derive(entry: dict, states=("all", "transient", "stable")) -> None:
+    """Add the :data:`DERIVED` metrics to a summary entry ``{metric: {state: mean}}`` in place."""
+    for name, (parts, fn) in DERIVED.items():
+        if all(isinstance(entry.get(p), dict) for p in parts):
+            vals = {}
+            for s in states:
+                xs = [entry[p].get(s) for p in parts]
+                vals[s] = float("nan") if any(x is None or x != x for x in xs) else float(fn(*xs))
+            entry[name] = vals
+
+
+__all__ = ["PlacementSpec", "Placement", "StepTimeModel", "place", "static_placement", "replicate", "pack", "score",
+           "make_scorer", "imbalance", "drop_rate", "derive", "METRICS", "DERIVED"]

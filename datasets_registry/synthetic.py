@@ -1,0 +1,54 @@
+"""SYNTHETIC traces for tests and examples: labelled as such, never presented as real data.
+
+The generator draws a load distribution that drifts during a transient phase and then holds
+still, sampling each step's counts from a multinomial around it, so tests have traces with a
+known switch point from transient to stable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .trace import Card, ModelInfo, Trace
+
+
+def switching_trace(
+    records: int = 600,
+    layers: int = 2,
+    experts: int = 16,
+    switch: int = 300,
+    tokens: int = 4096,
+    top_k: int = 2,
+    step_every: int = 1,
+    drift: float = 0.08,
+    jitter: float = 0.02,
+    seed: int = 0,
+) -> Trace:
+    """A trace whose distribution drifts for `switch` records, then stays fixed.
+
+    `drift` is the per-record random-walk scale of the logits in the transient phase; `jitter`
+    adds batch-to-batch variation on top of multinomial sampling in both phases.
+    """
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.0, (layers, experts))
+    counts = np.empty((records, layers, experts), dtype=np.int64)
+    n = tokens * top_k
+    for t in range(records):
+        if t < switch:
+            logits = logits + rng.normal(0, drift, logits.shape)
+        z = logits + rng.normal(0, jitter, logits.shape)
+        q = np.exp(z - z.max(axis=1, keepdims=True))
+        q /= q.sum(axis=1, keepdims=True)
+        for l in range(layers):
+            counts[t, l] = rng.multinomial(n, q[l])
+    counts[counts.sum(axis=2) == 0] = 1
+    card = Card(
+        id=f"synthetic-switch-{seed}",
+        title="SYNTHETIC test trace (not real data)",
+        source={"command": "datasets_registry.synthetic.switching_trace", "synthetic": True},
+        licence="n/a",
+        model=ModelInfo(moe_layers=layers, experts=experts, top_k=top_k, tokens_per_step=tokens),
+        notes="Synthetic: a random-walk transient phase, then a fixed distribution. For tests only.",
+        extra={"synthetic": True, "switch_record": switch, "switch_step": switch * step_every},
+    )
+    return Trace.from_arrays(counts, np.arange(records) * step_every + 1, card, source="<synthetic>")

@@ -1,0 +1,224 @@
+"""A GPT-style decoder whose feed-forward block is a Mixture-of-Experts layer every other layer.
+
+Pre-LayerNorm blocks, fused causal attention (``scaled_dot_product_attention``), GELU MLPs, tied
+input/output embeddings, learned positions. The MoE layer has fixed shapes throughout, so that
+``torch.compile`` builds it once:
+
+* the router scores tokens (in float32) and picks experts (:data:`config.ROUTERS`):
+  ``softmax-topk`` (GShard / Mixtral: softmax, top-k, weights renormalised over the k),
+  ``switch`` (top-1, weight = probability), ``hash`` (a fixed random table from token id to k
+  distinct experts, Roller et al. 2021) and ``expert-choice`` (each expert takes its top-C
+  tokens, Zhou et al. 2022);
+* ``counts[e]``, the token slots sent to expert ``e`` BEFORE any capacity drop, is what the
+  tracer records (for expert-choice, the token-choice top-k demand, since the dispatched load
+  is always exactly C per expert);
+* slots are queued per expert in GShard order (all first choices, then all second choices, in
+  token order) and slots past the capacity C = ceil(capacity_factor * tokens * k / E) are
+  dropped (the token passes through the residual);
+* the experts run as two batched matrix products over ``[E, C, d]`` buffers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import TracerConfig
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, S, D = x.shape
+        q, k, v = self.qkv(x).view(B, S, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, S, D))
+
+
+class MLP(nn.Module):
+    def __init__(self, d: int, ff: int):
+        super().__init__()
+        self.fc = nn.Linear(d, ff, bias=False)
+        self.proj = nn.Linear(ff, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class MoE(nn.Module):
+    """Token-choice (or expert-choice) MoE FFN. ``forward(x[N, d], ids[N])`` returns
+    ``(y[N, d], counts[E] (int64, before drops), dropped (int64 scalar), aux (float32 scalar))``.
+
+    ``self.gate`` is a plain ``nn.Linear`` whose output is the router logits ``[N, E]`` (float32):
+    the attachment point of :class:`~datasets_registry.tracer.recorder.LoadRecorder`.
+    """
+
+    def __init__(self, cfg: TracerConfig, layer_seed: int):
+        super().__init__()
+        E, d, ff = cfg.n_experts, cfg.d_model, cfg.ffn
+        self.E, self.k, self.router = E, cfg.top_k, cfg.router
+        self.capacity_factor, self.min_capacity = cfg.capacity_factor, cfg.min_capacity
+        self.w1 = nn.Parameter(torch.empty(E, d, ff))
+        self.w2 = nn.Parameter(torch.empty(E, ff, d))
+        if cfg.router == "hash":
+            g = torch.Generator().manual_seed(1_000_003 * cfg.seed + layer_seed)
+            table = torch.stack([torch.randperm(E, generator=g)[: self.k] for _ in range(cfg.vocab)])
+            self.register_buffer("hash_table", table, persistent=True)
+            self.gate = None
+        else:
+            self.gate = nn.Linear(d, E, bias=False)
+
+    def capacity(self, n: int) -> int:
+        if self.capacity_factor <= 0:
+            return n
+        return max(self.min_capacity, min(n, math.ceil(self.capacity_factor * n * self.k / self.E)))
+
+    def _experts(self, h: torch.Tensor) -> torch.Tensor:  # [E, C, d] -> [E, C, d]
+        return torch.bmm(F.gelu(torch.bmm(h, self.w1.to(h.dtype)), approximate="tanh"), self.w2.to(h.dtype))
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor):
+        N, d = x.shape
+        E, k = self.E, self.k
+        C = self.capacity(N)
+        zero = x.new_zeros((), dtype=torch.float32)
+        if self.router == "hash":
+            idx = self.hash_table[ids]  # [N, k]
+            w = torch.full((N, k), 1.0 / k, device=x.device, dtype=torch.float32)
+            probs = None
+        else:
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                logits = self.gate(x.float())  # [N, E] float32 (router in fp32, as Switch advises)
+            probs = logits.softmax(dim=-1)
+            vals, idx = probs.topk(k, dim=-1)
+            if self.router == "softmax-topk" and k > 1:
+                w = vals / vals.sum(dim=-1, keepdim=True)
+            else:
+                w = vals
+        onehot = F.one_hot(idx.t().reshape(-1), E).to(torch.int32)  # [k*N, E], slot-major (GShard order)
+        counts = onehot.sum(dim=0, dtype=torch.int64)  # [E]: slots per expert BEFORE capacity drops
+
+        if self.router == "expert-choice":
+            Cx = min(N, max(self.min_capacity, math.ceil(max(self.capacity_factor, 1e-9) * N * k / E))) if self.capacity_factor > 0 else N
+            gv, tok = probs.t().topk(Cx, dim=-1)  # [E, Cx]: each expert picks its Cx best tokens
+            h = x[tok.reshape(-1)].view(E, Cx, d)
+            y = self._experts(h) * gv[..., None].to(h.dtype)
+            out = torch.zeros_like(x).index_add_(0, tok.reshape(-1), y.reshape(E * Cx, d).to(x.dtype))
+            covered = torch.zeros(N, device=x.device, dtype=torch.int32).index_fill_(0, tok.reshape(-1), 1)
+            dropped = (N - covered.sum()).to(torch.int64)
+            return out, counts, dropped, zero
+
+        sidx = idx.t().reshape(-1)  # [S] expert of each slot
+        pos = torch.gather(onehot.cumsum(dim=0), 1, sidx[:, None]).squeeze(1) - 1  # place in its expert's queue
+        keep = pos < C
+        dropped = (keep.numel() - keep.sum()).to(torch.int64)
+        dest = torch.where(keep, sidx * C + pos, torch.full_like(pos, E * C))  # E*C: the discard slot
+        token = torch.arange(N, device=x.device).repeat(k)  # slot s belongs to token s % N
+        src = torch.full((E * C + 1,), N, device=x.device, dtype=torch.int64).scatter_(0, dest, token)[: E * C]
+        xpad = torch.cat([x, x.new_zeros(1, d)])
+        h = xpad[src].view(E, C, d)  # empty slots read the zero row
+        y = self._experts(h).reshape(E * C, d)
+        ypad = torch.cat([y, y.new_zeros(1, d)])
+        wk = (w.t().reshape(-1) * keep).to(y.dtype)
+        out = (ypad[dest] * wk[:, None]).view(k, N, d).sum(dim=0).to(x.dtype)
+        if probs is not None:
+            f = counts.float() / (N * k)  # fraction of slots per expert
+            aux = E * (f * probs.mean(dim=0)).sum()  # Switch / GShard load-balancing loss
+        else:
+            aux = zero
+        return out, counts, dropped, aux
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TracerConfig, index: int, moe: bool):
+        super().__init__()
+        self.index = index
+        self.ln1 = nn.LayerNorm(cfg.d_model)
+        self.attn = Attention(cfg.d_model, cfg.n_heads)
+        self.ln2 = nn.LayerNorm(cfg.d_model)
+        self.is_moe = moe
+        if moe:
+            self.moe = MoE(cfg, index)
+        else:
+            self.mlp = MLP(cfg.d_model, cfg.ffn)
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor):
+        x = x + self.attn(self.ln1(x))
+        h = self.ln2(x)
+        if not self.is_moe:
+            return x + self.mlp(h), None, None, None
+        B, S, D = h.shape
+        y, counts, dropped, aux = self.moe(h.reshape(B * S, D), ids.reshape(B * S))
+        return x + y.view(B, S, D), counts, dropped, aux
+
+
+class MoEGPT(nn.Module):
+    def __init__(self, cfg: TracerConfig):
+        super().__init__()
+        self.cfg = cfg
+        moe_ids = set(cfg.moe_layer_ids)
+        self.wte = nn.Embedding(cfg.vocab, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.seq_len, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i, i in moe_ids) for i in range(cfg.n_layers))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self._init_weights()
+
+    def _init_weights(self):
+        std = 0.02
+        resid = std / math.sqrt(2 * self.cfg.n_layers)
+        for name, p in self.named_parameters():
+            if p.dim() < 2 or "ln" in name.split(".")[-2]:
+                continue
+            is_out = name.endswith(("attn.proj.weight", "mlp.proj.weight", "moe.w2"))
+            nn.init.normal_(p, mean=0.0, std=resid if is_out else std)
+
+    @property
+    def moe_blocks(self) -> list[Block]:
+        return [b for b in self.blocks if b.is_moe]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor):
+        """Returns (lm_loss, aux_sum, counts[L, E] int64, dropped[L] int64)."""
+        B, S = ids.shape
+        x = self.wte(ids) + self.wpe.weight[:S]
+        counts, dropped, auxes = [], [], []
+        for block in self.blocks:
+            x, c, dr, aux = block(x, ids)
+            if c is not None:
+                counts.append(c)
+                dropped.append(dr)
+                auxes.append(aux)
+        loss = self.head_loss(x, targets)
+        return loss, torch.stack(auxes).sum(), torch.stack(counts), torch.stack(dropped)
+
+    def head_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(self.ln_f(x), self.wte.weight)
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def flops_per_token(cfg: TracerConfig) -> dict[str, float]:
+    """Model FLOPs per trained token (forward + backward = 3x forward, PaLM appendix B convention).
+
+    Counts the matrix products a token needs: attention projections, the dense MLPs, k experts in
+    each MoE layer (not the padding of capacity slots), the router, the output head, and the
+    attention scores (causal attention counted in full, as PaLM does)."""
+    d, ff, L = cfg.d_model, cfg.ffn, cfg.n_layers
+    n_moe = len(cfg.moe_layer_ids)
+    n_dense = L - n_moe
+    attn = L * 4 * d * d
+    dense = n_dense * 2 * d * ff
+    moe = n_moe * (cfg.top_k * 2 * d * ff + (0 if cfg.router == "hash" else d * cfg.n_experts))
+    head = d * cfg.vocab
+    active = attn + dense + moe + head
+    matmul = 6 * active
+    scores = 12 * L * d * cfg.seq_len
+    return {"active_params": float(active), "matmul": float(matmul), "attention_scores": float(scores), "total": float(matmul + scores)}

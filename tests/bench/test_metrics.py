@@ -1,0 +1,56 @@
+"""The harness's numbers against an independent computation straight from the protocol."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+from bench.metrics import forecast_errors, noise_floor
+
+
+def protocol_sw_avg_error_rate(trace, horizon, stride=100, min_history=100, window=100):
+    """error_rate of SW_Avg written from the protocol text, with plain loops."""
+    steps, p = trace.steps, trace.proportions
+    per_layer = {l: [] for l in range(trace.layers)}
+    s = steps[0] + min_history
+    while s <= steps[-1] - horizon:
+        o = int(np.argmax(steps >= s))
+        past = [t for t in range(o) if steps[t] > steps[o - 1] - window]
+        est = p[past].mean(axis=0)
+        targets = [t for t in range(o, len(steps)) if steps[t] < steps[o] + horizon]
+        for l in range(trace.layers):
+            per_layer[l].append(np.mean([np.abs(est[l] - p[t, l]).sum() for t in targets]))
+        s += stride
+    return float(np.mean([np.mean(v) for v in per_layer.values()]))
+
+
+def test_sw_avg_run_matches_an_independent_protocol_computation(smartmoe, capsys):
+    assert main(["run", "--model", "sw_avg", "--dataset", "smartmoe-ae", "--horizon", "1000", "--param", "window=100", "--json", "--no-track"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    got = result["horizons"]["1000"]["error_rate"]["all"]
+    assert got == pytest.approx(protocol_sw_avg_error_rate(smartmoe, 1000), rel=1e-12)
+    assert result["horizons"]["1000"]["n_origins"] == 40
+    for key in ("error_rate", "window_error", "mape", "noise_floor"):
+        assert set(result["horizons"]["1000"][key]) == {"all", "transient", "stable"}
+    assert result["task_fingerprint"].startswith("task:")
+
+
+def test_forecast_errors_by_definition():
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(5), size=(7, 2))
+    phat = rng.dirichlet(np.ones(5), size=(7, 2))
+    m = forecast_errors(phat, p)
+    for l in range(2):
+        assert m["error_rate"][l] == pytest.approx(np.mean([np.sum(np.abs(phat[h, l] - p[h, l])) for h in range(7)]))
+        assert m["window_error"][l] == pytest.approx(np.sum(np.abs(phat[:, l].mean(0) - p[:, l].mean(0))))
+        assert m["mape"][l] == pytest.approx(np.mean(np.abs(phat[:, l] - p[:, l]) / np.maximum(p[:, l], 1 / 500)))
+
+
+@pytest.mark.parametrize("n, E", [(200, 4), (4096, 16), (8192, 128)])
+def test_noise_floor_matches_multinomial_sampling(n, E):
+    rng = np.random.default_rng(E)
+    q = rng.dirichlet(np.ones(E) * 2, size=1)
+    x = rng.multinomial(n, q[0], size=100_000)
+    mc = np.abs(x / n - q[0]).sum(axis=1).mean()
+    assert noise_floor(q, np.array([n]))[0] == pytest.approx(mc, rel=0.01)

@@ -1,0 +1,153 @@
+"""megatron-router-trace (JSONL per rank) and vllm-routed-experts (per-token ids: npy, npz, pt)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from datasets_registry.importers import import_path
+from datasets_registry.importers.dumps import DumpWarning
+
+E, K = 8, 2
+
+
+# --------------------------------------------------------------------------- megatron
+
+
+def write_traces(folder, steps=(10, 20, 30), layers=(1, 3), ranks=(0, 1), microbatches=1, drop=None):
+    """One JSONL per rank, a record per (step, layer) forward; returns the expected counts [T, L, E]."""
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    want = np.zeros((len(steps), len(layers), E), dtype=np.int64)
+    for rank in ranks:
+        with open(folder / f"routing_trace_rank{rank}.jsonl", "w") as f:
+            for t, step in enumerate(steps):
+                for li, layer in enumerate(layers):
+                    for _ in range(microbatches):
+                        if drop == (rank, step, layer):
+                            continue
+                        n = int(rng.integers(4, 12))
+                        top = np.stack([rng.choice(E, K, replace=False) for _ in range(n)])
+                        np.add.at(want[t, li], top.ravel(), 1)
+                        f.write(json.dumps({"step": step, "stage": 0, "block": layer, "layer": layer, "rank": rank,
+                                            "num_tokens": n, "topk": K, "top_indices": top.tolist()}) + "\n")
+    return want
+
+
+def test_megatron_bincounts_and_sums_ranks(tmp_path):
+    want = write_traces(tmp_path / "trace", microbatches=2)
+    tr = import_path(tmp_path / "trace", "megatron-router-trace", experts=E)
+    np.testing.assert_array_equal(tr.counts, want)
+    assert tr.steps.tolist() == [10, 20, 30] and tr.card.layer_names == ["layer1", "layer3"]
+    assert tr.card.model.top_k == K and tr.card.extra["records"] == 2 * 3 * 2 * 2
+    assert len(tr.card.source["files"]) == 2
+    one = import_path(tmp_path / "trace" / "routing_trace_rank0.jsonl", "megatron-router-trace", experts=E)
+    assert one.counts.sum() < tr.counts.sum()
+
+
+def test_megatron_malformed(tmp_path, refuses):
+    d = tmp_path / "t"
+    write_traces(d)
+    f0 = d / "routing_trace_rank0.jsonl"
+    refuses(d, "megatron-router-trace", "experts=N")
+    refuses(d, "megatron-router-trace", "[0, 4)", "experts=4", source=f0, experts=4)
+
+    def edited(name, fn, lineno=2):
+        lines = f0.read_text().splitlines()
+        rec = json.loads(lines[lineno - 1])
+        fn(rec)
+        lines[lineno - 1] = json.dumps(rec)
+        f = tmp_path / name
+        f.write_text("\n".join(lines) + "\n")
+        return f
+
+    refuses(edited("a.jsonl", lambda r: r.pop("top_indices")), "megatron-router-trace", "line 2", "top_indices", experts=E)
+    refuses(edited("b.jsonl", lambda r: r.update(num_tokens=r["num_tokens"] + 1)), "megatron-router-trace", "line 2",
+            "num_tokens", experts=E)
+    refuses(edited("c.jsonl", lambda r: r["top_indices"][0].__setitem__(1, -1)), "megatron-router-trace",
+            "line 2 (step 10, layer 3, rank 0): top_indices[0][1]", experts=E)
+    refuses(edited("d.jsonl", lambda r: r.update(step="ten")), "megatron-router-trace", "line 2", "step", experts=E)
+    f = tmp_path / "e.jsonl"
+    f.write_text(f0.read_text() + '{"step": 40, "layer"\n')
+    refuses(f, "megatron-router-trace", "invalid JSON", experts=E)
+
+    d = tmp_path / "missing"
+    write_traces(d, drop=(1, 20, 3))
+    refuses(d, "megatron-router-trace", "step 20, layer 3", "rank(s) [1]", experts=E)
+
+
+# --------------------------------------------------------------------------- vllm
+
+
+def routed(tokens=50, layers=3):
+    rng = np.random.default_rng(9)
+    return np.stack([np.stack([rng.choice(E, K, replace=False) for _ in range(layers)]) for _ in range(tokens)]).astype(np.int16)
+
+
+def expected(ids, step):
+    T = ids.shape[0] // step
+    want = np.zeros((T, ids.shape[1], E), dtype=np.int64)
+    for t in range(T):
+        for tok in ids[t * step:(t + 1) * step]:
+            for layer in range(ids.shape[1]):
+                for e in tok[layer]:
+                    want[t, layer, e] += 1
+    return want
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz", "pt", "pt-dict"])
+def test_vllm_groups_tokens(tmp_path, kind):
+    ids = routed()
+    if kind == "npy":
+        f = tmp_path / "routed.npy"
+        np.save(f, ids)
+    elif kind == "npz":
+        f = tmp_path / "routed.npz"
+        np.savez(f, routed_experts=ids, prompt_len=np.array(7))
+    else:
+        f = tmp_path / "routed.pt"
+        t = torch.from_numpy(ids)
+        torch.save(t if kind == "pt" else {"routed_experts": t, "request_id": "r1"}, f)
+    with pytest.warns(DumpWarning, match="dropped the last 2 token"):
+        tr = import_path(f, "vllm-routed-experts", step_tokens=16, experts=E)
+    np.testing.assert_array_equal(tr.counts, expected(ids, 16))
+    assert tr.steps.tolist() == [0, 1, 2] and tr.card.model.top_k == K and tr.card.model.tokens_per_step == 16
+    assert tr.card.extra["dropped_tokens"] == 2
+
+
+def test_vllm_folder_concatenates_in_name_order(tmp_path):
+    ids = routed(tokens=48)
+    d = tmp_path / "requests"
+    d.mkdir()
+    np.save(d / "req2.npy", ids[:20])
+    np.save(d / "req10.npy", ids[20:])  # natural order: req2 before req10
+    tr = import_path(d, "vllm-routed-experts", step_tokens=12, experts=E)
+    np.testing.assert_array_equal(tr.counts, expected(ids, 12))
+    assert sorted(tr.card.source["files"]) == ["req10.npy", "req2.npy"]
+
+
+def test_vllm_malformed(tmp_path, refuses, pickled):
+    ids = routed(tokens=20)
+    f = tmp_path / "r.npy"
+    np.save(f, ids)
+    refuses(f, "vllm-routed-experts", "step_tokens=N", experts=E)
+    refuses(f, "vllm-routed-experts", "experts=N", step_tokens=4)
+    refuses(f, "vllm-routed-experts", "option step_tokens", step_tokens="four", experts=E)
+    refuses(f, "vllm-routed-experts", "fewer than one record", step_tokens=64, experts=E)
+    refuses(f, "vllm-routed-experts", "routed_experts[", "[0, 4)", step_tokens=4, experts=4)
+    f2 = tmp_path / "flat.npy"
+    np.save(f2, ids[:, 0])
+    refuses(f2, "vllm-routed-experts", "3-D", step_tokens=4, experts=E)
+    f3 = tmp_path / "obj.npy"
+    np.save(f3, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    refuses(f3, "vllm-routed-experts", "unreadable .npy", step_tokens=4, experts=E)
+    f4 = tmp_path / "two.npz"
+    np.savez(f4, a=ids, b=ids)
+    refuses(f4, "vllm-routed-experts", "routed_experts", step_tokens=4, experts=E)
+    make, name = pickled
+    f5 = tmp_path / "p.pt"
+    torch.save(make({"routed_experts": torch.from_numpy(ids)}), f5)
+    refuses(f5, "vllm-routed-experts", "refused", name, step_tokens=4, experts=E)
