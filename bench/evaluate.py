@@ -79,18 +79,29 @@ def _states_at(trace: Trace, task: Task) -> np.ndarray:
 
 
 class Journal:
-    """Append-only record of finished origins; a truncated last line (a crash) is ignored."""
+    """Append-only record of finished origins; a truncated last line (a crash) is ignored.
+
+    The torn line is cut off when the journal is opened, so that new records start on a line of
+    their own (appended to the torn line, the next record would be unreadable at the next resume).
+    """
 
     def __init__(self, path: Path | None):
         self.path = path
         self.done: dict[int, dict] = {}
         if path is not None and path.exists():
-            for line in path.read_text().splitlines():
+            data, good = path.read_bytes(), 0
+            for line in data.splitlines(keepends=True):
                 try:
                     rec = json.loads(line)
                 except json.JSONDecodeError:
                     break
+                if not line.endswith(b"\n"):
+                    break
                 self.done[rec["origin"]] = rec
+                good += len(line)
+            if good < len(data):
+                with open(path, "r+b") as f:
+                    f.truncate(good)
 
     def write(self, rec: dict) -> None:
         if self.path is None:
@@ -110,8 +121,14 @@ def evaluate(
     scorers: Iterable[Scorer] = (),
     journal: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    span: tuple[int, int] | None = None,
 ) -> Evaluation:
-    """Run `predictor` over every rolling origin of `task` on `trace`."""
+    """Run `predictor` over every rolling origin of `task` on `trace`.
+
+    `span=(i, j)` evaluates only the origins ``i..j-1`` (in order), one chunk of a run evaluated on
+    its own (:mod:`bench.executors`): with refit "every" the predictor is shown the whole past at
+    the chunk's first origin, which gives the same forecasts for a predictor marked ``replayable``.
+    """
     if trace.card.static:
         raise ValueError(f"{trace.id}: a static dataset (one run's totals, no time axis) cannot be used for rolling-origin forecasting; use it for placement scoring")
     scorers = list(scorers)
@@ -125,6 +142,10 @@ def evaluate(
         raise ValueError(f"{trace.id}: no rolling origins: {trace.records} records over steps {trace.steps[0]}..{trace.steps[-1]} "
                          f"are too short for horizons {task.horizons} after {task.min_history} iterations of history")
     order = sorted(by_origin)
+    if span is not None:
+        if task.refit != "every":
+            raise ValueError(f"a chunk of origins needs refit 'every', got {task.refit!r}")
+        order = order[span[0] : span[1]]
     stable = _states_at(trace, task)
     p_all, counts, steps = trace.proportions, trace.counts, trace.steps
     ev = Evaluation(list(trace.card.layer_names), task.horizons)

@@ -3,6 +3,11 @@
 Finished runs are cached under ``<data home>/runs/<key>/`` (the key covers the model, its
 parameters and version, the task and the data's fingerprints): a rerun returns the stored
 result unless ``force`` is set, and an interrupted run resumes from its journal.
+
+:func:`compute` evaluates and writes files (safe in worker processes); :func:`log` sends a
+computed run to MLflow from the driver. A predictor may add to its run by defining
+``mlflow_extras(folder) -> {"metrics": {name: value}, "artifacts": [paths], "curves": {name: [values]}}``,
+called after the evaluation with the run's folder (write checkpoints there).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import platform
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,6 +59,41 @@ def runs_dir() -> Path:
     return registry.data_home() / "runs"
 
 
+@dataclass
+class Prepared:
+    """What a run needs before it evaluates (see :func:`prepare`)."""
+
+    trace: Trace
+    training: list[Trace]
+    cls: type
+    predictor: Any
+    task: Task
+    task_fp: str
+    scorers: list
+    key: str
+    folder: Path
+
+
+def prepare(model: str, dataset: str, *, params: dict[str, Any] | None = None, task: Task | None = None,
+            placement: str | None = None) -> Prepared:
+    """Load the data, build the predictor and the scorers, and compute the run's key and folder."""
+    from models import predictor_class
+
+    task = replace(task or Task(dataset=dataset), dataset=dataset)
+    trace = registry.load(dataset)
+    training = [registry.load(d) for d in task.train]
+    cls = predictor_class(model)
+    predictor = cls(**(params or {}))
+    task_fp = task.fingerprint(trace.fingerprint, tuple(t.fingerprint for t in training))
+    scorers = []
+    if placement:
+        from .placement import make_scorer
+
+        scorers.append(make_scorer(placement, trace.experts))
+    key = run_key(model, predictor, task_fp, {"placement": placement})
+    return Prepared(trace, training, cls, predictor, task, task_fp, scorers, key, runs_dir() / key)
+
+
 def _write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -91,7 +131,18 @@ def _artifacts(ev: Evaluation, trace: Trace, title: str, folder: Path) -> list[P
     return files
 
 
-def run(
+def run(model: str, dataset: str, *, track: bool = True, tracking_uri: str | None = None, **options: Any) -> dict[str, Any]:
+    """Evaluate `model` on `dataset` and log it; returns the summary that `bench run --json` prints.
+
+    `options` are those of :func:`compute` (params, task, placement, force, progress).
+    """
+    result = compute(model, dataset, **options)
+    if track and not result["cached"]:
+        result = log(result, tracking_uri)
+    return result
+
+
+def compute(
     model: str,
     dataset: str,
     *,
@@ -99,26 +150,15 @@ def run(
     task: Task | None = None,
     placement: str | None = None,
     force: bool = False,
-    track: bool = True,
-    tracking_uri: str | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate `model` on `dataset`; returns the summary that `bench run --json` prints."""
-    from models import predictor_class
+    """Evaluate and store the result under the run's folder, without touching MLflow.
 
-    task = replace(task or Task(dataset=dataset), dataset=dataset)
-    trace = registry.load(dataset)
-    training = [registry.load(d) for d in task.train]
-    cls = predictor_class(model)
-    predictor = cls(**(params or {}))
-    task_fp = task.fingerprint(trace.fingerprint, tuple(t.fingerprint for t in training))
-    scorers = []
-    if placement:
-        from .placement import make_scorer
-
-        scorers.append(make_scorer(placement, trace.experts))
-    key = run_key(model, predictor, task_fp, {"placement": placement})
-    folder = runs_dir() / key
+    Safe to call in worker processes: the driver logs with :func:`log`.
+    """
+    prep = prepare(model, dataset, params=params, task=task, placement=placement)
+    trace, training, cls, predictor, task, task_fp, scorers, key, folder = (
+        prep.trace, prep.training, prep.cls, prep.predictor, prep.task, prep.task_fp, prep.scorers, prep.key, prep.folder)
     if force and folder.exists():
         shutil.rmtree(folder)
     if (folder / "result.json").exists():
@@ -150,26 +190,40 @@ def run(
         "code_version": code_version(),
         "cached": False,
     }
-    title = f"{cls.name} on {trace.id}"
-    files = _artifacts(ev, trace, title, folder)
-    if track:
-        from . import tracking
-
-        tags = {"model": cls.name, "dataset": trace.id, "dataset_version": str(trace.card.version),
-                "task_fingerprint": task_fp, "horizons": ",".join(map(str, task.horizons)), "run_key": key,
-                "placement": placement or "", "mlflow.note.content": f"{title}, horizons {task.horizons} iterations"}
-        params_flat = {f"model.{k}": v for k, v in predictor.params.items()}
-        params_flat.update({f"task.{k}": v for k, v in task.to_dict().items()})
-        params_flat.update({"model": cls.name, "dataset": trace.id, "dataset_fingerprint": trace.fingerprint,
-                            "code_version": result["code_version"], "python": platform.python_version(),
-                            "numpy": np.__version__, "placement": placement})
-        metrics_flat = tracking.flat_metrics(summary)
-        metrics_flat["seconds"] = ev.seconds
-        metrics_flat["failed_origins"] = float(len(ev.failures))
-        result["mlflow_run_id"] = tracking.log_run(run_name=f"{cls.name} · {trace.id}", params=params_flat, tags=tags,
-                                                   metrics=metrics_flat, artifacts=files, uri=tracking_uri)
-        extra = getattr(predictor, "mlflow_extras", None)
-        if callable(extra):
-            extra(result["mlflow_run_id"], tracking_uri)
+    result["artifacts"] = [str(p) for p in _artifacts(ev, trace, f"{cls.name} on {trace.id}", folder)]
+    extra = getattr(predictor, "mlflow_extras", None)
+    if callable(extra):
+        result["extras"] = extra(folder) or {}
     _write_json(folder / "result.json", result)
+    return result
+
+
+def log(result: dict[str, Any], tracking_uri: str | None = None) -> dict[str, Any]:
+    """Log a computed run to MLflow (once: the run id is stored with the result)."""
+    from . import tracking
+
+    folder = runs_dir() / result["run_key"]
+    title = f"{result['model']} on {result['dataset']}"
+    task = result["task"]
+    tags = {"model": result["model"], "dataset": result["dataset"], "dataset_version": str(result["dataset_version"]),
+            "task_fingerprint": result["task_fingerprint"], "horizons": ",".join(map(str, task["horizons"])),
+            "run_key": result["run_key"], "placement": result.get("placement") or "",
+            "mlflow.note.content": f"{title}, horizons {task['horizons']} iterations"}
+    params_flat = {f"model.{k}": v for k, v in result["params"].items()}
+    params_flat.update({f"task.{k}": v for k, v in task.items()})
+    params_flat.update({"model": result["model"], "dataset": result["dataset"], "dataset_fingerprint": result["dataset_fingerprint"],
+                        "code_version": result["code_version"], "python": platform.python_version(),
+                        "numpy": np.__version__, "placement": result.get("placement")})
+    metrics_flat = tracking.flat_metrics(result["horizons"])
+    metrics_flat["seconds"] = float(result["seconds"])
+    metrics_flat["failed_origins"] = float(result["failures"])
+    extras = result.get("extras") or {}
+    metrics_flat.update({k: float(v) for k, v in extras.get("metrics", {}).items()})
+    artifacts = [Path(p) for p in result.get("artifacts", [])] + [Path(p) for p in extras.get("artifacts", [])]
+    run_id = tracking.log_run(run_name=f"{result['model']} · {result['dataset']}", params=params_flat, tags=tags,
+                              metrics=metrics_flat, artifacts=artifacts, uri=tracking_uri,
+                              curves=extras.get("curves", {}))
+    result = {**result, "mlflow_run_id": run_id}
+    if folder.exists():
+        _write_json(folder / "result.json", result)
     return result

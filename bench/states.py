@@ -39,68 +39,85 @@ def _records_for(steps: np.ndarray, iterations: int) -> int:
     return max(2, int(round(iterations / max(spacing, 1.0))))
 
 
-def _rolling_mean(x: np.ndarray, w: int) -> np.ndarray:
-    """Trailing mean over w records along axis 0; NaN where fewer than w records exist."""
-    c = np.cumsum(np.concatenate([np.zeros((1,) + x.shape[1:]), x]), axis=0)
-    out = np.full(x.shape, np.nan)
-    out[w - 1 :] = (c[w:] - c[:-w]) / w
+def _ratio_grid(p: np.ndarray, steps: np.ndarray, cfg: StateConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """The drift/noise ratio at grid records: (centres [K], ratio [K, L], grid spacing g).
+
+    For speed on long traces the ratio is evaluated every ``g = w // 10`` records, with windows
+    made of whole blocks of ``g`` records (``g = 1``, every record, when ``w < 20``). One pass
+    over the trace sums each block's proportions and squared first differences; every window
+    mean is then a difference of cumulative block sums.
+    """
+    T, L, E = p.shape
+    w = _records_for(steps, cfg.window)
+    g = max(1, w // 10)
+    nb = max(1, w // g)
+    w = nb * g
+    Tb = T // g
+    if Tb < 2 * nb:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, L)), g
+    n = Tb * g
+    ps = np.empty((Tb, L, E))
+    d2s = np.empty((Tb, L, E))
+    chunk = max(g, ((1 << 21) // (L * E)) // g * g)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        block = p[s:e]
+        prev = p[s - 1 : e - 1] if s > 0 else np.concatenate([p[:1], p[: e - 1]])
+        ps[s // g : e // g] = block.reshape(-1, g, L, E).sum(axis=1)
+        d2s[s // g : e // g] = ((block - prev) ** 2).reshape(-1, g, L, E).sum(axis=1)
+    zero = np.zeros((1, L, E))
+    cp = np.concatenate([zero, np.cumsum(ps, axis=0)])
+    cd = np.concatenate([zero, np.cumsum(d2s, axis=0)])
+    k = np.arange(2 * nb, Tb + 1)  # the pair of windows covers blocks k-2nb .. k-1
+    drift = np.abs((cp[k] - 2 * cp[k - nb] + cp[k - 2 * nb]) / w).sum(axis=2)
+    sigma = np.sqrt((cd[k] - cd[k - 2 * nb]) / (2 * w) / 2.0)
+    noise = np.sqrt(2 / np.pi) * np.sqrt(2.0 / w) * sigma.sum(axis=2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(noise > 0, drift / noise, np.where(drift > 0, np.inf, 0.0))
+    return (k - nb) * g, ratio, g
+
+
+def _expand(centres: np.ndarray, values: np.ndarray, T: int) -> np.ndarray:
+    """Give every record the value at the last grid centre at or before it (NaN before the first)."""
+    out = np.full((T,) + values.shape[1:], np.nan)
+    if len(centres):
+        idx = np.searchsorted(centres, np.arange(T), side="right") - 1
+        ok = idx >= 0
+        out[ok] = values[idx[ok]]
+        out[centres[-1] + 1 :] = np.nan  # past the last full window pair
+        out[centres[-1]] = values[-1]
     return out
 
 
 def drift_ratio(p: np.ndarray, steps: np.ndarray, cfg: StateConfig = StateConfig()) -> np.ndarray:
     """The unsmoothed drift/noise ratio [T, L], centred: at record t it compares the ``w``
     records before t with the ``w`` from t on (NaN where either window is incomplete)."""
-    T = p.shape[0]
-    w = _records_for(steps, cfg.window)
-    out = np.full(p.shape[:2], np.nan)
-    if T < 2 * w + 1:
-        return out
-    mean = _rolling_mean(p, w)  # [T, L, E]
-    drift = np.full(p.shape[:2], np.nan)
-    drift[2 * w - 1 :] = np.abs(mean[2 * w - 1 :] - mean[w - 1 : T - w]).sum(axis=2)
-    d = np.diff(p, axis=0)  # d[t-1] = p[t] - p[t-1]
-    d = np.concatenate([np.full((1,) + d.shape[1:], np.nan), d])
-    d2 = np.nan_to_num(d) ** 2
-    var_d = _rolling_mean(d2, 2 * w - 1)  # mean of squared diffs within the 2w records
-    sigma = np.sqrt(var_d / 2.0)
-    noise = np.sqrt(2 / np.pi) * np.sqrt(2.0 / w) * sigma.sum(axis=2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(noise > 0, drift / noise, np.where(drift > 0, np.inf, 0.0))
-    out[: 2 * w - 1] = np.nan
-    centred = np.full_like(out, np.nan)
-    centred[: T - w + 1] = out[w - 1 :]
-    return centred
+    centres, ratio, _ = _ratio_grid(p, steps, cfg)
+    return _expand(centres, ratio, p.shape[0])
 
 
 def _rolling_median(x: np.ndarray, k: int) -> np.ndarray:
-    if k <= 1:
+    """Centred rolling median over k rows, edges padded with the first and last rows."""
+    if k <= 1 or len(x) == 0:
         return x
-    out = np.full_like(x, np.nan)
     from numpy.lib.stride_tricks import sliding_window_view
 
-    valid = ~np.isnan(x).any(axis=1)
-    first = int(np.argmax(valid)) if valid.any() else len(x)
-    xs = x[first:]
-    if len(xs) == 0:
-        return out
-    valid_rows = ~np.isnan(xs).any(axis=1)
-    last = int(len(xs) - np.argmax(valid_rows[::-1]))  # one past the last valid row
-    xs = xs[:last]
     half = k // 2
-    padded = np.concatenate([np.repeat(xs[:1], half, axis=0), xs, np.repeat(xs[-1:], k - 1 - half, axis=0)])
-    out[first : first + last] = np.median(sliding_window_view(padded, k, axis=0), axis=-1)
-    return out
+    padded = np.concatenate([np.repeat(x[:1], half, axis=0), x, np.repeat(x[-1:], k - 1 - half, axis=0)])
+    return np.median(sliding_window_view(padded, k, axis=0), axis=-1)
 
 
 def detect_states(p: np.ndarray, steps: np.ndarray, cfg: StateConfig = StateConfig()) -> np.ndarray:
     """Boolean [T, L]: True where stable, False where transient."""
-    ratio = _rolling_median(drift_ratio(p, steps, cfg), _records_for(steps, cfg.smooth) if cfg.smooth else 1)
-    stable = ratio <= cfg.threshold  # NaN (window incomplete) compares False: transient
-    valid = ~np.isnan(ratio).any(axis=1)
+    centres, ratio, g = _ratio_grid(p, steps, cfg)
+    smooth = max(1, _records_for(steps, cfg.smooth) // g) if cfg.smooth else 1
+    stable_grid = _rolling_median(ratio, smooth) <= cfg.threshold
+    stable = _expand(centres, stable_grid.astype(float), p.shape[0])
+    valid = ~np.isnan(stable).any(axis=1)
     if valid.any():
         last = len(valid) - 1 - int(np.argmax(valid[::-1]))
         stable[last + 1 :] = stable[last]
-    return stable
+    return np.nan_to_num(stable, nan=0.0).astype(bool)  # incomplete windows at the start: transient
 
 
 def state_names(stable: np.ndarray) -> np.ndarray:

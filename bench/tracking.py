@@ -78,13 +78,20 @@ def log_run(
     artifacts: list[Path],
     uri: str | None = None,
     experiment: str = EXPERIMENT,
+    curves: dict[str, list[float]] | None = None,
 ) -> str:
-    """Log one finished benchmark run; returns its MLflow run id."""
+    """Log one finished benchmark run; returns its MLflow run id.
+
+    `curves` are per-step series (e.g. a model's training loss per epoch), logged with steps.
+    """
     mlflow = _mlflow(uri)
     with mlflow.start_run(experiment_id=experiment_id(mlflow, experiment), run_name=run_name) as run:
         mlflow.log_params({k: (str(v)[:6000]) for k, v in params.items()})
         mlflow.set_tags(tags)
         mlflow.log_metrics(metrics)
+        for name, values in (curves or {}).items():
+            for step, v in enumerate(values):
+                mlflow.log_metric(name, float(v), step=step)
         for path in artifacts:
             if path.is_dir():
                 mlflow.log_artifacts(str(path), artifact_path=path.name)

@@ -101,6 +101,10 @@ class Predictor:
     search_space: ClassVar[dict[str, tuple]] = {}
     #: Bumped when the model's behaviour changes, so cached results are not reused.
     version: ClassVar[int] = 1
+    #: Whether, with refit "every", its forecasts depend only on the history shown (however it was
+    #: split into `observe` calls) and not on earlier `predict` calls: then a run's origins can be
+    #: evaluated in independent chunks (bench.executors). May be a property reading the params.
+    replayable: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.defaults))

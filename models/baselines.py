@@ -18,6 +18,7 @@ class SlidingWindowAverage(Predictor):
 
     name = "sw_avg"
     defaults = {"window": 100}
+    replayable = True
     search_space = {"window": ("log", 10, 2000)}
 
     def predict(self, horizon):
@@ -29,6 +30,7 @@ class LastValue(Predictor):
     """The last observed proportions."""
 
     name = "last"
+    replayable = True
 
     def predict(self, horizon):
         return self.repeat(self.history.proportions[-1], horizon)
@@ -43,6 +45,7 @@ class ExponentialMovingAverage(Predictor):
 
     name = "ema"
     defaults = {"decay": 0.95}
+    replayable = True  # the state is updated record by record, however the records arrive
     search_space = {"decay": ("float", 0.5, 0.9999)}
 
     def start(self, layers, experts, training=()):
@@ -104,6 +107,10 @@ class SlidingWindowSum(Predictor):
     name = "sw_sum"
     defaults = {"window": 1000, "rebalance_every": 0}
     search_space = {"window": ("log", 10, 5000)}
+
+    @property
+    def replayable(self):  # with rebalancing, the estimate depends on when it was last refreshed
+        return self.params["rebalance_every"] <= 0
 
     def start(self, layers, experts, training=()):
         super().start(layers, experts, training)

@@ -44,8 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fresh", action="store_true", help="ignore (delete) an earlier run in --out instead of continuing it")
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds of training, keeping what was recorded")
     p.add_argument("--flush-every", type=int, default=100, help="iterations kept on the device before copying records to the host")
-    p.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile the blocks (default on CUDA)")
-    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--compile", default=None, choices=["blocks", "full", "cudagraphs", "none"],
+                   help="torch.compile mode: blocks (regional; default on CUDA), full (whole model), cudagraphs (whole model, "
+                        "CUDA graphs), none (default on CPU)")
     p.add_argument("--corpus", type=Path, default=None, help="corpus root (default: this Python's standard library)")
     p.add_argument("--no-register", action="store_true", help="do not store the trace in the registry (it stays in --out/trace)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -128,7 +129,7 @@ def cmd_trace(args) -> int:
         shutil.rmtree(out)
     checkpoint_every = args.checkpoint_every if args.checkpoint_every is not None else (1000 if device == "cpu" else 0)
 
-    tracer = Tracer(cfg, device=device, compile=args.compile, flush_every=args.flush_every, corpus_root=args.corpus)
+    tracer = Tracer(cfg, device=device, compile=False if args.compile == "none" else args.compile, flush_every=args.flush_every, corpus_root=args.corpus)
     resumed = tracer.load_checkpoint(out)
     if tracer.step >= steps and resumed:
         print(f"{out} already holds {tracer.step} iterations (>= --steps {steps}); writing its trace", file=sys.stderr)

@@ -55,37 +55,30 @@ def _ring_order(zero: np.ndarray, ring_start: int | None, notes: list[str]) -> t
     """Buffer rows in pass order with the all-zero ones left out, and the oldest row if known."""
     n = len(zero)
     if ring_start is not None:
-        start = ring_start
-        how = f"rows rotated so that buffer row {start} (option ring_start) comes first" if start else "rows in buffer order (option ring_start=0)"
+        start, reason = ring_start, "option ring_start"
     elif not zero.any():
         warn(notes, f"all {n} buffer rows are filled and SGLang's dump does not record the circular buffer's write position: rows "
                     "kept in buffer order, which is pass order only if the buffer did not wrap (buffer size -1, or exactly "
                     f"{n} passes recorded); pass --option ring_start=K (the oldest row) to rotate them")
         return np.arange(n), None
     else:
-        runs = np.flatnonzero(zero != np.roll(zero, 1))  # cyclic run starts
-        zero_runs = [int(i) for i in runs if zero[i]]
-        if len(zero_runs) == 1:
-            first_zero = zero_runs[0]
-            after = np.flatnonzero(~np.roll(zero, -first_zero))[0]
-            start = (first_zero + int(after)) % n
-            how = (f"rows rotated so that buffer row {start} comes first (the write position: the row after the zero run)" if start
-                   else "remaining rows already in pass order")
-            warn(notes, f"dropped {int(zero.sum())} unfilled (all-zero) rows {ranges(np.flatnonzero(zero))} of the {n}-row circular "
-                        f"buffer; {how}")
-            return np.roll(np.arange(n), -start)[~np.roll(zero, -start)], start
-        warn(notes, f"dropped {int(zero.sum())} all-zero rows at buffer positions {ranges(np.flatnonzero(zero))}: they form "
-                    f"{len(zero_runs)} separate runs (unfilled rows and passes without tokens look alike), so the buffer's write "
-                    "position cannot be told: the other rows are kept in buffer order, which may be a rotation of pass order")
-        return np.flatnonzero(~zero), None
+        zero_runs = [int(i) for i in np.flatnonzero(zero != np.roll(zero, 1)) if zero[i]]  # cyclic runs of zero rows
+        if len(zero_runs) > 1:
+            warn(notes, f"dropped {int(zero.sum())} all-zero rows at buffer positions {ranges(np.flatnonzero(zero))}: they form "
+                        f"{len(zero_runs)} separate runs (unfilled rows and passes without tokens look alike), so the buffer's "
+                        "write position cannot be told: the other rows are kept in buffer order, which may be a rotation of "
+                        "pass order")
+            return np.flatnonzero(~zero), None
+        start = (zero_runs[0] + int(np.flatnonzero(~np.roll(zero, -zero_runs[0]))[0])) % n
+        reason = "the write position: the row after the run of unfilled rows"
     order = np.roll(np.arange(n), -start)
-    keep = order[~zero[order]]
-    msg = how + (f"; dropped {int(zero.sum())} all-zero rows {ranges(np.flatnonzero(zero))}" if zero.any() else "")
+    parts = [f"dropped {int(zero.sum())} unfilled (all-zero) rows {ranges(np.flatnonzero(zero))} of the {n}-row buffer"] if zero.any() else []
+    parts.append(f"rows rotated so that buffer row {start} ({reason}) comes first" if start else f"rows kept in buffer order ({reason})")
     if start or zero.any():
-        warn(notes, msg)
+        warn(notes, "; ".join(parts))
     else:
-        notes.append(msg)
-    return keep, start
+        notes.append(parts[0])
+    return order[~zero[order]], start
 
 
 def read_stat(path: Path, ring_start: int | None = None) -> "Trace":  # noqa: F821
@@ -103,9 +96,9 @@ def read_stat(path: Path, ring_start: int | None = None) -> "Trace":  # noqa: F8
         raise TraceError(str(path), f"logical_count: all {n} rows are zero (nothing was recorded)")
     notes: list[str] = []
     rows, start = _ring_order(zero, ring_start, notes)
-    extra: dict = {"buffer_rows": n, "oldest_buffer_row": start, "dropped_rows": int(zero.sum()), "rank": data.get("rank")}
+    extra: dict = {"buffer_rows": n, "oldest_buffer_row": start, "dropped_rows": int(zero.sum())}
     rate = data.get("average_utilization_rate_over_window")
-    if isinstance(rate, (int, float)):
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool):
         extra["average_utilization_rate_over_window"] = float(rate)
     labels = [f"layer{i}" for i in range(counts.shape[1])]
     counts, labels = drop_dense_layers(counts[rows], labels, path, notes, extra)

@@ -90,7 +90,9 @@ class Tracer:
             raise ValueError("--device cuda asked for, but torch sees no CUDA GPU")
         cuda = self.device.type == "cuda"
         self.amp = cuda if amp is None else amp
-        self.compiled = cuda if compile is None else compile
+        if compile is None or compile is True:
+            compile = "blocks" if (cuda or compile) else False
+        self.compiled = compile or False
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -114,10 +116,18 @@ class Tracer:
         self.prev: dict[str, np.ndarray] | None = None  # records loaded from a checkpoint
         self.step = 0
         self.first_step = 0
+        self._fwd = self.model
         if self.compiled:
-            for block in self.model.blocks:
-                block.compile()
-            self.model.head_loss = torch.compile(self.model.head_loss)
+            if self.compiled == "blocks":  # regional: one graph per block kind, fast to compile
+                for block in self.model.blocks:
+                    block.compile()
+                self.model.head_loss = torch.compile(self.model.head_loss)
+            elif self.compiled == "full":
+                self._fwd = torch.compile(self.model)
+            elif self.compiled == "cudagraphs":  # whole model, CUDA graphs (reduce-overhead)
+                self._fwd = torch.compile(self.model, mode="reduce-overhead")
+            else:
+                raise ValueError(f"unknown compile mode {self.compiled!r}; use blocks, full or cudagraphs")
 
     # -- one iteration -------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -136,22 +146,24 @@ class Tracer:
 
     def forward(self, step: int):
         x, y = self.batch(step)
+        if self.compiled == "cudagraphs":
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            return self.model(x, y)
+            return self._fwd(x, y)
 
     def train_step(self, record: bool = True) -> None:
         lr = self.lr_at(self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
         loss, aux, counts, dropped = self.forward(self.step)
+        if record:  # device-side copies only; no host sync
+            self.buffer.push(counts=counts, dropped=dropped, loss=loss.detach())
         total = loss + self.cfg.aux_loss * aux if self.cfg.aux_loss > 0 else loss
         total.backward()
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        if record:
-            self.buffer.push(counts=counts, dropped=dropped, loss=loss.detach())
         self.step += 1
 
     # -- records -------------------------------------------------------------------------
@@ -269,7 +281,7 @@ class Tracer:
             "device": device_name,
             "torch": torch.__version__,
             "precision": "bf16 autocast, fp32 master weights and router" if self.amp else "fp32",
-            "compiled": bool(self.compiled),
+            "compiled": self.compiled or False,
             "steps_asked": steps_asked,
             "run": stats or {},
             "loss_every": every,

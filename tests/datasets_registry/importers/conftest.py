@@ -36,6 +36,23 @@ def pickled(request):
 
 
 @pytest.fixture
+def stored(request):
+    """stored(trace) -> the trace as the registry stores and loads it back (the card must survive JSON)."""
+    from datasets_registry import registry
+
+    def roundtrip(trace):
+        name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:60]
+        entry = registry.add(trace, name)
+        back = registry.load(entry.ref)
+        assert (back.counts == trace.counts).all() and (back.steps == trace.steps).all()
+        assert back.card.notes == trace.card.notes and back.card.extra == trace.card.extra
+        assert back.card.static == trace.card.static and back.card.source == trace.card.source
+        return back
+
+    return roundtrip
+
+
+@pytest.fixture
 def refuses():
     """refuses(path, fmt, *words, **options): the import fails with a TraceError naming `path` and `words`."""
 

@@ -37,9 +37,9 @@ def write_traces(folder, steps=(10, 20, 30), layers=(1, 3), ranks=(0, 1), microb
     return want
 
 
-def test_megatron_bincounts_and_sums_ranks(tmp_path):
+def test_megatron_bincounts_and_sums_ranks(tmp_path, stored):
     want = write_traces(tmp_path / "trace", microbatches=2)
-    tr = import_path(tmp_path / "trace", "megatron-router-trace", experts=E)
+    tr = stored(import_path(tmp_path / "trace", "megatron-router-trace", experts=E))
     np.testing.assert_array_equal(tr.counts, want)
     assert tr.steps.tolist() == [10, 20, 30] and tr.card.layer_names == ["layer1", "layer3"]
     assert tr.card.model.top_k == K and tr.card.extra["records"] == 2 * 3 * 2 * 2
@@ -99,7 +99,7 @@ def expected(ids, step):
 
 
 @pytest.mark.parametrize("kind", ["npy", "npz", "pt", "pt-dict"])
-def test_vllm_groups_tokens(tmp_path, kind):
+def test_vllm_groups_tokens(tmp_path, kind, stored):
     ids = routed()
     if kind == "npy":
         f = tmp_path / "routed.npy"
@@ -112,7 +112,7 @@ def test_vllm_groups_tokens(tmp_path, kind):
         t = torch.from_numpy(ids)
         torch.save(t if kind == "pt" else {"routed_experts": t, "request_id": "r1"}, f)
     with pytest.warns(DumpWarning, match="dropped the last 2 token"):
-        tr = import_path(f, "vllm-routed-experts", step_tokens=16, experts=E)
+        tr = stored(import_path(f, "vllm-routed-experts", step_tokens=16, experts=E))
     np.testing.assert_array_equal(tr.counts, expected(ids, 16))
     assert tr.steps.tolist() == [0, 1, 2] and tr.card.model.top_k == K and tr.card.model.tokens_per_step == 16
     assert tr.card.extra["dropped_tokens"] == 2

@@ -32,10 +32,10 @@ def save_stat(path, buffer, **extra):
 # --------------------------------------------------------------------------- stat
 
 
-def test_stat_growing_buffer_in_order(tmp_path):
+def test_stat_growing_buffer_in_order(tmp_path, stored):
     data = passes(6)
     f = save_stat(tmp_path / "expert_distribution_recorder_1700000000.0.pt", data)
-    tr = import_path(f, "sglang-stat", ring_start=0)
+    tr = stored(import_path(f, "sglang-stat", ring_start=0))
     np.testing.assert_array_equal(tr.counts, data[:, 1:])
     assert tr.steps.tolist() == list(range(6))
     assert tr.card.layer_names == ["layer1", "layer2", "layer3"]
@@ -54,14 +54,14 @@ def test_stat_unfilled_tail_is_dropped(tmp_path):
     assert tr.card.extra["dropped_rows"] == 4 and "dropped 4 unfilled" in tr.card.notes
 
 
-def test_stat_wrapped_partial_buffer_is_rotated(tmp_path):
+def test_stat_wrapped_partial_buffer_is_rotated(tmp_path, stored):
     # reset() zeroes the rows but keeps _curr_index = 7: six passes land in rows 7, 8, 9, 0, 1, 2
     data = passes(6)
     buf = np.zeros((10, L, E), dtype=np.int64)
     for i, row in enumerate([7, 8, 9, 0, 1, 2]):
         buf[row] = data[i]
-    with pytest.warns(DumpWarning, match="buffer row 7 comes first"):
-        tr = import_path(save_stat(tmp_path / "d.pt", buf), "sglang-stat")
+    with pytest.warns(DumpWarning, match="buffer row 7 .the write position"):
+        tr = stored(import_path(save_stat(tmp_path / "d.pt", buf), "sglang-stat"))
     np.testing.assert_array_equal(tr.counts, data[:, 1:])
     assert tr.card.extra["oldest_buffer_row"] == 7
     assert "rotated" in tr.card.notes
@@ -161,9 +161,9 @@ def expected_logical(written, pass_ids, mapping=MAP):
 
 
 @pytest.mark.parametrize("per_token", [False, True])
-def test_per_pass_sums_ranks_and_maps_to_logical(tmp_path, per_token):
+def test_per_pass_sums_ranks_and_maps_to_logical(tmp_path, per_token, stored):
     written = save_ranks(tmp_path / "dump", per_token=per_token)
-    tr = import_path(tmp_path / "dump", "sglang-per-pass")
+    tr = stored(import_path(tmp_path / "dump", "sglang-per-pass"))
     want = expected_logical(written, [5, 6, 9])
     np.testing.assert_array_equal(tr.counts, want[:, 1:])
     assert tr.steps.tolist() == [5, 6, 9]
@@ -172,14 +172,14 @@ def test_per_pass_sums_ranks_and_maps_to_logical(tmp_path, per_token):
     assert len(tr.card.source["files"]) == 2 and "physical to 8 logical" in tr.card.notes
 
 
-def test_per_pass_single_file_and_idle_pass(tmp_path):
+def test_per_pass_single_file_and_idle_pass(tmp_path, stored):
     written = save_ranks(tmp_path / "dump", ranks=(0,), pass_ids=(1, 2, 3))
     f = next((tmp_path / "dump").iterdir())
     data = torch.load(f, weights_only=True)
     data["records"][1]["global_physical_count"].zero_()  # an idle pass: no tokens anywhere
     torch.save(data, f)
     with pytest.warns(DumpWarning, match="dropped 1 forward pass"):
-        tr = import_path(f, "sglang-per-pass", experts=9)
+        tr = stored(import_path(f, "sglang-per-pass", experts=9))
     assert tr.steps.tolist() == [1, 3] and tr.experts == 9
     want = expected_logical({0: [r for r in written[0] if r["forward_pass_id"] != 2]}, [1, 3])
     np.testing.assert_array_equal(tr.counts[:, :, :8], want[:, 1:])

@@ -23,10 +23,10 @@ def eplb_totals():
     return counts
 
 
-def test_eplb_2d_is_static_and_drops_dense_layers(tmp_path):
+def test_eplb_2d_is_static_and_drops_dense_layers(tmp_path, stored):
     counts = eplb_totals()
     f = write(tmp_path / "deepseek_v3_stats.json", {"logical_count": counts.astype(float).tolist(), "note": "ignored"})
-    tr = import_path(f, "eplb-json")
+    tr = stored(import_path(f, "eplb-json"))
     assert tr.shape == (1, 3, 6) and tr.steps.tolist() == [0]
     assert tr.card.static
     np.testing.assert_array_equal(tr.counts[0], counts[2:].astype(np.int64))
@@ -70,9 +70,9 @@ def mindspeed_counts():
     return {"3": {"0": 123, "1": 256, "2": 89, "3": 40}, "10": {"0": 88, "1": 190, "3": 7}, "4": {"0": 1, "1": 2, "2": 3, "3": 4}}
 
 
-def test_mindspeed_static(tmp_path):
+def test_mindspeed_static(tmp_path, stored):
     f = write(tmp_path / "token_collects.json", mindspeed_counts())
-    tr = import_path(f, "mindspeed-json")
+    tr = stored(import_path(f, "mindspeed-json"))
     assert tr.card.static and tr.shape == (1, 3, 4)
     assert tr.card.layer_names == ["layer3", "layer4", "layer10"]  # numeric order, real numbers
     np.testing.assert_array_equal(tr.counts[0], [[123, 256, 89, 40], [1, 2, 3, 4], [88, 190, 0, 7]])

@@ -41,9 +41,9 @@ def write_dump(folder, ranks=2, skip=()):
     return written
 
 
-def test_trtllm_sums_ranks_and_keeps_iterations(tmp_path):
+def test_trtllm_sums_ranks_and_keeps_iterations(tmp_path, stored):
     written = write_dump(tmp_path / "expert_statistic", ranks=3)
-    tr = import_path(tmp_path / "expert_statistic", "trtllm")
+    tr = stored(import_path(tmp_path / "expert_statistic", "trtllm"))
     assert tr.steps.tolist() == list(ITERS)
     assert tr.card.layer_names == ["layer3", "layer4", "layer5"]
     for t, it in enumerate(ITERS):
@@ -55,10 +55,10 @@ def test_trtllm_sums_ranks_and_keeps_iterations(tmp_path):
     assert "summed over 3 rank" in tr.card.notes
 
 
-def test_trtllm_key_absent_from_one_rank_warns(tmp_path):
+def test_trtllm_key_absent_from_one_rank_warns(tmp_path, stored):
     written = write_dump(tmp_path / "d", skip={(1, 102, 4)})
     with pytest.warns(DumpWarning, match="1 .iteration, layer, rank. entries"):
-        tr = import_path(tmp_path / "d", "trtllm")
+        tr = stored(import_path(tmp_path / "d", "trtllm"))
     np.testing.assert_array_equal(tr.counts[2, 1], written[0]["102_4"].numpy())
     assert tr.card.extra["absent_entries"] == 1
 

@@ -1,0 +1,60 @@
+"""`python -m bench grid CONFIG.yaml`: run a whole benchmark grid on an executor (docs/scaling.md)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("grid", help="run a grid of models x parameters x datasets x horizons from a YAML file",
+                       description="Run every (dataset, model, parameters, horizons) of a grid file, in parallel, "
+                                   "reusing finished runs; then refresh the leaderboard. See docs/scaling.md.")
+    p.add_argument("config", help="grid file (YAML), e.g. examples/grid.yaml")
+    p.add_argument("--executor", choices=["inprocess", "local", "dask"], default=None,
+                   help="where units run (default: the file's `executor:`, else local = all cores)")
+    p.add_argument("--address", default=None, metavar="tcp://HOST:8786", help="an existing Dask scheduler (implies --executor dask)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes for local / a Dask LocalCluster (default: one per core)")
+    p.add_argument("--chunk", default=None, metavar="N|auto",
+                   help="origins per chunk of a replayable run; 0 = whole runs (default: the file's, else auto)")
+    p.add_argument("--retries", type=int, default=None, help="resubmissions of a failed or lost unit (default 2)")
+    p.add_argument("--force", action="store_true", default=None, help="recompute runs even if cached")
+    p.add_argument("--no-track", dest="track", action="store_false", default=None, help="do not log to MLflow")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under the data home)")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON document on stdout")
+    p.set_defaults(func=cmd_grid)
+
+
+def cmd_grid(args) -> int:
+    import time
+
+    from bench import grid
+    from bench.executors import executor, run_all
+
+    from .run import progress_bar
+
+    chunk = None if args.chunk in (None, "auto") else int(args.chunk)
+    config = grid.override(grid.load(args.config), executor="dask" if args.address else args.executor, address=args.address,
+                           workers=args.workers, retries=args.retries, force=args.force, track=args.track,
+                           tracking_uri=args.tracking_uri)
+    if args.chunk is not None:
+        config.chunk = chunk
+    specs = config.specs()
+    t0 = time.perf_counter()
+    with executor(config.executor, config.address, config.workers) as ex:
+        bar, update = progress_bar(f"grid on {ex.name} ({ex.workers} workers)", enabled=sys.stderr.isatty())
+        with bar:
+            outcome = run_all(specs, ex, chunk=config.chunk, force=config.force, retries=config.retries,
+                              track=config.track, tracking_uri=config.tracking_uri, progress=update)
+    wall = time.perf_counter() - t0
+    refreshed = grid.refresh_leaderboard()
+    if args.json:
+        json.dump({"results": outcome.results, "failures": outcome.failures, "seconds": round(wall, 3),
+                   "leaderboard": refreshed}, sys.stdout, indent=2, default=str)
+        print()
+    else:
+        grid.print_summary(grid.summary_rows(specs, outcome.results), outcome.failures, wall)
+        if refreshed:
+            print(f"leaderboard refreshed ({refreshed})")
+    return 1 if outcome.failures else 0

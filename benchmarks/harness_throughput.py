@@ -1,0 +1,132 @@
+"""Harness throughput: sw_avg over both horizons at stride 100 with all metrics, on a trace
+shaped like the seed paper's 350M setup (20,000 steps x 12 MoE layers x 128 experts).
+
+Compares, in one run:
+  - the harness (bench.evaluate.evaluate: copies of the past to the predictor, forecast
+    validation, error_rate / window_error / mape / noise_floor, state labels);
+  - a bare numpy loop over the same origins computing the same metrics (the baseline);
+  - sktime's `evaluate` doing the same work for a subset of series and origins, scaled up.
+
+The trace is SYNTHETIC (datasets_registry.synthetic-style multinomial sampling), used only for
+its shape. Usage: python benchmarks/harness_throughput.py [--steps 20000] [--sktime-series 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import time
+
+import numpy as np
+
+
+def make_trace(steps: int, layers: int, experts: int, seed: int = 0):
+    from datasets_registry.trace import Card, Trace
+
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1, (layers, experts))
+    walk = np.cumsum(rng.normal(0, 0.01, (steps, layers, experts)), axis=0)
+    z = logits + walk + rng.normal(0, 0.02, (steps, layers, experts))
+    q = np.exp(z - z.max(axis=2, keepdims=True))
+    q /= q.sum(axis=2, keepdims=True)
+    counts = rng.multinomial(8192, q.reshape(-1, experts)).reshape(steps, layers, experts)
+    counts[:, :, 0] += 1
+    return Trace.from_arrays(counts, np.arange(steps) + 1, Card(id="synthetic-350m-shape", title="SYNTHETIC"), source="<synthetic>")
+
+
+def bare_numpy(trace, horizons, stride, min_history, window):
+    """The same origins and metrics, written as a plain loop (no harness)."""
+    from bench.metrics import noise_floor
+
+    p, steps, totals = trace.proportions, trace.steps, trace.totals
+    E = trace.experts
+    out = {}
+    for H in horizons:
+        errs = []
+        for s in range(int(steps[0]) + min_history, int(steps[-1]) - H + 1, stride):
+            o = int(np.searchsorted(steps, s))
+            est = p[max(0, o - window) : o].mean(axis=0)
+            truth = p[o : o + H]
+            diff = np.abs(est - truth)
+            er = diff.sum(axis=2).mean(axis=0)
+            we = np.abs(est - truth.mean(axis=0)).sum(axis=1)
+            mape = (diff / np.maximum(truth, 1 / (100 * E))).mean(axis=(0, 2))
+            nf = noise_floor(truth.mean(axis=0), totals[o : o + H].mean(axis=0))
+            errs.append((er, we, mape, nf))
+        out[H] = np.mean([e[0] for e in errs], axis=0).mean()
+    return out
+
+
+def sktime_subset(trace, H, stride, min_history, window, series, origins):
+    """sktime `evaluate` of a window-mean NaiveForecaster on `series` series, first `origins` folds."""
+    import warnings
+
+    import pandas as pd
+    from sktime.forecasting.model_evaluation import evaluate
+    from sktime.forecasting.naive import NaiveForecaster
+    from sktime.split import SlidingWindowSplitter
+
+    warnings.filterwarnings("ignore")
+    p = trace.proportions
+    n = min_history + stride * (origins - 1) + H
+    fh = np.arange(1, H + 1)
+    t0 = time.process_time()
+    for k in range(series):
+        l, e = divmod(k, trace.experts)
+        y = pd.Series(p[:n, l, e])
+        cv = SlidingWindowSplitter(fh=fh, window_length=window, step_length=stride, initial_window=None)
+        # sktime re-enables FutureWarnings on every construction: keep them off the terminal
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            evaluate(NaiveForecaster(strategy="mean", window_length=window), cv=cv, y=y, strategy="refit")
+    return time.process_time() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=20000)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--experts", type=int, default=128)
+    ap.add_argument("--sktime-series", type=int, default=4)
+    ap.add_argument("--sktime-origins", type=int, default=5)
+    args = ap.parse_args()
+
+    from bench.evaluate import evaluate
+    from bench.task import Task, rolling_origins
+    from models.baselines import SlidingWindowAverage
+
+    trace = make_trace(args.steps, args.layers, args.experts)
+    _ = trace.proportions, trace.totals
+    task = Task("synthetic", horizons=(1000, 2000), stride=100)
+    n_origins = {H: len(o.records) for H, o in rolling_origins(trace.steps, task).items()}
+    print(f"trace {trace.shape} (synthetic, 350M-shaped); origins per horizon: {n_origins}")
+
+    w0, t0 = time.perf_counter(), time.process_time()
+    ev = evaluate(trace, SlidingWindowAverage(window=100), task)
+    t_harness, w_harness = time.process_time() - t0, time.perf_counter() - w0
+    frame = ev.frame()
+    harness_err = {H: frame[frame.horizon == H].groupby("layer").error_rate.mean().mean() for H in task.horizons}
+
+    w0, t0 = time.perf_counter(), time.process_time()
+    bare_err = bare_numpy(trace, task.horizons, task.stride, task.min_history, 100)
+    t_bare, w_bare = time.process_time() - t0, time.perf_counter() - w0
+    for H in task.horizons:
+        assert abs(harness_err[H] - bare_err[H]) < 1e-12, (H, harness_err[H], bare_err[H])
+
+    S, K = args.sktime_series, args.sktime_origins
+    t_sk = sktime_subset(trace, 1000, 100, 100, 100, S, K)
+    per_fold = t_sk / (S * K)
+    folds_total = sum(n_origins.values()) * args.layers * args.experts
+    t_sk_scaled = per_fold * folds_total
+
+    print("CPU seconds of this process (wall-clock in brackets; CPU time is steadier on a shared machine)")
+    print(f"harness (sw_avg, both horizons, all metrics + states): {t_harness:8.2f} s [{w_harness:.2f}]")
+    print(f"bare numpy loop, same origins and metrics:              {t_bare:8.2f} s [{w_bare:.2f}]   harness / bare = {t_harness / t_bare:.2f}x")
+    print(f"sktime evaluate: {per_fold * 1e3:.1f} ms per (series, origin) fold on {S} series x {K} origins;")
+    print(f"  scaled to {folds_total:,} folds:                   {t_sk_scaled:8.0f} s   sktime / harness = {t_sk_scaled / t_harness:.0f}x")
+    print(f"error_rate (all) per horizon, harness = bare: {({H: round(float(v), 6) for H, v in harness_err.items()})}")
+
+
+if __name__ == "__main__":
+    main()
