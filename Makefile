@@ -24,5 +24,8 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
+leaderboard: setup  ## refresh the committed leaderboard/ (reference models on the built-in datasets)
+	$(PY) -m bench leaderboard --write
+
 clean:
 	rm -rf $(VENV) *.egg-info

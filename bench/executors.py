@@ -169,7 +169,7 @@ class InProcessExecutor:
         self._queue.append((fut, fn, args))
         return fut
 
-    def wait_any(self, pending: Iterable) -> set:
+    def wait_any(self, pending: Iterable, timeout: float | None = None) -> set:
         pending = set(pending)
         done = {f for f in pending if f.done()}
         if done:
@@ -211,10 +211,13 @@ class LocalExecutor:
             self._pool = self._new_pool()
             return self._pool.submit(fn, *args)
 
-    def wait_any(self, pending: Iterable) -> set:
+    def wait_any(self, pending: Iterable, timeout: float | None = None) -> set:
         from concurrent.futures import wait
 
-        return wait(pending, return_when=FIRST_COMPLETED).done
+        done = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED).done
+        if not done:
+            raise TimeoutError(f"no unit finished in {timeout} s")
+        return done
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -255,10 +258,10 @@ class DaskExecutor:
     def submit(self, fn: Callable, *args, key: str | None = None):
         return self.client.submit(fn, *args, key=key, pure=False)
 
-    def wait_any(self, pending: Iterable) -> set:
+    def wait_any(self, pending: Iterable, timeout: float | None = None) -> set:
         from distributed import wait
 
-        return set(wait(list(pending), return_when="FIRST_COMPLETED").done)
+        return set(wait(list(pending), timeout=timeout, return_when="FIRST_COMPLETED").done)
 
     def close(self) -> None:
         self.client.close()
@@ -368,12 +371,13 @@ class MergeError(RuntimeError):
 def run_all(specs: Sequence[RunSpec], ex, *, chunk: int | None = None, force: bool = False, retries: int = 2,
             track: bool = False, tracking_uri: str | None = None,
             progress: Callable[[int, int], None] | None = None,
-            on_result: Callable[[dict], None] | None = None) -> Outcome:
+            on_result: Callable[[dict], None] | None = None, stall_timeout: float | None = None) -> Outcome:
     """Compute `specs` on executor `ex`, streaming results back as they finish.
 
     Chunk records are merged by origin in the driver (each origin exactly once); a unit that
     fails is submitted again up to `retries` times, then reported in ``Outcome.failures``.
-    With `track`, each result not yet in MLflow is logged here, in the driver.
+    With `track`, each result not yet in MLflow is logged here, in the driver. `stall_timeout`
+    bounds the wait for the next unit (TimeoutError), e.g. when a cluster has lost all workers.
     """
     from . import runner
 
@@ -407,7 +411,7 @@ def run_all(specs: Sequence[RunSpec], ex, *, chunk: int | None = None, force: bo
     if progress:
         progress(0, p.total)
     while pending:
-        for fut in ex.wait_any(list(pending)):
+        for fut in ex.wait_any(list(pending), stall_timeout):
             unit, extra = pending.pop(fut)
             try:
                 value = fut.result()

@@ -113,29 +113,16 @@ def override(config: GridConfig, **changes: Any) -> GridConfig:
     return GridConfig(**kept)
 
 
-def refresh_leaderboard() -> str | None:
-    """Call the leaderboard package's refresh/build function if it has one; its name, else None."""
-    import importlib
-    import inspect
+def refresh_leaderboard(datasets: list[str], tracking_uri: str | None = None) -> dict[str, Any] | None:
+    """The leaderboard of `datasets`, rebuilt from the MLflow store the grid logged to.
 
-    for module_name, attr in (("leaderboard", "refresh"), ("leaderboard", "build"),
-                              ("leaderboard.build", "refresh"), ("leaderboard.build", "build")):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        fn = getattr(module, attr, None)
-        if not callable(fn) or inspect.ismodule(fn):
-            continue
-        try:
-            required = [p for p in inspect.signature(fn).parameters.values()
-                        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-        except (TypeError, ValueError):
-            continue
-        if not required:
-            fn()
-            return f"{module_name}.{attr}"
-    return None
+    None where the leaderboard package offers no builder (``leaderboard.build.leaderboard``).
+    """
+    try:
+        from leaderboard.build import leaderboard
+    except ImportError:
+        return None
+    return leaderboard(tracking_uri, datasets=datasets)
 
 
 def summary_rows(specs: list[RunSpec], results: list[dict | None]) -> list[dict[str, Any]]:

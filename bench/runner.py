@@ -222,7 +222,10 @@ def log(result: dict[str, Any], tracking_uri: str | None = None) -> dict[str, An
     artifacts = [Path(p) for p in result.get("artifacts", [])] + [Path(p) for p in extras.get("artifacts", [])]
     run_id = tracking.log_run(run_name=f"{result['model']} · {result['dataset']}", params=params_flat, tags=tags,
                               metrics=metrics_flat, artifacts=artifacts, uri=tracking_uri,
-                              curves=extras.get("curves", {}))
+                              curves=extras.get("curves", {}),
+                              dataset={"name": f"{result['dataset']}@{result['dataset_version']}",
+                                       "digest": result["dataset_fingerprint"].split(":")[-1][:12],
+                                       "source": {"dataset": result["dataset"], "fingerprint": result["dataset_fingerprint"]}})
     result = {**result, "mlflow_run_id": run_id}
     if folder.exists():
         _write_json(folder / "result.json", result)

@@ -79,13 +79,21 @@ def log_run(
     uri: str | None = None,
     experiment: str = EXPERIMENT,
     curves: dict[str, list[float]] | None = None,
+    dataset: dict[str, Any] | None = None,
 ) -> str:
     """Log one finished benchmark run; returns its MLflow run id.
 
     `curves` are per-step series (e.g. a model's training loss per epoch), logged with steps.
+    `dataset` ({name, digest, source: {...}}) is logged as the run's input: the UI's Dataset column and filter.
     """
     mlflow = _mlflow(uri)
     with mlflow.start_run(experiment_id=experiment_id(mlflow, experiment), run_name=run_name) as run:
+        if dataset:
+            from mlflow.data.code_dataset_source import CodeDatasetSource
+            from mlflow.data.meta_dataset import MetaDataset
+
+            mlflow.log_input(MetaDataset(CodeDatasetSource(dataset.get("source", {})), name=dataset["name"], digest=dataset["digest"]),
+                             context="evaluation")
         mlflow.log_params({k: (str(v)[:6000]) for k, v in params.items()})
         mlflow.set_tags(tags)
         mlflow.log_metrics(metrics)

@@ -130,8 +130,11 @@ def load_runs(tracking_uri: str | None = None, experiment: str | None = None) ->
 
 def load_frames(runs: Iterable[Run], tracking_uri: str | None = None) -> None:
     """Attach each run's per-origin, per-layer rows (its ``origins.parquet`` artifact)."""
+    import os
+
     import pandas as pd
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     client = _client(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         for i, run in enumerate(runs):

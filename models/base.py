@@ -102,8 +102,9 @@ class Predictor:
     #: Bumped when the model's behaviour changes, so cached results are not reused.
     version: ClassVar[int] = 1
     #: Whether, with refit "every", its forecasts depend only on the history shown (however it was
-    #: split into `observe` calls) and not on earlier `predict` calls: then a run's origins can be
-    #: evaluated in independent chunks (bench.executors). May be a property reading the params.
+    #: split into `observe` calls) and not on earlier `predict` calls, and it keeps no per-origin
+    #: tallies for `mlflow_extras`: then a run's origins can be evaluated in independent chunks
+    #: (bench.executors, docs/scaling.md). May be a property reading the params.
     replayable: ClassVar[bool] = False
 
     def __init__(self, **params: Any):

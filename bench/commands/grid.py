@@ -48,13 +48,20 @@ def cmd_grid(args) -> int:
             outcome = run_all(specs, ex, chunk=config.chunk, force=config.force, retries=config.retries,
                               track=config.track, tracking_uri=config.tracking_uri, progress=update)
     wall = time.perf_counter() - t0
-    refreshed = grid.refresh_leaderboard()
+    board = None
+    if config.track:  # the leaderboard is built from the MLflow store: only a tracked grid changes it
+        try:
+            board = grid.refresh_leaderboard(config.datasets, config.tracking_uri)
+        except Exception as exc:  # noqa: BLE001 - the grid's results stand whatever the leaderboard does
+            print(f"warning: leaderboard not refreshed: {type(exc).__name__}: {exc}", file=sys.stderr)
     if args.json:
         json.dump({"results": outcome.results, "failures": outcome.failures, "seconds": round(wall, 3),
-                   "leaderboard": refreshed}, sys.stdout, indent=2, default=str)
+                   "leaderboard": board}, sys.stdout, indent=2, default=str)
         print()
     else:
         grid.print_summary(grid.summary_rows(specs, outcome.results), outcome.failures, wall)
-        if refreshed:
-            print(f"leaderboard refreshed ({refreshed})")
+        if board is not None:
+            from leaderboard.render import print_rich
+
+            print_rich(board)
     return 1 if outcome.failures else 0

@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds of training, keeping what was recorded")
     p.add_argument("--flush-every", type=int, default=100, help="iterations kept on the device before copying records to the host")
     p.add_argument("--compile", default=None, choices=["blocks", "full", "cudagraphs", "none"],
-                   help="torch.compile mode: blocks (regional; default on CUDA), full (whole model), cudagraphs (whole model, "
-                        "CUDA graphs), none (default on CPU)")
+                   help="torch.compile mode: cudagraphs (whole model with CUDA graphs; default on CUDA), full (whole model), "
+                        "blocks (one graph per block kind, fastest to compile), none (default on CPU)")
     p.add_argument("--corpus", type=Path, default=None, help="corpus root (default: this Python's standard library)")
     p.add_argument("--no-register", action="store_true", help="do not store the trace in the registry (it stays in --out/trace)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

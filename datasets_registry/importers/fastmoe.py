@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from ..trace import TraceError
-from .common import build_trace, file_hashes, sha256_file
+from .common import build_trace, sha256_file
 
 TABLE_NAME = re.compile(r"(?:^|/)table_iter(\d+)_rank(\d+)\.log$")
 

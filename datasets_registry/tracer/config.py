@@ -119,18 +119,19 @@ PRESETS: dict[str, TracerConfig] = {
     "gpt3-125m-16e": TracerConfig(
         preset="gpt3-125m-16e",
         n_layers=12, d_model=512, n_heads=8, n_experts=16, top_k=2,
-        seq_len=512, batch_size=16, lr=6e-4, warmup_steps=375, decay_steps=10000,
+        seq_len=512, batch_size=8, lr=6e-4, warmup_steps=375, decay_steps=10000,
         notes="GPT-3 125M depth (12 layers, MoE every other layer: 6 MoE layers), 16 experts, top-2",
-        scaled={"d_model": "768 -> 512", "n_heads": "12 -> 8", "seq_len": "2048 -> 512", "batch_tokens": "524288 -> 8192",
-                "why": "to fit 4 runs of 10,000 steps into the project's 30 minutes of GPU time"},
+        scaled={"d_model": "768 -> 512", "n_heads": "12 -> 8", "seq_len": "2048 -> 512", "batch_tokens": "524288 -> 4096",
+                "why": "to fit 4 runs of 10,000 iterations into one 10-minute call on one H100 (the project had 30 minutes of GPU time in all)"},
     ),
     "gpt3-350m-128e": TracerConfig(
         preset="gpt3-350m-128e",
-        n_layers=24, d_model=384, n_heads=6, n_experts=128, top_k=2,
+        n_layers=24, d_model=320, n_heads=5, n_experts=128, top_k=2,
         seq_len=512, batch_size=16, lr=3e-4, warmup_steps=375, decay_steps=5000,
         notes="GPT-3 350M depth (24 layers, MoE every other layer: 12 MoE layers), 128 experts, top-2",
-        scaled={"d_model": "1024 -> 384", "n_heads": "16 -> 6", "seq_len": "2048 -> 512", "batch_tokens": "524288 -> 8192",
-                "why": "128 experts at full width are 12.9B parameters; scaled to fit one GPU and 2 runs of 5,000 steps into the project's GPU time"},
+        scaled={"d_model": "1024 -> 320", "n_heads": "16 -> 5", "seq_len": "2048 -> 512", "batch_tokens": "524288 -> 8192",
+                "why": "128 experts at full width are 12.9B parameters; scaled (1.3B parameters) to fit 2 runs of 5,000 iterations "
+                       "into one 10-minute call on one H100"},
     ),
 }
 

@@ -91,7 +91,7 @@ class Tracer:
         cuda = self.device.type == "cuda"
         self.amp = cuda if amp is None else amp
         if compile is None or compile is True:
-            compile = "blocks" if (cuda or compile) else False
+            compile = "cudagraphs" if cuda else ("blocks" if compile else False)
         self.compiled = compile or False
         if cuda:
             torch.backends.cuda.matmul.allow_tf32 = True

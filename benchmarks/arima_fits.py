@@ -1,0 +1,65 @@
+"""ARIMA fits per second: statsforecast vs statsmodels, same order, same real series.
+
+    python benchmarks/arima_fits.py [--dataset smartmoe-ae] [--series 48] [--window 100]
+                                    [--order 0,1,1] [--horizon 200] [--n-jobs -1]
+
+Fits (and forecasts `horizon` records of) `series` series of `window` records, taken from the
+dataset as the predictor takes them (E * p), first in this process with each engine, then
+through the predictor's process pool with `n-jobs` workers. Prints fits/s and the ratio to
+statsmodels measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+import warnings
+
+import numpy as np
+
+
+def main() -> None:
+    from datasets_registry import registry
+    from datasets_registry.registry import DEFAULT_DATASET
+    from models.arima import Arima, _fit_chunk, parse_order
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default=DEFAULT_DATASET)
+    ap.add_argument("--series", type=int, default=48)
+    ap.add_argument("--window", type=int, default=100)
+    ap.add_argument("--order", default="0,1,1")
+    ap.add_argument("--horizon", type=int, default=200)
+    ap.add_argument("--n-jobs", type=int, default=-1)
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    tr = registry.load(args.dataset)
+    T, L, E = tr.shape
+    end = min(T, T // 2 + args.window)
+    Y = (tr.proportions[end - args.window:end] * E).reshape(args.window, L * E).T
+    Y = np.ascontiguousarray(Y[np.random.default_rng(0).choice(L * E, size=min(L * E, args.series), replace=False)])
+    order = parse_order(args.order)
+    _fit_chunk(Y[:2], order, "statsforecast", args.horizon, 20, None)  # warm-up (numba, imports)
+    _fit_chunk(Y[:2], order, "statsmodels", args.horizon, 20, None)
+    rows = {}
+    for engine in ("statsmodels", "statsforecast"):
+        t0 = time.perf_counter()
+        _fit_chunk(Y, order, engine, args.horizon, 20, None)
+        rows[f"{engine} (1 process)"] = len(Y) / (time.perf_counter() - t0)
+    workers = (os.cpu_count() or 1) if args.n_jobs in (-1, 0) else args.n_jobs
+    for engine in ("statsmodels", "statsforecast"):
+        pred = Arima(engine=engine, n_jobs=workers, order=args.order, window=args.window)
+        pred._map(Y[: 2 * workers], order, args.horizon, None)  # start the pool
+        t0 = time.perf_counter()
+        pred._map(Y, order, args.horizon, None)
+        rows[f"{engine} ({workers} workers)"] = len(Y) / (time.perf_counter() - t0)
+    base = rows["statsmodels (1 process)"]
+    print(f"{args.dataset}: {len(Y)} series x {args.window} records, order ({args.order}), {args.horizon}-record forecasts")
+    for name, rate in rows.items():
+        print(f"  {name:28s} {rate:8.1f} fits/s   x{rate / base:5.1f} vs statsmodels (1 process)")
+    print(json.dumps({k: round(v, 2) for k, v in rows.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Scaling: one grid's wall time in-process vs a local process pool vs a Dask LocalCluster.
+
+The grid: ARIMA (statsforecast, ``n_jobs=1`` so that all parallelism comes from the executor)
+with several orders x windows on a 16-expert trace: a tracer trace whose id contains "16e" when
+the registry has one, else a SYNTHETIC one (``datasets_registry.synthetic.switching_trace``,
+registered as ``synthetic-16e``, labelled synthetic in its card). Each run is one unit (ARIMA is
+not replayable, so its origins are not chunked). For every executor the script times
+
+- startup: creating the executor and importing the model in each worker (a warm-up unit each),
+- grid: :func:`bench.executors.run_all` with ``force=True`` (every run computed again),
+
+repeats the rounds (executors interleaved, so that load from elsewhere hits them alike), checks
+that every executor gave identical results, and prints medians with speedups against in-process
+measured in the same run. It also reports the executors' per-unit overhead: the wall time of N
+trivial units (a function returning its argument) divided by N. An extra row runs the grid
+in-process with ARIMA's own series-level pool (``n_jobs=-1``) for comparison.
+
+    MOE_LOAD_BENCH_HOME=/tmp/dask-home MOE_LOAD_BENCH_SOURCES=/work/shared/datasets \\
+        python benchmarks/scaling.py [--repeats 2] [--workers 2] [--trivial 200] [--dataset ID]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+KINDS = ("inprocess", "local", "dask")
+
+
+def noop(x):
+    return x
+
+
+def warm_up(seconds: float = 0.5) -> int:
+    """Import what the ARIMA units need, then hold the worker a moment so the next warm-up goes elsewhere."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    import statsforecast.arima  # noqa: F401
+
+    import bench.runner  # noqa: F401
+    import bench.plots  # noqa: F401
+    import models.arima  # noqa: F401
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def dataset(name: str | None, layers: int, records: int) -> str:
+    from datasets_registry import registry
+    from datasets_registry.synthetic import switching_trace
+
+    if name:
+        return name
+    for entry in registry.entries():
+        if "16e" in entry.id and entry.kind != "public":
+            return entry.id
+    if "synthetic-16e" not in {e.id for e in registry.entries()}:
+        registry.add(switching_trace(records=records, layers=layers, experts=16, switch=records // 2, seed=16), "synthetic-16e")
+    return "synthetic-16e"
+
+
+def grid_specs(ds: str, n_jobs: int = 1):
+    from bench.executors import RunSpec
+    from bench.task import Task
+
+    task = Task(ds, horizons=(100,), stride=20, min_history=100)
+    return [RunSpec.of("arima", ds, {"order": order, "window": window, "n_jobs": n_jobs}, task)
+            for order in ("1,0,1", "0,1,1", "1,1,1") for window in (100, 200)]
+
+
+def wait_all(ex, futures) -> list:
+    pending, out = set(futures), []
+    while pending:
+        for f in ex.wait_any(pending):
+            pending.discard(f)
+            out.append(f.result())
+    return out
+
+
+def time_grid(kind: str, specs, workers: int) -> dict:
+    from bench.executors import make_executor, run_all
+
+    t0 = time.perf_counter()
+    ex = make_executor(kind, workers=None if kind == "inprocess" else workers)
+    try:
+        wait_all(ex, [ex.submit(warm_up, 0.5 if kind != "inprocess" else 0.0, key=f"warm-{i}-{time.time()}")
+                      for i in range(ex.workers)])
+        startup = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        outcome = run_all(specs, ex, force=True, chunk=0)
+        grid = time.perf_counter() - t1
+    finally:
+        ex.close()
+    assert not outcome.failures, outcome.failures
+    return {"startup": startup, "grid": grid, "results": outcome.results}
+
+
+def time_trivial(kind: str, n: int, workers: int) -> float:
+    """Seconds per trivial unit, on a started and warmed-up executor."""
+    from bench.executors import make_executor
+
+    ex = make_executor(kind, workers=None if kind == "inprocess" else workers)
+    try:
+        wait_all(ex, [ex.submit(noop, i, key=f"warm-noop-{i}") for i in range(2 * ex.workers)])
+        t0 = time.perf_counter()
+        out = wait_all(ex, [ex.submit(noop, i, key=f"noop-{i}") for i in range(n)])
+        wall = time.perf_counter() - t0
+    finally:
+        ex.close()
+    assert sorted(out) == list(range(n))
+    return wall / n
+
+
+def comparable(results: list[dict]) -> str:
+    drop = {"seconds", "cached", "mlflow_run_id", "artifacts", "extras", "code_version"}
+    return json.dumps([{k: v for k, v in r.items() if k not in drop} for r in results], sort_keys=True, default=str)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--trivial", type=int, default=200, help="trivial units for the per-unit overhead")
+    ap.add_argument("--dataset", default=None, help="a 16-expert dataset id (default: a tracer '16e' trace, else synthetic)")
+    ap.add_argument("--layers", type=int, default=2, help="layers of the synthetic trace")
+    ap.add_argument("--records", type=int, default=600, help="records of the synthetic trace")
+    ap.add_argument("--no-jobs-row", action="store_true", help="skip the in-process n_jobs=-1 row")
+    ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
+    args = ap.parse_args()
+
+    from datasets_registry import registry
+
+    ds = dataset(args.dataset, args.layers, args.records)
+    trace = registry.load(ds)
+    specs = grid_specs(ds)
+    print(f"dataset {ds} ({trace.card.title}): {trace.records} records x {trace.layers} layers x {trace.experts} experts; "
+          f"grid: {len(specs)} ARIMA runs (n_jobs=1), horizon 100, stride 20; {args.workers} workers; {args.repeats} rounds; "
+          f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.2f}", flush=True)
+    rows = {k: [] for k in KINDS}
+    if not args.no_jobs_row:
+        rows["inprocess, arima n_jobs=-1"] = []
+    reference = None
+    for r in range(args.repeats):
+        for kind in rows:
+            m = time_grid("inprocess", grid_specs(ds, -1), args.workers) if "n_jobs" in kind else time_grid(kind, specs, args.workers)
+            if "n_jobs" not in kind:
+                reference = reference or comparable(m["results"])
+                assert comparable(m["results"]) == reference, f"{kind}: results differ from the first executor's"
+            rows[kind].append(m)
+            print(f"  round {r + 1} {kind:>28}: startup {m['startup']:6.2f} s, grid {m['grid']:7.2f} s  "
+                  f"(load average after: {os.getloadavg()[0]:.2f})", flush=True)
+    base = {x: statistics.median(m[x] for m in rows["inprocess"]) for x in ("grid", "startup")}
+    base_total = statistics.median(m["grid"] + m["startup"] for m in rows["inprocess"])
+    print("\nidentical results across inprocess, local, dask: yes")
+    print(f"\n{'executor':>28} {'startup s':>10} {'grid s':>8} {'total s':>8} {'speedup grid':>13} {'speedup total':>14}")
+    figures = {"dataset": ds, "runs": len(specs), "workers": args.workers, "rounds": args.repeats, "executors": {}}
+    for kind, ms in rows.items():
+        g = statistics.median(m["grid"] for m in ms)
+        s = statistics.median(m["startup"] for m in ms)
+        t = statistics.median(m["grid"] + m["startup"] for m in ms)
+        print(f"{kind:>28} {s:10.2f} {g:8.2f} {t:8.2f} {base['grid'] / g:12.2f}x {base_total / t:13.2f}x")
+        figures["executors"][kind] = {"startup_s": s, "grid_s": g, "total_s": t, "speedup_grid": base["grid"] / g,
+                                      "speedup_total": base_total / t, "grid_s_all": [m["grid"] for m in ms]}
+    if args.trivial:
+        print(f"\nper-unit overhead ({args.trivial} trivial units, warm executor):")
+        figures["per_unit_ms"] = {}
+        for kind in KINDS:
+            per = time_trivial(kind, args.trivial, args.workers)
+            figures["per_unit_ms"][kind] = per * 1e3
+            print(f"{kind:>28} {per * 1e3:8.3f} ms/unit")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,320 @@
+"""LSTM of the seed paper, as one global model over every layer and expert (PyTorch Lightning).
+
+Input, per layer at an origin: the last ``window`` iterations of every expert's proportion,
+averaged into ``bins`` equal bins (so a trace recorded every iteration and one recorded every
+10th give the model the same span, and the cost does not grow with the recording rate), in
+units of the uniform share. Each expert's sequence of bins goes through one shared LSTM, with
+two features per bin (``E p`` and ``log(E p + 0.01)``) and the position as learned embeddings
+(one for the layer, one for the expert) appended to every bin.
+
+Output: a direct multi-horizon forecast of ``chunks`` horizon chunks, each ``horizon / chunks``
+iterations long: for each chunk the LSTM's last state gives every expert a logit correction
+``delta``, and the chunk's forecast is ``softmax_e(log(mean input share) + delta)``, a
+distribution over the layer's experts by construction. The correction head starts at zero,
+so the untrained model is the sliding-window average of its input window, and training only
+has to learn departures from it. ``predict(horizon)`` expands the chunks to records: record
+``h`` (``h * spacing`` iterations ahead) takes chunk ``floor(h * spacing / chunk_iters)``,
+the last chunk also covering anything beyond ``horizon``.
+
+Loss: the benchmark's own error, ``sum_e |phat - p|`` per record, averaged over the records
+of the horizon that exist (targets past a trace's end are masked), Adam, fixed ``epochs``.
+The chronologically last ``val_fraction`` of the training origins is held out and its loss
+logged per epoch beside the training loss.
+
+Training data:
+- with the task's training traces (``--train DATASET``, e.g. another seed of the same tracer
+  config, as the seed paper trained on one run and tested on another): trained once in
+  ``fit`` on every origin of those traces; ``refit`` does nothing.
+- without: trained on the history of the trace under test, at the first ``refit`` that has at
+  least ``min_train_records`` records and then at every ``retrain_every``-th refit after it,
+  each time continuing from the last weights. Until the first training it forecasts the
+  window average. With ``--refit once`` and no training traces it may never train (it says so
+  in its MLflow metrics: ``lstm.trainings``).
+
+Deterministic given ``seed`` (``seed_everything``, ``deterministic=True``, ``num_workers=0``);
+CPU by default, the GPU when one is present (``device=auto``). Checkpoint (``lstm.ckpt``) and
+the per-epoch curves go to the run's MLflow record through :meth:`LSTMPredictor.mlflow_extras`.
+
+torch and lightning are imported only when a model is built, never at import of this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+
+from .base import ParamError, Predictor
+
+_QUIET = ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+
+
+def _spacing(steps: np.ndarray) -> float:
+    """Typical iterations between records."""
+    return float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
+
+
+def window_inputs(p: np.ndarray, origins: np.ndarray, records: int, bins: int) -> np.ndarray:
+    """[n, L, bins, E]: for each origin o, records o-records..o-1 averaged into `bins` bins.
+
+    Records before the first are the first record repeated (left padding).
+    """
+    size = max(1, records // bins)
+    span = size * bins
+    idx = np.asarray(origins)[:, None] - span + np.arange(span)[None, :]
+    x = p[np.clip(idx, 0, None)]  # [n, span, L, E]
+    n, _, L, E = x.shape
+    return x.reshape(n, bins, size, L, E).mean(axis=2).transpose(0, 2, 1, 3)
+
+
+def _build_module(layers: int, experts: int, cfg: dict):
+    """The LightningModule (defined here so torch is imported only when a model is built)."""
+    import pytorch_lightning as pl
+    import torch
+    from torch import nn
+
+    class LoadLSTM(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            emb, hid, C = cfg["embed"], cfg["hidden"], cfg["chunks"]
+            self.layers, self.experts, self.chunks = layers, experts, C
+            self.layer_emb = nn.Embedding(layers, emb)
+            self.expert_emb = nn.Embedding(experts, emb)
+            self.lstm = nn.LSTM(2 + 2 * emb, hid, batch_first=True)
+            self.head = nn.Linear(hid, C)
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+            self.targets = None  # [rows, L, E] float tensor of every training trace, set by fit
+            self.chunk_records = 1
+            self.losses: dict[str, list[float]] = {"train": [], "val": []}
+
+        def forward(self, x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
+            """x [B, bins, E] (E p), layer [B] -> [B, C, E] distributions."""
+            B, W, E = x.shape
+            feats = torch.stack([x, torch.log(x + 0.01)], dim=-1).permute(0, 2, 1, 3)  # [B, E, W, 2]
+            pos = torch.cat([self.layer_emb(layer)[:, None, :].expand(B, E, -1),
+                             self.expert_emb.weight[None].expand(B, E, -1)], dim=-1)  # [B, E, 2emb]
+            inp = torch.cat([feats, pos[:, :, None, :].expand(B, E, W, pos.shape[-1])], dim=-1)
+            _, (h, _) = self.lstm(inp.reshape(B * E, W, inp.shape[-1]))
+            delta = self.head(h[-1]).view(B, E, self.chunks)
+            base = torch.log(x.mean(dim=1) / E + 1e-6)[..., None]  # [B, E, 1]
+            return torch.softmax(base + delta, dim=1).permute(0, 2, 1)
+
+        def _loss(self, batch) -> torch.Tensor:
+            x, layer, row, valid = batch
+            K, C = self.chunk_records, self.chunks
+            pred = self(x, layer)  # [B, C, E]
+            idx = row[:, None] + torch.arange(C * K, device=row.device)[None]  # [B, C*K]
+            truth = self.targets[idx, layer[:, None]]  # [B, C*K, E]
+            mask = (torch.arange(C * K, device=row.device)[None] < valid[:, None]).float()
+            err = (pred.repeat_interleave(K, dim=1) - truth).abs().sum(-1)  # [B, C*K]
+            return (err * mask).sum() / mask.sum().clamp(min=1.0)
+
+        def training_step(self, batch, _):
+            loss = self._loss(batch)
+            self.log("train_loss", loss, on_step=False, on_epoch=True, batch_size=len(batch[0]))
+            return loss
+
+        def validation_step(self, batch, _):
+            self.log("val_loss", self._loss(batch), on_step=False, on_epoch=True, batch_size=len(batch[0]))
+
+        def on_train_epoch_end(self):
+            self.losses["train"].append(float(self.trainer.callback_metrics["train_loss"]))
+            if "val_loss" in self.trainer.callback_metrics:
+                self.losses["val"].append(float(self.trainer.callback_metrics["val_loss"]))
+
+        def configure_optimizers(self):
+            return torch.optim.Adam(self.parameters(), lr=cfg["lr"])
+
+    return LoadLSTM()
+
+
+class LSTMPredictor(Predictor):
+    """Global LSTM over all layers and experts; see the module docstring."""
+
+    name = "lstm"
+    defaults = {
+        "window": 500,  # iterations of input
+        "bins": 20,  # input steps the window is averaged into
+        "horizon": 2000,  # iterations the chunks cover (the task's longest horizon)
+        "chunks": 4,
+        "hidden": 32,
+        "embed": 4,
+        "epochs": 8,
+        "batch_size": 64,  # (origin, layer) samples per batch
+        "lr": 0.003,
+        "sample_stride": 5,  # records between training origins
+        "val_fraction": 0.1,
+        "retrain_every": 10,  # refits between trainings on history (no training traces)
+        "min_train_records": 50,
+        "seed": 0,
+        "device": "auto",  # auto | cpu | gpu
+    }
+    search_space = {"window": ("log", 100, 2000), "hidden": ("cat", [16, 32, 64]), "epochs": ("int", 4, 30),
+                    "lr": ("log", 3e-4, 1e-2), "chunks": ("cat", [1, 2, 4, 8])}
+    version = 1
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        for k in ("window", "bins", "horizon", "chunks", "hidden", "embed", "epochs", "batch_size", "sample_stride", "retrain_every"):
+            if self.params[k] < 1:
+                raise ParamError(f"lstm: {k} must be at least 1")
+        if self.params["device"] not in ("auto", "cpu", "gpu"):
+            raise ParamError("lstm: device must be auto, cpu or gpu")
+        self.module = None
+        self.curves: dict[str, list[float]] = {"lstm/train_loss": [], "lstm/val_loss": []}
+        self.trainings = 0
+        self.train_seconds = 0.0
+
+    # ---- harness hooks ---------------------------------------------------------------------
+    def start(self, layers, experts, training=()):
+        self.module = None
+        self.curves = {"lstm/train_loss": [], "lstm/val_loss": []}
+        self.trainings, self.train_seconds = 0, 0.0
+        self._from_training = bool(training)
+        self._refits_since = None  # refits since the last training on history
+        self._layers, self._experts = layers, experts
+        super().start(layers, experts, training)
+
+    def fit(self, training: Sequence[Any]) -> None:
+        for t in training:
+            if t.proportions.shape[1:] != (self._layers, self._experts):
+                raise ParamError(f"lstm: training trace {t.id} has {t.proportions.shape[1:]} (layers, experts); "
+                                 f"the trace under test has {(self._layers, self._experts)}")
+        self._train([(np.asarray(t.proportions), np.asarray(t.steps)) for t in training])
+
+    def refit(self) -> None:
+        if self._from_training:
+            return
+        h = self.history
+        if self._refits_since is not None:
+            self._refits_since += 1
+        due = self._refits_since is None or self._refits_since >= self.params["retrain_every"]
+        if due and len(h) >= self.params["min_train_records"]:
+            self._train([(np.asarray(h.proportions), np.asarray(h.steps))])
+            self._refits_since = 0
+
+    def predict(self, horizon: int) -> np.ndarray:
+        h = self.history
+        E = h.experts
+        spacing = _spacing(h.steps)
+        x = window_inputs(h.proportions * E, np.array([len(h)]), self._records(spacing), self.params["bins"])[0]  # [L, bins, E]
+        if self.module is None:
+            chunk_dist = np.repeat(x.mean(axis=1)[:, None, :] / E, self.params["chunks"], axis=1)  # window average
+        else:
+            import torch
+
+            self.module.eval()
+            with torch.no_grad():
+                xt = torch.as_tensor(x, dtype=torch.float32, device=self.module.device)
+                lt = torch.arange(h.layers, device=self.module.device)
+                chunk_dist = self.module(xt, lt).double().cpu().numpy()  # [L, C, E]
+        chunk_iters = self.params["horizon"] / self.params["chunks"]
+        which = np.minimum((np.arange(horizon) * spacing / chunk_iters).astype(int), self.params["chunks"] - 1)
+        out = chunk_dist[:, which, :].transpose(1, 0, 2)  # [H, L, E]
+        return out / out.sum(axis=2, keepdims=True)
+
+    # ---- training ----------------------------------------------------------------------------
+    def _records(self, spacing: float) -> int:
+        return max(self.params["bins"], int(round(self.params["window"] / spacing)))
+
+    def _samples(self, p: np.ndarray, steps: np.ndarray, offset: int):
+        """Inputs [n*L, bins, E], layers, rows into the stacked targets, valid record counts."""
+        T, L, E = p.shape
+        spacing = _spacing(steps)
+        K = max(1, int(round(self.params["horizon"] / self.params["chunks"] / spacing)))
+        first = max(1, self._records(spacing) // self.params["bins"])
+        origins = np.arange(first, T - 1, self.params["sample_stride"])
+        x = window_inputs(p * E, origins, self._records(spacing), self.params["bins"])  # [n, L, bins, E]
+        n = len(origins)
+        layer = np.tile(np.arange(L), n)
+        row = np.repeat(offset + origins, L)
+        valid = np.repeat(np.minimum(T - origins, K * self.params["chunks"]), L)
+        return x.reshape(n * L, *x.shape[2:]), layer, row, valid, K, n
+
+    def _train(self, traces: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Lightning's deprecation and "few workers" notices
+            self._train_quietly(traces)
+
+    def _train_quietly(self, traces: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        import pytorch_lightning as pl
+        import torch
+        from torch.utils.data import DataLoader, TensorDataset
+
+        for name in _QUIET:  # after the import, which sets its own level
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+        t0 = time.perf_counter()
+        pl.seed_everything(self.params["seed"], workers=True, verbose=False)
+        L, E = self._layers, self._experts
+        parts, stacked, offset = [], [], 0
+        for p, steps in traces:
+            x, layer, row, valid, K, n = self._samples(p, steps, offset)
+            pad = K * self.params["chunks"]
+            n_val = int(math.floor(n * self.params["val_fraction"]))
+            split = (n - n_val) * L
+            parts.append((x, layer, row, valid, split))
+            stacked.append(np.concatenate([p, np.zeros((pad, L, E))]))
+            offset += len(p) + pad
+        cat = lambda i, lo: np.concatenate([pt[i][: pt[4]] if lo else pt[i][pt[4]:] for pt in parts])  # noqa: E731
+
+        def dataset(train: bool):
+            return TensorDataset(torch.as_tensor(cat(0, train), dtype=torch.float32), torch.as_tensor(cat(1, train)),
+                                 torch.as_tensor(cat(2, train)), torch.as_tensor(cat(3, train)))
+
+        if self.module is None:
+            self.module = _build_module(L, E, self.params)
+        self.module.chunk_records = K
+        train_ds, val_ds = dataset(True), dataset(False)
+        if len(train_ds) == 0:
+            return
+        g = torch.Generator().manual_seed(self.params["seed"] + self.trainings)
+        train_dl = DataLoader(train_ds, batch_size=self.params["batch_size"], shuffle=True, num_workers=0, generator=g)
+        val_dl = DataLoader(val_ds, batch_size=4 * self.params["batch_size"], num_workers=0) if len(val_ds) else None
+        accel = self.params["device"]
+        if accel == "auto":
+            accel = "gpu" if torch.cuda.is_available() else "cpu"
+        if accel == "gpu":
+            import os
+
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
+        self.module.losses = {"train": [], "val": []}
+        self.module.targets = torch.as_tensor(np.concatenate(stacked), dtype=torch.float32)
+        trainer = pl.Trainer(max_epochs=self.params["epochs"], accelerator=accel, devices=1, deterministic=True,
+                             logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1)
+        self.module.targets = self.module.targets.to("cuda" if accel == "gpu" else "cpu")
+        trainer.fit(self.module, train_dl, val_dl)
+        self.module.targets = None
+        self.curves["lstm/train_loss"] += self.module.losses["train"]
+        self.curves["lstm/val_loss"] += self.module.losses["val"]
+        self.trainings += 1
+        self.train_seconds += time.perf_counter() - t0
+
+    # ---- MLflow --------------------------------------------------------------------------------
+    def mlflow_extras(self, folder, tracking_uri=None):
+        from ._extras import report
+
+        metrics = {"lstm.trainings": self.trainings, "lstm.train_seconds": self.train_seconds}
+        for key in ("train_loss", "val_loss"):
+            if self.curves[f"lstm/{key}"]:
+                metrics[f"lstm.final_{key}"] = self.curves[f"lstm/{key}"][-1]
+        files = {}
+        if self.module is not None:
+            metrics["lstm.parameters"] = sum(p.numel() for p in self.module.parameters())
+
+            def write(path):
+                import torch
+
+                torch.save({"state_dict": self.module.state_dict(), "params": self.params,
+                            "layers": self._layers, "experts": self._experts,
+                            "chunk_records": self.module.chunk_records}, path)
+
+            files["lstm.ckpt"] = write
+        curves = {k: v for k, v in self.curves.items() if v}
+        return report(folder, tracking_uri, metrics=metrics, curves=curves, files=files)

@@ -1,0 +1,100 @@
+"""LSTM: valid distributions, deterministic with a seed, trains on the training traces, logs."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bench.evaluate import check_forecast, evaluate
+from bench.task import Task
+from datasets_registry.trace import Card, Trace
+from models import ParamError, predictor_class
+from models.lstm import LSTMPredictor
+
+SMALL = dict(window=200, bins=8, hidden=8, embed=2, epochs=2, sample_stride=8, batch_size=32, horizon=600, chunks=2)
+
+
+@pytest.fixture(scope="module")
+def halves(smartmoe):
+    """Two independent-ish stretches of the real SmartMoE-AE trace, 3 layers x 32 experts:
+    records 0..199 for training and 250..449 (renumbered from step 1) under test."""
+    c, s = smartmoe.counts[:, :3], smartmoe.steps
+    train = Trace.from_arrays(c[:200], s[:200], card=Card(id="train-half"))
+    test = Trace.from_arrays(c[250:450], s[250:450] - s[250] + 1, card=Card(id="test-half"))
+    return train, test
+
+
+TASK = Task(dataset="x", horizons=(300, 600), stride=400, min_history=600)
+
+
+def run(pred, test, training=()):
+    ev = evaluate(test, pred, TASK, training)
+    assert not ev.failures, ev.failures
+    return ev.frame().sort_values(["horizon", "origin", "layer"])["error_rate"].to_numpy()
+
+
+def test_registry_maps_lstm_and_torch_is_not_imported_with_the_module():
+    assert predictor_class("lstm") is LSTMPredictor
+    code = "import sys, models.lstm; sys.exit('torch' in sys.modules or 'pytorch_lightning' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_forecasts_are_distributions_over_the_horizon(halves):
+    train, test = halves
+    pred = LSTMPredictor(**SMALL)
+    pred.start(3, 32, [train])
+    pred.observe(test.counts[:80], test.steps[:80])
+    out = pred.predict(60)  # 600 iterations: chunk 0 for records 0..29, chunk 1 after
+    check_forecast(out, 60, 3, 32)
+    assert np.array_equal(out[0], out[29]) and not np.array_equal(out[29], out[30])
+
+
+def test_deterministic_with_a_seed(halves):
+    train, test = halves
+    a = run(LSTMPredictor(**SMALL, seed=7), test, [train])
+    b = run(LSTMPredictor(**SMALL, seed=7), test, [train])
+    c = run(LSTMPredictor(**SMALL, seed=8), test, [train])
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_training_traces_are_used_and_refit_does_not_retrain(halves):
+    train, test = halves
+    pred = LSTMPredictor(**SMALL)
+    pred.start(3, 32, [train])
+    assert pred.trainings == 1 and len(pred.curves["lstm/train_loss"]) == SMALL["epochs"]
+    untrained = LSTMPredictor(**SMALL)
+    untrained.start(3, 32)
+    for p in (pred, untrained):
+        p.observe(test.counts[:80], test.steps[:80])
+        p.refit()
+    assert pred.trainings == 1 and untrained.trainings == 1  # the untrained one learnt from history
+    assert not np.allclose(pred.predict(5), untrained.predict(5))
+    with pytest.raises(ParamError, match="layers, experts"):
+        LSTMPredictor(**SMALL).start(2, 32, [train])
+
+
+def test_history_training_follows_its_schedule(halves):
+    _, test = halves
+    pred = LSTMPredictor(**{**SMALL, "min_train_records": 60, "retrain_every": 2})
+    pred.start(3, 32)
+    trained_at = []
+    for n in (20, 40, 60, 80, 100, 120):
+        pred.observe(test.counts[n - 20:n], test.steps[n - 20:n])
+        pred.refit()
+        trained_at.append(pred.trainings)
+    assert trained_at == [0, 0, 1, 1, 2, 2]  # first at 60 records, then every 2nd refit
+
+
+def test_checkpoint_and_curves_for_mlflow(halves, tmp_path):
+    train, test = halves
+    pred = LSTMPredictor(**SMALL)
+    run(pred, test, [train])
+    extras = pred.mlflow_extras(tmp_path)
+    assert extras["metrics"]["lstm.trainings"] == 1
+    assert len(extras["curves"]["lstm/train_loss"]) == SMALL["epochs"] == len(extras["curves"]["lstm/val_loss"])
+    import torch
+
+    ckpt = torch.load(tmp_path / "lstm.ckpt", weights_only=False)
+    assert (ckpt["layers"], ckpt["experts"]) == (3, 32) and str(tmp_path / "lstm.ckpt") in extras["artifacts"]
