@@ -35,6 +35,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from unittest import mock
 
 import numpy as np
 
@@ -120,20 +121,11 @@ class Recorder:
 @contextlib.contextmanager
 def sealed_registry():
     """Point the data home and every dataset source at an empty folder for the duration."""
-    keys = [k for k in os.environ if k.startswith("MOE_LOAD_BENCH_SOURCE")] + ["MOE_LOAD_BENCH_HOME"]
-    old = {k: os.environ.get(k) for k in keys}
-    with tempfile.TemporaryDirectory(prefix="moe-sealed-") as empty:
-        for k in keys:
-            os.environ.pop(k, None)
+    with tempfile.TemporaryDirectory(prefix="moe-sealed-") as empty, mock.patch.dict(os.environ):  # restored on exit
+        for k in [k for k in os.environ if k.startswith("MOE_LOAD_BENCH_SOURCE")]:
+            del os.environ[k]
         os.environ["MOE_LOAD_BENCH_HOME"] = empty
-        try:
-            yield
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        yield
 
 
 def space_problems(cls, params: dict[str, Any]) -> list[str]:

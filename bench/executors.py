@@ -42,13 +42,15 @@ import contextlib
 import json
 import math
 import os
+import queue
 import shutil
 import sys
-from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future
+import time
+from collections import Counter, deque
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Container, Sequence
 
 from .task import Task, rolling_origins
 
@@ -162,36 +164,62 @@ class InProcessExecutor:
     workers = 1
 
     def __init__(self):
-        self._queue: list[tuple[Future, Callable, tuple]] = []
+        self._queue: deque[tuple[Future, Callable, tuple]] = deque()
 
     def submit(self, fn: Callable, *args, key: str | None = None) -> Future:
         fut: Future = Future()
         self._queue.append((fut, fn, args))
         return fut
 
-    def wait_any(self, pending: Iterable, timeout: float | None = None) -> set:
-        pending = set(pending)
-        done = {f for f in pending if f.done()}
-        if done:
-            return done
-        i = next(i for i, (f, _, _) in enumerate(self._queue) if f in pending)
-        fut, fn, args = self._queue.pop(i)
-        try:
-            fut.set_result(fn(*args))
-        except Exception as exc:  # noqa: BLE001 - the driver decides what a failure means
-            fut.set_exception(exc)
-        return {fut}
+    def wait_any(self, pending: Container, timeout: float | None = None) -> set:
+        """Run queued units until one of `pending` (a set or dict of futures) is done; return it."""
+        while self._queue:
+            fut, fn, args = self._queue.popleft()
+            try:
+                fut.set_result(fn(*args))
+            except Exception as exc:  # noqa: BLE001 - the driver decides what a failure means
+                fut.set_exception(exc)
+            if fut in pending:
+                return {fut}
+        raise RuntimeError("waiting for units that were not submitted here")
 
     def close(self) -> None:
         self._queue.clear()
 
 
-class LocalExecutor:
+class _Streaming:
+    """Finished futures arrive in a queue through done-callbacks, so a wait costs O(1) per unit."""
+
+    def __init__(self):
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+
+    def _watch(self, fut):
+        fut.add_done_callback(self._done.put)
+        return fut
+
+    def wait_any(self, pending: Container, timeout: float | None = None) -> set:
+        """The finished futures among `pending` (a set or dict), at least one; TimeoutError after
+        `timeout` seconds without one. Finished futures nobody waits for any more are dropped."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                done = {self._done.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))}
+            except queue.Empty:
+                raise TimeoutError(f"no unit finished in {timeout} s") from None
+            while not self._done.empty():
+                done.add(self._done.get())
+            done = {f for f in done if f in pending}
+            if done:
+                return done
+
+
+class LocalExecutor(_Streaming):
     """A process pool on this machine, one worker per core by default; a broken pool is replaced."""
 
     name = "local"
 
     def __init__(self, workers: int | None = None):
+        super().__init__()
         self.workers = workers or len(os.sched_getaffinity(0))
         self._pool = self._new_pool()
 
@@ -205,25 +233,17 @@ class LocalExecutor:
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            return self._pool.submit(fn, *args)
+            return self._watch(self._pool.submit(fn, *args))
         except BrokenProcessPool:  # a worker died: its units fail and are resubmitted to a new pool
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
-            return self._pool.submit(fn, *args)
-
-    def wait_any(self, pending: Iterable, timeout: float | None = None) -> set:
-        from concurrent.futures import wait
-
-        done = wait(pending, timeout=timeout, return_when=FIRST_COMPLETED).done
-        if not done:
-            raise TimeoutError(f"no unit finished in {timeout} s")
-        return done
+            return self._watch(self._pool.submit(fn, *args))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-class DaskExecutor:
+class DaskExecutor(_Streaming):
     """Dask distributed: a LocalCluster of single-threaded worker processes, or `address`'s cluster."""
 
     name = "dask"
@@ -233,6 +253,7 @@ class DaskExecutor:
 
         from distributed import Client, LocalCluster
 
+        super().__init__()
         self.cluster = None
         if address:
             self.client = Client(address, timeout=timeout)
@@ -256,12 +277,7 @@ class DaskExecutor:
                   "give them the same path on a shared filesystem", file=sys.stderr)
 
     def submit(self, fn: Callable, *args, key: str | None = None):
-        return self.client.submit(fn, *args, key=key, pure=False)
-
-    def wait_any(self, pending: Iterable, timeout: float | None = None) -> set:
-        from distributed import wait
-
-        return set(wait(list(pending), timeout=timeout, return_when="FIRST_COMPLETED").done)
+        return self._watch(self.client.submit(fn, *args, key=key, pure=False))
 
     def close(self) -> None:
         self.client.close()
@@ -411,7 +427,7 @@ def run_all(specs: Sequence[RunSpec], ex, *, chunk: int | None = None, force: bo
     if progress:
         progress(0, p.total)
     while pending:
-        for fut in ex.wait_any(list(pending), stall_timeout):
+        for fut in ex.wait_any(pending, stall_timeout):
             unit, extra = pending.pop(fut)
             try:
                 value = fut.result()

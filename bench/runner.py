@@ -50,8 +50,14 @@ def code_version() -> str:
     return f"{v}+{commit}" if commit else v
 
 
+#: Bumped whenever the harness computes a number differently (metrics, states, origins), so that
+#: cached runs from before are recomputed rather than mixed with new ones.
+HARNESS_VERSION = 1
+
+
 def run_key(model: str, predictor, task_fp: str, extra: dict[str, Any]) -> str:
-    blob = json.dumps({"model": model, "params": predictor.params, "version": predictor.version, "task": task_fp, "extra": extra}, sort_keys=True, default=str)
+    blob = json.dumps({"model": model, "params": predictor.params, "version": predictor.version, "task": task_fp,
+                       "harness": HARNESS_VERSION, "extra": extra}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 

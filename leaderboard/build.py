@@ -235,7 +235,7 @@ def _horizon_list(run: Run) -> list[int]:
 
 def build(runs: list[Run], superseded: list[tuple[Run, Run]] = (), baseline: str = BASELINE) -> dict[str, Any]:
     """The leaderboard as one JSON-able document (see :mod:`leaderboard` for its fields)."""
-    per_model: dict[tuple, set] = {}
+    per_model: dict[str, set] = {}
     for r in runs:
         per_model.setdefault(r.model, set()).add(r.model_id)
     labels = {r.model_id: _label(r.model, r.params, len(per_model[r.model]) > 1) for r in runs}

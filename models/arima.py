@@ -158,8 +158,15 @@ def _fit_chunk(Y: np.ndarray, order, engine, horizon, min_records, states) -> tu
 
 
 def _warm_up(engine: str) -> None:
-    """Worker initializer: import the engine once per process, not once per task."""
+    """Worker initializer: import the engine once per process, not once per task; one BLAS
+    thread per worker, as the workers already fill the cores."""
     warnings.simplefilter("ignore")
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:
+        pass
     if engine == "statsforecast":
         import statsforecast.arima  # noqa: F401
     else:

@@ -10,16 +10,19 @@ two features per bin (``E p`` and ``log(E p + 0.01)``) and the position as learn
 Output: a direct multi-horizon forecast of ``chunks`` horizon chunks, each ``horizon / chunks``
 iterations long: for each chunk the LSTM's last state gives every expert a logit correction
 ``delta``, and the chunk's forecast is ``softmax_e(log(mean input share) + delta)``, a
-distribution over the layer's experts by construction. The correction head starts at zero,
-so the untrained model is the sliding-window average of its input window, and training only
-has to learn departures from it. ``predict(horizon)`` expands the chunks to records: record
+distribution over the layer's experts by construction. "Mean input share" is the average over
+the last ``base_window`` iterations of the input (100, SW_Avg's default), and the correction
+head starts at zero, so the untrained model is SW_Avg and training only has to learn
+departures from it. ``predict(horizon)`` expands the chunks to records: record
 ``h`` (``h * spacing`` iterations ahead) takes chunk ``floor(h * spacing / chunk_iters)``,
 the last chunk also covering anything beyond ``horizon``.
 
 Loss: the benchmark's own error, ``sum_e |phat - p|`` per record, averaged over the records
 of the horizon that exist (targets past a trace's end are masked), Adam, fixed ``epochs``.
 The chronologically last ``val_fraction`` of the training origins is held out and its loss
-logged per epoch beside the training loss.
+logged per epoch beside the training loss; the weights kept are those of the epoch with the
+least validation loss, the weights before the training included (so a training that only
+overfits changes nothing).
 
 Training data:
 - with the task's training traces (``--train DATASET``, e.g. another seed of the same tracer
@@ -91,6 +94,7 @@ def _build_module(layers: int, experts: int, cfg: dict):
             self.targets = None  # [rows, L, E] float tensor of every training trace, set by fit
             self.chunk_records = 1
             self.losses: dict[str, list[float]] = {"train": [], "val": []}
+            self.best: tuple[float, dict | None] = (math.inf, None)  # (val loss, weights)
 
         def forward(self, x: torch.Tensor, layer: torch.Tensor) -> torch.Tensor:
             """x [B, bins, E] (E p), layer [B] -> [B, C, E] distributions."""
@@ -101,7 +105,7 @@ def _build_module(layers: int, experts: int, cfg: dict):
             inp = torch.cat([feats, pos[:, :, None, :].expand(B, E, W, pos.shape[-1])], dim=-1)
             _, (h, _) = self.lstm(inp.reshape(B * E, W, inp.shape[-1]))
             delta = self.head(h[-1]).view(B, E, self.chunks)
-            base = torch.log(x.mean(dim=1) / E + 1e-6)[..., None]  # [B, E, 1]
+            base = torch.log(x[:, -cfg["base_bins"]:].mean(dim=1) / E + 1e-6)[..., None]  # [B, E, 1]
             return torch.softmax(base + delta, dim=1).permute(0, 2, 1)
 
         def _loss(self, batch) -> torch.Tensor:
@@ -122,10 +126,25 @@ def _build_module(layers: int, experts: int, cfg: dict):
         def validation_step(self, batch, _):
             self.log("val_loss", self._loss(batch), on_step=False, on_epoch=True, batch_size=len(batch[0]))
 
-        def on_train_epoch_end(self):
+        def on_train_epoch_end(self):  # after this epoch's validation
             self.losses["train"].append(float(self.trainer.callback_metrics["train_loss"]))
             if "val_loss" in self.trainer.callback_metrics:
                 self.losses["val"].append(float(self.trainer.callback_metrics["val_loss"]))
+                self.keep_if_best(self.losses["val"][-1])
+
+        def keep_if_best(self, val: float) -> None:
+            if val < self.best[0]:
+                self.best = (val, {k: v.detach().clone() for k, v in self.state_dict().items()})
+
+        def val_loss(self, loader) -> float:
+            """The validation loss of the current weights, averaged as Lightning does (by batch size)."""
+            total, n = 0.0, 0
+            with torch.no_grad():
+                for batch in loader:
+                    batch = [b.to(self.device) for b in batch]
+                    total += float(self._loss(batch)) * len(batch[0])
+                    n += len(batch[0])
+            return total / max(n, 1)
 
         def configure_optimizers(self):
             return torch.optim.Adam(self.parameters(), lr=cfg["lr"])
@@ -140,23 +159,24 @@ class LSTMPredictor(Predictor):
     defaults = {
         "window": 500,  # iterations of input
         "bins": 20,  # input steps the window is averaged into
+        "base_window": 100,  # iterations averaged for the forecast the corrections start from
         "horizon": 2000,  # iterations the chunks cover (the task's longest horizon)
         "chunks": 4,
         "hidden": 32,
         "embed": 4,
-        "epochs": 8,
+        "epochs": 6,
         "batch_size": 64,  # (origin, layer) samples per batch
         "lr": 0.003,
-        "sample_stride": 5,  # records between training origins
+        "sample_stride": 10,  # records between training origins
         "val_fraction": 0.1,
-        "retrain_every": 10,  # refits between trainings on history (no training traces)
+        "retrain_every": 20,  # refits between trainings on history (no training traces)
         "min_train_records": 50,
         "seed": 0,
         "device": "auto",  # auto | cpu | gpu
     }
     search_space = {"window": ("log", 100, 2000), "hidden": ("cat", [16, 32, 64]), "epochs": ("int", 4, 30),
                     "lr": ("log", 3e-4, 1e-2), "chunks": ("cat", [1, 2, 4, 8])}
-    version = 1
+    version = 2
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -174,7 +194,7 @@ class LSTMPredictor(Predictor):
     def start(self, layers, experts, training=()):
         self.module = None
         self.curves = {"lstm/train_loss": [], "lstm/val_loss": []}
-        self.trainings, self.train_seconds = 0, 0.0
+        self.trainings, self.train_seconds, self.best_val = 0, 0.0, None
         self._from_training = bool(training)
         self._refits_since = None  # refits since the last training on history
         self._layers, self._experts = layers, experts
@@ -204,7 +224,8 @@ class LSTMPredictor(Predictor):
         spacing = _spacing(h.steps)
         x = window_inputs(h.proportions * E, np.array([len(h)]), self._records(spacing), self.params["bins"])[0]  # [L, bins, E]
         if self.module is None:
-            chunk_dist = np.repeat(x.mean(axis=1)[:, None, :] / E, self.params["chunks"], axis=1)  # window average
+            base = x[:, -self._base_bins():].mean(axis=1) / E  # the untrained model: the base window's average
+            chunk_dist = np.repeat(base[:, None, :], self.params["chunks"], axis=1)
         else:
             import torch
 
@@ -219,6 +240,10 @@ class LSTMPredictor(Predictor):
         return out / out.sum(axis=2, keepdims=True)
 
     # ---- training ----------------------------------------------------------------------------
+    def _base_bins(self) -> int:
+        bin_iters = self.params["window"] / self.params["bins"]
+        return int(min(self.params["bins"], max(1, round(self.params["base_window"] / bin_iters))))
+
     def _records(self, spacing: float) -> int:
         return max(self.params["bins"], int(round(self.params["window"] / spacing)))
 
@@ -256,7 +281,7 @@ class LSTMPredictor(Predictor):
         for p, steps in traces:
             x, layer, row, valid, K, n = self._samples(p, steps, offset)
             pad = K * self.params["chunks"]
-            n_val = int(math.floor(n * self.params["val_fraction"]))
+            n_val = min(n - 1, math.ceil(n * self.params["val_fraction"])) if self.params["val_fraction"] > 0 and n > 1 else 0
             split = (n - n_val) * L
             parts.append((x, layer, row, valid, split))
             stacked.append(np.concatenate([p, np.zeros((pad, L, E))]))
@@ -268,7 +293,7 @@ class LSTMPredictor(Predictor):
                                  torch.as_tensor(cat(2, train)), torch.as_tensor(cat(3, train)))
 
         if self.module is None:
-            self.module = _build_module(L, E, self.params)
+            self.module = _build_module(L, E, {**self.params, "base_bins": self._base_bins()})
         self.module.chunk_records = K
         train_ds, val_ds = dataset(True), dataset(False)
         if len(train_ds) == 0:
@@ -288,8 +313,17 @@ class LSTMPredictor(Predictor):
         trainer = pl.Trainer(max_epochs=self.params["epochs"], accelerator=accel, devices=1, deterministic=True,
                              logger=False, enable_progress_bar=False, enable_model_summary=False,
                              enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1)
-        self.module.targets = self.module.targets.to("cuda" if accel == "gpu" else "cpu")
+        device = "cuda" if accel == "gpu" else "cpu"
+        self.module.to(device)
+        self.module.targets = self.module.targets.to(device)
+        self.module.best = (math.inf, None)
+        if val_dl is not None:  # the weights before this training compete with every epoch's
+            self.module.keep_if_best(self.module.val_loss(val_dl))
         trainer.fit(self.module, train_dl, val_dl)
+        if self.module.best[1] is not None:
+            self.module.load_state_dict(self.module.best[1])
+            self.best_val = self.module.best[0]
+        self.module.best = (math.inf, None)
         self.module.targets = None
         self.curves["lstm/train_loss"] += self.module.losses["train"]
         self.curves["lstm/val_loss"] += self.module.losses["val"]
@@ -301,6 +335,8 @@ class LSTMPredictor(Predictor):
         from ._extras import report
 
         metrics = {"lstm.trainings": self.trainings, "lstm.train_seconds": self.train_seconds}
+        if self.best_val is not None:
+            metrics["lstm.best_val_loss"] = self.best_val
         for key in ("train_loss", "val_loss"):
             if self.curves[f"lstm/{key}"]:
                 metrics[f"lstm.final_{key}"] = self.curves[f"lstm/{key}"][-1]

@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", action="append", default=None, help=f"dataset id; repeatable (default {DEFAULT_DATASET})")
     add_task_arguments(p)
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter; `--params best` takes the tuned ones")
-    p.add_argument("--params", default=None, choices=["best"], help="'best': the best parameters found by `bench tune` for this model and dataset")
+    p.add_argument("--params", default=None, choices=["best"], help="'best': the best parameters found by `bench tune` for this model and dataset, "
+                   "on the test task (origins after the tuning split, unless --first-origin is given)")
     p.add_argument("--placement", default=None, metavar="G=8,R=8", help="also score expert placement from the forecasts (devices G, replicas R, ...)")
     p.add_argument("--force", action="store_true", help="recompute even if this exact run is cached")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
@@ -92,14 +93,15 @@ def cmd_run(args) -> int:
     params = parse_options(args.param)
     results = []
     for dataset in args.dataset or [DEFAULT_DATASET]:
+        task, run_params = task_from_args(args, dataset), params
         if args.params == "best":
-            from bench.tune import best_params
+            from bench.tune import best_params, held_out_task
 
-            params = {**best_params(args.model, dataset), **params}
-        task = task_from_args(args, dataset)
+            run_params = {**best_params(args.model, dataset), **params}
+            task = held_out_task(args.model, dataset, task)  # only origins the tuning never saw
         bar, update = progress_bar(f"{args.model} on {dataset}", enabled=sys.stderr.isatty())
         with bar:
-            result = runner.run(args.model, dataset, params=params, task=task, placement=args.placement, force=args.force,
+            result = runner.run(args.model, dataset, params=run_params, task=task, placement=args.placement, force=args.force,
                                 track=not args.no_track, tracking_uri=args.tracking_uri, progress=update)
         results.append(result)
         if not args.json:

@@ -17,6 +17,7 @@ are small so that a training takes seconds on 2 cores. Window, refit and clippin
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from typing import Any
 
@@ -91,13 +92,15 @@ class DartsAdapter(LibraryAdapter):
     def min_length(self) -> int:
         return max(super().min_length(), self._min_length)
 
-    def _normalise(self, Y: np.ndarray) -> np.ndarray:
-        """A global model learns each series' deviation from its window mean, in units of 1/E:
-        values near 0 of similar scale for every series; an untrained model forecasts the mean."""
-        return (Y - Y.mean(axis=0)) * self.history.experts
+    def _normalise(self, Y: np.ndarray) -> list:
+        """A global model learns each series' deviation from its window mean, in units of 1/E
+        (values near 0, of one scale for every series: an untrained model forecasts the mean);
+        torch models in float32."""
+        Z = (Y - Y.mean(axis=0)) * self.history.experts
+        return self._series(Z.astype(np.float32) if self.torch else Z)
 
     @staticmethod
-    def _series(Y: np.ndarray):
+    def _series(Y: np.ndarray) -> list:
         from darts import TimeSeries
 
         return [TimeSeries.from_values(Y[:, j]) for j in range(Y.shape[1])]
@@ -105,15 +108,13 @@ class DartsAdapter(LibraryAdapter):
     def _library_fit(self, Y, steps_ahead):
         from darts import TimeSeries
 
-        if self.global_model:
-            Y = self._normalise(Y)
-            model = self.new_estimator()
-            if self.torch:  # float32 weights; a bounded number of training windows per series
-                model.fit(self._series(Y.astype(np.float32)), max_samples_per_ts=self.params["max_samples_per_ts"], verbose=False)
-            else:
-                model.fit(self._series(Y), max_samples_per_ts=self.params["max_samples_per_ts"])
-            return model
         model = self.new_estimator()
+        if self.global_model:
+            kwargs = {"verbose": False} if self.torch else {}
+            if "max_samples_per_ts" in inspect.signature(model.fit).parameters:  # a bounded number of windows per series
+                kwargs["max_samples_per_ts"] = self.params["max_samples_per_ts"]
+            model.fit(self._normalise(Y), **kwargs)
+            return model
         if model.supports_multivariate:
             model.fit(TimeSeries.from_values(Y))
             return [model]
@@ -125,11 +126,9 @@ class DartsAdapter(LibraryAdapter):
         return models
 
     def _library_forecast(self, state, offset, horizon):
-        if self.global_model:
+        if self.global_model:  # the trained weights, the current window
             Y = self.matrix()
-            series = self._series(self._normalise(Y).astype(np.float32) if self.torch else self._normalise(Y))
-            kwargs = {"verbose": False} if self.torch else {}
-            out = state.predict(horizon, series=series, **kwargs)
+            out = state.predict(horizon, series=self._normalise(Y), **({"verbose": False} if self.torch else {}))
             return np.stack([s.values()[:, 0] for s in out], axis=1) / self.history.experts + Y.mean(axis=0)
         parts = [m.predict(offset + horizon).values()[offset:] for m in state]
         return np.concatenate(parts, axis=1)

@@ -12,7 +12,8 @@ from datasets_registry.trace import Card, Trace
 from models import ParamError, predictor_class
 from models.lstm import LSTMPredictor
 
-SMALL = dict(window=200, bins=8, hidden=8, embed=2, epochs=2, sample_stride=8, batch_size=32, horizon=600, chunks=2)
+SMALL = dict(window=200, bins=8, hidden=8, embed=2, epochs=2, sample_stride=8, batch_size=32, horizon=600, chunks=2,
+             val_fraction=0.0)  # no held-out origins: every training changes the weights
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_history_training_follows_its_schedule(halves):
 
 def test_checkpoint_and_curves_for_mlflow(halves, tmp_path):
     train, test = halves
-    pred = LSTMPredictor(**SMALL)
+    pred = LSTMPredictor(**{**SMALL, "val_fraction": 0.2})
     run(pred, test, [train])
     extras = pred.mlflow_extras(tmp_path)
     assert extras["metrics"]["lstm.trainings"] == 1
@@ -98,3 +99,11 @@ def test_checkpoint_and_curves_for_mlflow(halves, tmp_path):
 
     ckpt = torch.load(tmp_path / "lstm.ckpt", weights_only=False)
     assert (ckpt["layers"], ckpt["experts"]) == (3, 32) and str(tmp_path / "lstm.ckpt") in extras["artifacts"]
+
+
+def test_best_epoch_is_kept_and_an_overfitting_training_changes_nothing(halves):
+    train, test = halves
+    pred = LSTMPredictor(**{**SMALL, "val_fraction": 0.3, "epochs": 3, "lr": 0.5})  # a step size that can only hurt
+    pred.start(3, 32, [train])
+    val = pred.curves["lstm/val_loss"]
+    assert len(val) == 3 and pred.best_val <= min(val)
