@@ -183,7 +183,7 @@ class InProcessExecutor:
                 return {fut}
         raise RuntimeError("waiting for units that were not submitted here")
 
-    def close(self) -> None:
+    def close(self, cancel: bool = False) -> None:
         self._queue.clear()
 
 
@@ -202,10 +202,12 @@ class _Streaming:
         `timeout` seconds without one. Finished futures nobody waits for any more are dropped."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            try:
-                done = {self._done.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))}
+            try:  # in slices, so that Ctrl-C is seen at once wherever a lock wait is not interruptible
+                done = {self._done.get(timeout=0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))}
             except queue.Empty:
-                raise TimeoutError(f"no unit finished in {timeout} s") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"no unit finished in {timeout} s") from None
+                continue
             while not self._done.empty():
                 done.add(self._done.get())
             done = {f for f in done if f in pending}
@@ -239,7 +241,11 @@ class LocalExecutor(_Streaming):
             self._pool = self._new_pool()
             return self._watch(self._pool.submit(fn, *args))
 
-    def close(self) -> None:
+    def close(self, cancel: bool = False) -> None:
+        """Shut the pool down; with `cancel` (an error or Ctrl-C in the driver) stop the running units too."""
+        if cancel:  # a unit stopped midway keeps its journal; a rerun resumes it
+            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+                proc.terminate()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -279,8 +285,8 @@ class DaskExecutor(_Streaming):
     def submit(self, fn: Callable, *args, key: str | None = None):
         return self._watch(self.client.submit(fn, *args, key=key, pure=False))
 
-    def close(self) -> None:
-        self.client.close()
+    def close(self, cancel: bool = False) -> None:
+        self.client.close()  # a remote cluster drops the released units; a LocalCluster stops its workers
         if self.cluster is not None:
             self.cluster.close()
 
@@ -303,8 +309,10 @@ def executor(name: str = "local", address: str | None = None, workers: int | Non
     ex = make_executor(name, address, workers)
     try:
         yield ex
-    finally:
-        ex.close()
+    except BaseException:
+        ex.close(cancel=True)
+        raise
+    ex.close()
 
 
 # ---- planning and driving -------------------------------------------------------------------
@@ -381,7 +389,17 @@ class Outcome:
 
 
 class MergeError(RuntimeError):
-    pass
+    """A chunk's records do not cover its origins exactly once."""
+
+
+def _merge(merged: dict[int, dict], records: list[dict], unit: Unit) -> None:
+    """Add a chunk's records to its run's, by origin: each of the chunk's origins exactly once."""
+    if len(records) != unit.span[1] - unit.span[0] or len({r["origin"] for r in records}) != len(records):
+        raise MergeError(f"chunk {unit.key} returned {len(records)} records for {unit.span[1] - unit.span[0]} origins")
+    twice = sorted(r["origin"] for r in records if r["origin"] in merged)
+    if twice:
+        raise MergeError(f"origins {twice} of run {unit.key.split(':')[0]} came back twice")
+    merged.update((r["origin"], r) for r in records)
 
 
 def run_all(specs: Sequence[RunSpec], ex, *, chunk: int | None = None, force: bool = False, retries: int = 2,
@@ -442,17 +460,17 @@ def run_all(specs: Sequence[RunSpec], ex, *, chunk: int | None = None, force: bo
                 continue
             done_units += 1
             if unit.kind == "chunk":
-                if unit.span not in spans_left.get(unit.key.split(":")[0], ()):
-                    continue  # a duplicate completion of a span already merged (or of a failed run)
                 run_key = unit.key.split(":")[0]
+                if unit.span not in spans_left.get(run_key, ()):
+                    continue  # a duplicate completion of a span already merged (or of a failed run)
                 spans_left[run_key].discard(unit.span)
-                if len(value["records"]) != unit.span[1] - unit.span[0]:
-                    raise MergeError(f"chunk {unit.key} returned {len(value['records'])} origins")
+                try:
+                    _merge(merged[run_key], value["records"], unit)
+                except MergeError as exc:  # the run is reported failed, never stored half-merged
+                    failures[run_key] = f"MergeError: {exc}"
+                    spans_left.pop(run_key)
+                    continue
                 chunk_seconds[run_key] += value["seconds"]
-                for rec in value["records"]:
-                    if rec["origin"] in merged[run_key]:
-                        raise MergeError(f"origin {rec['origin']} of run {run_key} came back twice")
-                    merged[run_key][rec["origin"]] = rec
                 if not spans_left[run_key]:
                     by_origin = merged.pop(run_key)
                     records = [by_origin[o] for o in sorted(by_origin)]
@@ -466,29 +484,30 @@ def run_all(specs: Sequence[RunSpec], ex, *, chunk: int | None = None, force: bo
 
 # ---- Optuna ---------------------------------------------------------------------------------
 
-def _optimize(storage: str, study_name: str, objective: Callable, n_trials: int, env: dict[str, str]) -> int:
+def _optimize(storage: str, study_name: str, objective: Callable, n_trials: int, env: dict[str, str], options: dict) -> int:
     import optuna
 
     with _environment(env):
-        optuna.load_study(study_name=study_name, storage=storage).optimize(objective, n_trials=n_trials)
+        optuna.load_study(study_name=study_name, storage=storage).optimize(objective, n_trials=n_trials, **options)
     return n_trials
 
 
 def optimize_parallel(ex, objective: Callable, storage: str, study_name: str, n_trials: int,
-                      workers: int | None = None) -> int:
+                      workers: int | None = None, **options: Any) -> int:
     """Run `n_trials` trials of an existing study on `workers` optimize workers of executor `ex`.
 
     Each worker calls ``optuna.load_study(study_name, storage).optimize(objective, n_trials=k)``;
     they share the study through `storage`, so it must be a database every worker reaches: an
     absolute ``sqlite:////path/study.db`` on one machine (or a shared filesystem), a server
     database (``postgresql://...``, ``mysql://...``) across machines. `objective` must be
-    picklable (a module-level function or an instance of a module-level class). Returns the
-    number of trials run; raises the first worker failure.
+    picklable (a module-level function or an instance of a module-level class). `options` go to
+    ``Study.optimize`` (e.g. ``catch=(Exception,)`` so that a failed trial does not end its
+    worker). Returns the number of trials run; raises the first worker failure.
     """
     workers = max(1, min(workers or ex.workers, n_trials))
     shares = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
     env = worker_env()
-    futs = [ex.submit(_optimize, storage, study_name, objective, k, env, key=f"optuna-{study_name}-{i}-{os.getpid()}")
+    futs = [ex.submit(_optimize, storage, study_name, objective, k, env, options, key=f"optuna-{study_name}-{i}-{os.getpid()}")
             for i, k in enumerate(shares)]
     total, pending = 0, set(futs)
     while pending:

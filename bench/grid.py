@@ -47,6 +47,17 @@ class GridConfig:
         return out
 
 
+def check(specs: list[RunSpec]) -> None:
+    """Fail now, before any worker starts, on an unknown dataset or model or a bad parameter."""
+    from datasets_registry import registry
+    from models import predictor_class
+
+    for dataset in sorted({s.dataset for s in specs} | {t for s in specs for t in s.task.train}):
+        registry.resolve(dataset)  # builds a public dataset here, once, not in every worker
+    for s in specs:
+        predictor_class(s.model)(**dict(s.params))
+
+
 def param_sets(grid: dict[str, Any]) -> list[dict[str, Any]]:
     """The cartesian product of the listed values (a scalar is one value; [[a, b]] is the list [a, b])."""
     names = sorted(grid)

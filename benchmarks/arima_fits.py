@@ -5,7 +5,7 @@
 
 Fits (and forecasts `horizon` records of) `series` series of `window` records, taken from the
 dataset as the predictor takes them (E * p), first in this process with each engine, then
-through the predictor's process pool with `n-jobs` workers. Prints fits/s and the ratio to
+through the predictor's process pool (both as the predictor runs them: one BLAS thread per process) with `n-jobs` workers. Prints fits/s and the ratio to
 statsmodels measured in the same run.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 def main() -> None:
     from datasets_registry import registry
     from datasets_registry.registry import DEFAULT_DATASET
-    from models.arima import Arima, _fit_chunk, parse_order
+    from models.arima import Arima, parse_order
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default=DEFAULT_DATASET)
@@ -40,20 +40,15 @@ def main() -> None:
     Y = (tr.proportions[end - args.window:end] * E).reshape(args.window, L * E).T
     Y = np.ascontiguousarray(Y[np.random.default_rng(0).choice(L * E, size=min(L * E, args.series), replace=False)])
     order = parse_order(args.order)
-    _fit_chunk(Y[:2], order, "statsforecast", args.horizon, 20, None)  # warm-up (numba, imports)
-    _fit_chunk(Y[:2], order, "statsmodels", args.horizon, 20, None)
-    rows = {}
-    for engine in ("statsmodels", "statsforecast"):
-        t0 = time.perf_counter()
-        _fit_chunk(Y, order, engine, args.horizon, 20, None)
-        rows[f"{engine} (1 process)"] = len(Y) / (time.perf_counter() - t0)
     workers = (os.cpu_count() or 1) if args.n_jobs in (-1, 0) else args.n_jobs
-    for engine in ("statsmodels", "statsforecast"):
-        pred = Arima(engine=engine, n_jobs=workers, order=args.order, window=args.window)
-        pred._map(Y[: 2 * workers], order, args.horizon, None)  # start the pool
-        t0 = time.perf_counter()
-        pred._map(Y, order, args.horizon, None)
-        rows[f"{engine} ({workers} workers)"] = len(Y) / (time.perf_counter() - t0)
+    rows = {}
+    for n_jobs, label in ((1, "1 process"), (workers, f"{workers} workers")):
+        for engine in ("statsmodels", "statsforecast"):
+            pred = Arima(engine=engine, n_jobs=n_jobs, order=args.order, window=args.window)
+            pred._map(Y[: 2 * n_jobs], order, args.horizon, None)  # warm-up: imports, numba, the pool
+            t0 = time.perf_counter()
+            pred._map(Y, order, args.horizon, None)
+            rows[f"{engine} ({label})"] = len(Y) / (time.perf_counter() - t0)
     base = rows["statsmodels (1 process)"]
     print(f"{args.dataset}: {len(Y)} series x {args.window} records, order ({args.order}), {args.horizon}-record forecasts")
     for name, rate in rows.items():

@@ -1,7 +1,8 @@
 """Scaling: one grid's wall time in-process vs a local process pool vs a Dask LocalCluster.
 
 The grid: ARIMA (statsforecast, ``n_jobs=1`` so that all parallelism comes from the executor)
-with 3 orders x 4 windows (12 runs) on a 16-expert trace: a tracer trace whose id contains "16e" when
+with 2 orders x 4 windows (8 runs; ``--orders``, ``--windows``), horizon 1,000 and stride 1,000
+iterations (synthetic: 100 and 20), on a 16-expert trace: a tracer trace whose id contains "16e" (a top-2 one first) when
 the registry has one, else a SYNTHETIC one (``datasets_registry.synthetic.switching_trace``,
 registered as ``synthetic-16e-<layers>x<records>``, labelled synthetic in its card). Each run is one unit (ARIMA is
 not replayable, so its origins are not chunked). For every executor the script times
@@ -59,22 +60,23 @@ def dataset(name: str | None, layers: int, records: int) -> str:
 
     if name:
         return name
-    for entry in registry.entries():
-        if "16e" in entry.id and entry.kind != "public" and not entry.id.startswith("synthetic"):
-            return entry.id
+    tracer = sorted((e.id for e in registry.entries() if "16e" in e.id and not e.id.startswith("synthetic")),
+                    key=lambda i: ("top2" not in i, i))
+    if tracer:
+        return tracer[0]
     name = f"synthetic-16e-{layers}x{records}"
     if name not in {e.id for e in registry.entries()}:
         registry.add(switching_trace(records=records, layers=layers, experts=16, switch=records // 2, seed=16), name)
     return name
 
 
-def grid_specs(ds: str, n_jobs: int = 1):
+def grid_specs(ds: str, args, n_jobs: int = 1):
     from bench.executors import RunSpec
     from bench.task import Task
 
-    task = Task(ds, horizons=(100,), stride=20, min_history=100)
+    task = Task(ds, horizons=(args.horizon,), stride=args.stride, min_history=100)
     return [RunSpec.of("arima", ds, {"order": order, "window": window, "n_jobs": n_jobs}, task)
-            for order in ("1,0,1", "0,1,1", "1,1,1") for window in (60, 100, 150, 200)]
+            for order in args.orders for window in args.windows]
 
 
 def wait_all(ex, futures) -> list:
@@ -152,6 +154,10 @@ def main() -> int:
     ap.add_argument("--dataset", default=None, help="a 16-expert dataset id (default: a tracer '16e' trace, else synthetic)")
     ap.add_argument("--layers", type=int, default=2, help="layers of the synthetic trace")
     ap.add_argument("--records", type=int, default=400, help="records of the synthetic trace")
+    ap.add_argument("--horizon", type=int, default=None, help="forecast horizon in iterations (default 1000; synthetic 100)")
+    ap.add_argument("--stride", type=int, default=None, help="iterations between origins (default 1000; synthetic 20)")
+    ap.add_argument("--orders", nargs="+", default=["1,0,1", "0,1,1"], help="ARIMA orders of the grid")
+    ap.add_argument("--windows", type=int, nargs="+", default=[60, 100, 150, 200], help="ARIMA windows of the grid")
     ap.add_argument("--no-jobs-row", action="store_true", help="skip the in-process n_jobs=-1 row")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
@@ -159,10 +165,14 @@ def main() -> int:
     from datasets_registry import registry
 
     ds = dataset(args.dataset, args.layers, args.records)
+    synthetic = ds.startswith("synthetic")
+    args.horizon = args.horizon or (100 if synthetic else 1000)
+    args.stride = args.stride or (20 if synthetic else 1000)
     trace = registry.load(ds)
-    specs = grid_specs(ds)
+    specs = grid_specs(ds, args)
     print(f"dataset {ds} ({trace.card.title}): {trace.records} records x {trace.layers} layers x {trace.experts} experts; "
-          f"grid: {len(specs)} ARIMA runs (3 orders x 4 windows, n_jobs=1), horizon 100, stride 20; {args.workers} workers; {args.repeats} rounds; "
+          f"grid: {len(specs)} ARIMA runs (orders {args.orders} x windows {args.windows}, n_jobs=1), horizon {args.horizon}, "
+          f"stride {args.stride}; {args.workers} workers; {args.repeats} rounds; "
           f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.2f}", flush=True)
     rows = {k: [] for k in KINDS}
     if not args.no_jobs_row:
@@ -170,7 +180,7 @@ def main() -> int:
     reference = None
     for r in range(args.repeats):
         for kind in rows:
-            m = time_grid("inprocess", grid_specs(ds, -1), args.workers) if "n_jobs" in kind else time_grid(kind, specs, args.workers)
+            m = time_grid("inprocess", grid_specs(ds, args, -1), args.workers) if "n_jobs" in kind else time_grid(kind, specs, args.workers)
             if "n_jobs" not in kind:
                 reference = reference or comparable(m["results"])
                 assert comparable(m["results"]) == reference, f"{kind}: results differ from the first executor's"

@@ -30,7 +30,7 @@ BUILTIN_DIR = Path(__file__).parent / "builtin"
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 #: The dataset that commands use when none is named.
-DEFAULT_DATASET = "smartmoe-ae"
+DEFAULT_DATASET = "gpt3-125m-16e-top2-s1"
 
 
 class DatasetNotFound(LookupError):

@@ -18,10 +18,11 @@ task gives some and else on the history at the first fit. The procedure, as in t
    place of reading ACF/PACF plots by eye; both aim at the same short AR/MA structure).
 3. The trace's order is the most frequent (p, d, q) over its series.
 
-On the built-in traces (``python benchmarks/arima_order.py``; results in docs/models.md) it
-picks d = 0 for most series of smartmoe-ae on 100-record windows and (1, 0, 1) overall, so the
-default order is ``"1,0,1"``: an AR(1) with a mean and an MA(1) term, whose forecast decays
-from the current level to the window mean.
+On the built-in traces (``python benchmarks/arima_order.py``; results in docs/models.md) the
+tests call about two thirds of smartmoe-ae's series I(1), and on the 100-record windows the
+predictor fits the most frequent order is (0, 1, 1) (the whole 501-record series: (2, 1, 2)),
+so the default order is ``"0,1,1"``: simple exponential smoothing with a fitted weight, whose
+forecast is flat at the smoothed level.
 
 Refit policy: the task's. ``refit()`` marks the coefficients stale; the next ``predict``
 re-estimates them on the trailing window (and forecasts). Between refits ``predict`` re-applies
@@ -33,15 +34,15 @@ counted.
 Engines: ``engine="statsforecast"`` (default) fits with statsforecast's ARIMA (CSS-ML, the R
 ``forecast::Arima`` port); ``engine="statsmodels"`` with statsmodels' state-space ARIMA (exact
 ML). Same order, same window, same scaling; they agree to within the tolerance stated in
-tests/models/test_arima.py, and statsforecast is about 10-40x faster here
+tests/models/test_arima.py, and statsforecast is about 2.7x faster per fit here
 (``python benchmarks/arima_fits.py``).
 
 Parallel: the series are split into chunks and fitted in a process pool
 (``concurrent.futures.ProcessPoolExecutor``, fork start method) of ``n_jobs`` workers (-1: all
 cores; 1: in this process). The pool lives as long as the predictor.
 
-Default cost: smartmoe-ae (768 series, 41 origins) with window 100 records and refit at every
-origin is about 31k fits: a few minutes on 2 cores with statsforecast.
+Default cost: smartmoe-ae (768 series, 40 origins) with window 100 records and refit at every
+origin is about 31k fits: 4-9 minutes on 2 cores with statsforecast (docs/results.md).
 """
 
 from __future__ import annotations
@@ -157,16 +158,23 @@ def _fit_chunk(Y: np.ndarray, order, engine, horizon, min_records, states) -> tu
     return out, new_states, codes
 
 
-def _warm_up(engine: str) -> None:
-    """Worker initializer: import the engine once per process, not once per task; one BLAS
-    thread per worker, as the workers already fill the cores."""
-    warnings.simplefilter("ignore")
+def _one_blas_thread():
+    """One BLAS thread: statsmodels makes many tiny BLAS calls, which extra threads only slow
+    down (about 9x here); the workers fill the cores instead."""
     try:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(1)
+        return threadpool_limits(1)
     except ImportError:
-        pass
+        import contextlib
+
+        return contextlib.nullcontext()
+
+
+def _warm_up(engine: str) -> None:
+    """Worker initializer: import the engine once per process, not once per task."""
+    warnings.simplefilter("ignore")
+    _one_blas_thread()  # for the worker's lifetime
     if engine == "statsforecast":
         import statsforecast.arima  # noqa: F401
     else:
@@ -269,7 +277,8 @@ class Arima(Predictor):
         args = (order, self.params["engine"], horizon, self.params["min_records"])
         workers = self._workers()
         if workers == 1 or len(Y) < 2:
-            return _fit_chunk(Y, *args, states)
+            with _one_blas_thread():
+                return _fit_chunk(Y, *args, states)
         bounds = np.linspace(0, len(Y), min(len(Y), 4 * workers) + 1).astype(int)
         futures = [self._executor().submit(_fit_chunk, Y[a:b], *args, states[a:b] if states else None)
                    for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
@@ -339,7 +348,7 @@ class Arima(Predictor):
             self.stats["rows_uniform"] += int(empty.sum())
         return F
 
-    def mlflow_extras(self, folder, tracking_uri=None):
+    def mlflow_extras(self, folder):
         from ._extras import report
 
         metrics = {f"arima.{k}": float(v) for k, v in sorted(self.stats.items())}
@@ -348,4 +357,4 @@ class Arima(Predictor):
             metrics["arima.frac_rows_renormalised"] = self.stats["rows_renormalised"] / self.stats["rows"]
         info = {"order": ",".join(map(str, self._order)) if self._order else None, "selected": self.selected,
                 "stats": dict(self.stats), "workers": self._workers()}
-        return report(folder, tracking_uri, metrics=metrics, json_files={"arima_stats.json": info})
+        return report(folder, metrics=metrics, json_files={"arima_stats.json": info})

@@ -331,7 +331,7 @@ class LSTMPredictor(Predictor):
         self.train_seconds += time.perf_counter() - t0
 
     # ---- MLflow --------------------------------------------------------------------------------
-    def mlflow_extras(self, folder, tracking_uri=None):
+    def mlflow_extras(self, folder):
         from ._extras import report
 
         metrics = {"lstm.trainings": self.trainings, "lstm.train_seconds": self.train_seconds}
@@ -353,4 +353,4 @@ class LSTMPredictor(Predictor):
 
             files["lstm.ckpt"] = write
         curves = {k: v for k, v in self.curves.items() if v}
-        return report(folder, tracking_uri, metrics=metrics, curves=curves, files=files)
+        return report(folder, metrics=metrics, curves=curves, files=files)

@@ -41,6 +41,7 @@ def cmd_grid(args) -> int:
     if args.chunk is not None:
         config.chunk = chunk
     specs = config.specs()
+    grid.check(specs)
     t0 = time.perf_counter()
     with executor(config.executor, config.address, config.workers) as ex:
         bar, update = progress_bar(f"grid on {ex.name} ({ex.workers} workers)", enabled=sys.stderr.isatty())

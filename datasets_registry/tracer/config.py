@@ -131,7 +131,7 @@ PRESETS: dict[str, TracerConfig] = {
         notes="GPT-3 350M depth (24 layers, MoE every other layer: 12 MoE layers), 128 experts, top-2",
         scaled={"d_model": "1024 -> 320", "n_heads": "16 -> 5", "seq_len": "2048 -> 512", "batch_tokens": "524288 -> 8192",
                 "why": "128 experts at full width are 12.9B parameters; scaled (1.3B parameters) to fit 2 runs of 5,000 iterations "
-                       "into one 10-minute call on one H100"},
+                       "into one 10-minute call on one GPU"},
     ),
 }
 

@@ -51,7 +51,8 @@ def code_version() -> dict[str, Any]:
     commit = None
     dirty = None
     try:
-        commit = subprocess.run(["git", "-C", str(_REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip() or None
+        res = subprocess.run(["git", "-C", str(_REPO), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True, timeout=5)
+        commit = res.stdout.strip() if res.returncode == 0 and len(res.stdout.strip()) == 40 else None
         if commit:
             st = subprocess.run(["git", "-C", str(_REPO), "status", "--porcelain", "--", "datasets_registry/tracer"], capture_output=True, text=True, timeout=5)
             dirty = bool(st.stdout.strip())

@@ -7,7 +7,9 @@
 - global models (torch models such as ``NBEATSModel``, ``TiDEModel``, ``BlockRNNModel``, and
   regression models): one model trained over all ``L*E`` univariate series of the window, at
   most ``max_samples_per_ts`` training windows from each; it keeps its weights between refits
-  and forecasts every series from its current window.
+  and forecasts every series from its current window. It sees each series as its deviation
+  from the window's last value (``center=last``; or its mean, ``center=mean``) in units of 1/E,
+  so an untrained or undertrained model falls back to the last value rather than to nonsense.
 
 Torch models train on the CPU without progress bars, loggers or checkpoints; the defaults below
 are small so that a training takes seconds on 2 cores. Window, refit and clipping:
@@ -26,6 +28,7 @@ import numpy as np
 from .common import LibraryAdapter, constructor_params, quiet
 
 _SMALL_TORCH = {"n_epochs": 5, "batch_size": 64, "random_state": 0, "fit_every": 1000}
+_TORCH_SPACE = {"input_chunk_length": ("int", 10, 40), "n_epochs": ("int", 2, 10), "center": ("cat", ["last", "mean"])}
 
 #: Adapter defaults that differ from the library's, and search spaces, per model.
 TUNING: dict[str, dict[str, Any]] = {
@@ -35,9 +38,9 @@ TUNING: dict[str, dict[str, Any]] = {
                              "space": {"trend": ("cat", [None, "additive"]), "damped": ("cat", [False, True])}},
     "NBEATSModel": {"overrides": {"input_chunk_length": 20, "output_chunk_length": 10, "num_stacks": 2, "num_blocks": 1,
                                   "num_layers": 2, "layer_widths": 64, **_SMALL_TORCH},
-                    "space": {"input_chunk_length": ("int", 10, 40), "n_epochs": ("int", 2, 10)}},
+                    "space": _TORCH_SPACE},
     "TiDEModel": {"overrides": {"input_chunk_length": 20, "output_chunk_length": 10, "hidden_size": 64, "decoder_output_dim": 8,
-                                "num_encoder_layers": 1, "num_decoder_layers": 1, **_SMALL_TORCH}},
+                                "num_encoder_layers": 1, "num_decoder_layers": 1, **_SMALL_TORCH}, "space": _TORCH_SPACE},
     "BlockRNNModel": {"overrides": {"input_chunk_length": 20, "output_chunk_length": 10, "model": "GRU", "hidden_dim": 32,
                                     **_SMALL_TORCH}},
 }
@@ -70,7 +73,7 @@ def adapter_class(name: str) -> type[LibraryAdapter]:
     tuning = TUNING.get(name, {})
     glob = issubclass(est, GlobalForecastingModel)
     return DartsAdapter.make("darts", est, params, overrides=tuning.get("overrides"), space=tuning.get("space"),
-                             extra_adapter={"max_samples_per_ts": 8} if glob else None, global_model=glob, torch=torch)
+                             extra_adapter={"max_samples_per_ts": 8, "center": "last"} if glob else None, global_model=glob, torch=torch)
 
 
 class DartsAdapter(LibraryAdapter):
@@ -92,11 +95,14 @@ class DartsAdapter(LibraryAdapter):
     def min_length(self) -> int:
         return max(super().min_length(), self._min_length)
 
+    def _center(self, Y: np.ndarray) -> np.ndarray:
+        return Y[-1] if self.params["center"] == "last" else Y.mean(axis=0)
+
     def _normalise(self, Y: np.ndarray) -> list:
-        """A global model learns each series' deviation from its window mean, in units of 1/E
-        (values near 0, of one scale for every series: an untrained model forecasts the mean);
-        torch models in float32."""
-        Z = (Y - Y.mean(axis=0)) * self.history.experts
+        """A global model learns each series' deviation from its last value (``center=last``) or
+        window mean (``center=mean``), in units of 1/E: values near 0, of one scale for every
+        series, so that an untrained model forecasts the centre; torch models in float32."""
+        Z = (Y - self._center(Y)) * self.history.experts
         return self._series(Z.astype(np.float32) if self.torch else Z)
 
     @staticmethod
@@ -129,6 +135,6 @@ class DartsAdapter(LibraryAdapter):
         if self.global_model:  # the trained weights, the current window
             Y = self.matrix()
             out = state.predict(horizon, series=self._normalise(Y), **({"verbose": False} if self.torch else {}))
-            return np.stack([s.values()[:, 0] for s in out], axis=1) / self.history.experts + Y.mean(axis=0)
+            return np.stack([s.values()[:, 0] for s in out], axis=1) / self.history.experts + self._center(Y)
         parts = [m.predict(offset + horizon).values()[offset:] for m in state]
         return np.concatenate(parts, axis=1)

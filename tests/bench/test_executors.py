@@ -231,7 +231,10 @@ def test_optuna_trials_run_in_parallel_workers_on_one_study(tmp_path, monkeypatc
     assert len(trials) == 7 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
 
 
-def test_a_tracked_grid_logs_each_run_once_from_the_driver(tmp_path, capsys):
+def test_a_tracked_grid_logs_each_run_once_from_the_driver(tmp_path, capsys, monkeypatch):
+    # mlflow.set_tracking_uri also sets $MLFLOW_TRACKING_URI, which bench.tracking then prefers:
+    # set it here so that it is restored after the test and later tests log to their own stores
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     cfg = tmp_path / "grid.yaml"
     cfg.write_text("datasets: [syn]\nmodels:\n  - name: sw_avg\n    params: {window: [10, 20]}\n"
                    "horizons: [50]\nstride: 50\nmin_history: 25\nexecutor: inprocess\n")
@@ -244,3 +247,16 @@ def test_a_tracked_grid_logs_each_run_once_from_the_driver(tmp_path, capsys):
     assert all(ids) and len(set(ids)) == 2
     assert [r["mlflow_run_id"] for r in again["results"]] == ids and all(r["cached"] for r in again["results"])
     assert first["leaderboard"] is None or "syn" in json.dumps(first["leaderboard"])
+
+
+def test_merging_takes_each_origin_of_a_chunk_exactly_once():
+    first, second = executors.Unit("chunk", "k:0-2", None, (0, 2)), executors.Unit("chunk", "k:2-4", None, (2, 4))
+    merged: dict = {}
+    executors._merge(merged, [{"origin": 5}, {"origin": 6}], first)
+    assert sorted(merged) == [5, 6]
+    with pytest.raises(executors.MergeError, match="twice"):
+        executors._merge(merged, [{"origin": 6}, {"origin": 7}], second)
+    with pytest.raises(executors.MergeError, match="1 records for 2 origins"):
+        executors._merge({}, [{"origin": 1}], first)
+    with pytest.raises(executors.MergeError):
+        executors._merge({}, [{"origin": 1}, {"origin": 1}], first)

@@ -20,7 +20,7 @@ def test_registry_maps_arima():
     assert predictor_class("arima") is Arima
 
 
-def test_forecasts_are_valid_and_every_row_is_accounted_for(small):
+def test_forecasts_are_valid_and_every_row_is_accounted_for(small, tmp_path):
     pred = Arima(n_jobs=1, window=60)
     ev = evaluate(small, pred, Task(dataset="x", horizons=(300,), stride=400))
     assert not ev.failures and len(ev.frame()) == 3 * 3  # 3 origins x 3 layers
@@ -31,6 +31,10 @@ def test_forecasts_are_valid_and_every_row_is_accounted_for(small):
     assert pred.stats["series_fitted"] + pred.stats["series_constant"] == 2 * 96
     out = pred.predict(7)
     check_forecast(out, 7, 3, 32)
+    extras = pred.mlflow_extras(tmp_path)  # what the runner logs to MLflow
+    assert extras["metrics"]["arima.rows"] == pred.stats["rows"]
+    assert extras["metrics"]["arima.rows_clipped"] == pred.stats["rows_clipped"]
+    assert (tmp_path / "arima_stats.json").exists()
 
 
 def test_clipping_and_renormalising_only_where_needed():

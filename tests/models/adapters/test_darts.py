@@ -39,7 +39,7 @@ def test_exponential_smoothing_takes_enum_params_as_strings(small_trace, feed, e
 
 def test_tide_trains_one_global_model_and_reuses_it_between_fits(small_trace, evaluate_on):
     cls = predictor_class("darts:TiDEModel")
-    assert cls.global_model and cls.defaults["fit_every"] == 1000 and cls.defaults["n_epochs"] == 5
+    assert cls.global_model and cls.defaults["fit_every"] == 1000 and cls.defaults["n_epochs"] == 5 and cls.defaults["center"] == "last"
     runs = []
     for _ in range(2):
         pred = cls(n_epochs=2, input_chunk_length=8, output_chunk_length=4, fit_every=600)
