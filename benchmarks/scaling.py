@@ -1,7 +1,7 @@
 """Scaling: one grid's wall time in-process vs a local process pool vs a Dask LocalCluster.
 
 The grid: ARIMA (statsforecast, ``n_jobs=1`` so that all parallelism comes from the executor)
-with 2 orders x 4 windows (8 runs; ``--orders``, ``--windows``), horizon 1,000 and stride 1,000
+with 2 orders x 4 windows (8 runs; ``--orders``, ``--windows``), horizon 1,000 and stride 2,000
 iterations (synthetic: 100 and 20), on a 16-expert trace: a tracer trace whose id contains "16e" (a top-2 one first) when
 the registry has one, else a SYNTHETIC one (``datasets_registry.synthetic.switching_trace``,
 registered as ``synthetic-16e-<layers>x<records>``, labelled synthetic in its card). Each run is one unit (ARIMA is
@@ -13,8 +13,12 @@ not replayable, so its origins are not chunked). For every executor the script t
 repeats the rounds (executors interleaved, so that load from elsewhere hits them alike), checks
 that every executor gave identical results, and prints medians with speedups against in-process
 measured in the same run. It also reports the executors' per-unit overhead: the wall time of N
-trivial units (a function returning its argument) divided by N. An extra row runs the grid
-in-process with ARIMA's own series-level pool (``n_jobs=-1``) for comparison.
+trivial units (a function returning its argument) divided by N. With ``--jobs-row``, an extra
+row runs the grid in-process with ARIMA's own series-level pool (``n_jobs=-1``) for comparison.
+
+The machine is shared: each round also records the CPU seconds the driver and its workers used
+during the grid, and ``cores`` = CPU seconds / wall seconds, i.e. how much of the machine the
+executor actually got; the load average after each measurement is printed beside it.
 
     MOE_LOAD_BENCH_HOME=/tmp/dask-home MOE_LOAD_BENCH_SOURCES=/work/shared/datasets \\
         python benchmarks/scaling.py [--repeats 2] [--workers 2] [--trivial 200] [--dataset ID]
@@ -88,6 +92,21 @@ def wait_all(ex, futures) -> list:
     return out
 
 
+def cpu_seconds() -> float:
+    """CPU time (user + system) of this process and all its live descendants (the workers)."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me] + me.children(recursive=True):
+        try:
+            t = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def time_grid(kind: str, specs, workers: int) -> dict:
     from bench.executors import make_executor, run_all
 
@@ -97,13 +116,13 @@ def time_grid(kind: str, specs, workers: int) -> dict:
         wait_all(ex, [ex.submit(warm_up, 0.5 if kind != "inprocess" else 0.0, key=f"warm-{i}-{time.time()}")
                       for i in range(ex.workers)])
         startup = time.perf_counter() - t0
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), cpu_seconds()
         outcome = run_all(specs, ex, force=True, chunk=0)
-        grid = time.perf_counter() - t1
+        grid, cpu = time.perf_counter() - t1, cpu_seconds() - c1
     finally:
         ex.close()
     assert not outcome.failures, outcome.failures
-    return {"startup": startup, "grid": grid, "results": outcome.results}
+    return {"startup": startup, "grid": grid, "cpu": cpu, "results": outcome.results}
 
 
 def time_trivial(kind: str, n: int, workers: int) -> float:
@@ -125,7 +144,7 @@ def time_trivial(kind: str, n: int, workers: int) -> float:
 def table(rows: dict[str, list[dict]]) -> dict:
     """Medians, bests and speedups against in-process: per round (same-round ratios), and of the bests."""
     base = rows["inprocess"]
-    print(f"\n{'executor':>28} {'startup s':>10} {'grid s (median)':>16} {'grid s (best)':>14} "
+    print(f"\n{'executor':>28} {'startup s':>10} {'grid s (median)':>16} {'grid s (best)':>14} {'CPU s':>8} {'cores':>6} "
           f"{'speedup grid':>13} {'speedup best':>13} {'speedup with startup':>21}")
     out = {}
     for kind, ms in rows.items():
@@ -134,10 +153,12 @@ def table(rows: dict[str, list[dict]]) -> dict:
         ratio_total = statistics.median((b["grid"] + b["startup"]) / (m["grid"] + m["startup"]) for b, m in zip(base, ms))
         best = min(b["grid"] for b in base) / min(grid)
         startup = statistics.median(m["startup"] for m in ms)
-        print(f"{kind:>28} {startup:10.2f} {statistics.median(grid):16.2f} {min(grid):14.2f} "
+        cpu = statistics.median(m["cpu"] for m in ms)
+        cores = statistics.median(m["cpu"] / m["grid"] for m in ms)
+        print(f"{kind:>28} {startup:10.2f} {statistics.median(grid):16.2f} {min(grid):14.2f} {cpu:8.1f} {cores:6.2f} "
               f"{ratio:12.2f}x {best:12.2f}x {ratio_total:20.2f}x")
-        out[kind] = {"startup_s": startup, "grid_s": grid, "speedup_grid_median": ratio, "speedup_grid_best": best,
-                     "speedup_with_startup_median": ratio_total}
+        out[kind] = {"startup_s": startup, "grid_s": grid, "cpu_s": [m["cpu"] for m in ms], "cores": cores,
+                     "speedup_grid_median": ratio, "speedup_grid_best": best, "speedup_with_startup_median": ratio_total}
     return out
 
 
@@ -155,10 +176,10 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=2, help="layers of the synthetic trace")
     ap.add_argument("--records", type=int, default=400, help="records of the synthetic trace")
     ap.add_argument("--horizon", type=int, default=None, help="forecast horizon in iterations (default 1000; synthetic 100)")
-    ap.add_argument("--stride", type=int, default=None, help="iterations between origins (default 1000; synthetic 20)")
+    ap.add_argument("--stride", type=int, default=None, help="iterations between origins (default 2000; synthetic 20)")
     ap.add_argument("--orders", nargs="+", default=["1,0,1", "0,1,1"], help="ARIMA orders of the grid")
     ap.add_argument("--windows", type=int, nargs="+", default=[60, 100, 150, 200], help="ARIMA windows of the grid")
-    ap.add_argument("--no-jobs-row", action="store_true", help="skip the in-process n_jobs=-1 row")
+    ap.add_argument("--jobs-row", action="store_true", help="add a row: in-process with ARIMA's own pool (n_jobs=-1)")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
 
@@ -167,7 +188,7 @@ def main() -> int:
     ds = dataset(args.dataset, args.layers, args.records)
     synthetic = ds.startswith("synthetic")
     args.horizon = args.horizon or (100 if synthetic else 1000)
-    args.stride = args.stride or (20 if synthetic else 1000)
+    args.stride = args.stride or (20 if synthetic else 2000)
     trace = registry.load(ds)
     specs = grid_specs(ds, args)
     print(f"dataset {ds} ({trace.card.title}): {trace.records} records x {trace.layers} layers x {trace.experts} experts; "
@@ -175,7 +196,7 @@ def main() -> int:
           f"stride {args.stride}; {args.workers} workers; {args.repeats} rounds; "
           f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.2f}", flush=True)
     rows = {k: [] for k in KINDS}
-    if not args.no_jobs_row:
+    if args.jobs_row:
         rows["inprocess, arima n_jobs=-1"] = []
     reference = None
     for r in range(args.repeats):
@@ -185,8 +206,8 @@ def main() -> int:
                 reference = reference or comparable(m["results"])
                 assert comparable(m["results"]) == reference, f"{kind}: results differ from the first executor's"
             rows[kind].append(m)
-            print(f"  round {r + 1} {kind:>28}: startup {m['startup']:6.2f} s, grid {m['grid']:7.2f} s  "
-                  f"(load average after: {os.getloadavg()[0]:.2f})", flush=True)
+            print(f"  round {r + 1} {kind:>28}: startup {m['startup']:6.2f} s, grid {m['grid']:7.2f} s, "
+                  f"CPU {m['cpu']:7.2f} s = {m['cpu'] / m['grid']:.2f} cores  (load average after: {os.getloadavg()[0]:.2f})", flush=True)
     figures = {"dataset": ds, "runs": len(specs), "workers": args.workers, "rounds": args.repeats, "executors": {}}
     if args.repeats:
         print("\nidentical results across inprocess, local, dask: yes")

@@ -26,7 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_grid)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def cmd_grid(args) -> int:
+    import signal
     import time
 
     from bench import grid
@@ -43,11 +48,15 @@ def cmd_grid(args) -> int:
     specs = config.specs()
     grid.check(specs)
     t0 = time.perf_counter()
-    with executor(config.executor, config.address, config.workers) as ex:
-        bar, update = progress_bar(f"grid on {ex.name} ({ex.workers} workers)", enabled=sys.stderr.isatty())
-        with bar:
-            outcome = run_all(specs, ex, chunk=config.chunk, force=config.force, retries=config.retries,
-                              track=config.track, tracking_uri=config.tracking_uri, progress=update)
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a terminated grid stops its workers as Ctrl-C does
+    try:
+        with executor(config.executor, config.address, config.workers) as ex:
+            bar, update = progress_bar(f"grid on {ex.name} ({ex.workers} workers)", enabled=sys.stderr.isatty())
+            with bar:
+                outcome = run_all(specs, ex, chunk=config.chunk, force=config.force, retries=config.retries,
+                                  track=config.track, tracking_uri=config.tracking_uri, progress=update)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     wall = time.perf_counter() - t0
     board = None
     if config.track:  # the leaderboard is built from the MLflow store: only a tracked grid changes it
