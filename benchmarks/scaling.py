@@ -44,16 +44,22 @@ def noop(x):
 
 
 def warm_up(seconds: float = 0.5) -> int:
-    """Import what the ARIMA units need, then hold the worker a moment so the next warm-up goes elsewhere."""
+    """Import (and JIT-compile) what the ARIMA units need, then hold the worker a moment so that
+    the next warm-up goes to another worker."""
     import warnings
 
     warnings.simplefilter("ignore")
     import statsforecast.arima  # noqa: F401
 
-    import bench.runner  # noqa: F401
-    import bench.plots  # noqa: F401
-    import models.arima  # noqa: F401
+    import numpy as np
 
+    import bench.plots  # noqa: F401
+    import bench.runner  # noqa: F401
+    from models.arima import fit_forecast
+
+    y = 1 + np.sin(np.arange(60.0) / 3) + np.random.default_rng(0).normal(0, 0.1, 60)
+    for order in ((1, 0, 1), (0, 1, 1)):  # compile statsforecast's numba code here, not in the first run
+        fit_forecast(y, order, "statsforecast", 5, 20)
     time.sleep(seconds)
     return os.getpid()
 
