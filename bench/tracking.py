@@ -34,9 +34,10 @@ def _mlflow(uri: str | None):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import logging
 
-    for name in ("alembic", "mlflow"):
-        logging.getLogger(name).setLevel(logging.WARNING)
     import mlflow
+
+    for name in ("alembic", "mlflow"):  # after the import: mlflow sets its own level on import
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     mlflow.set_tracking_uri(tracking_uri(uri))
     return mlflow

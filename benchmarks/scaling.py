@@ -80,11 +80,17 @@ def dataset(name: str | None, layers: int, records: int) -> str:
     return name
 
 
+SLEEPY = str(Path(__file__).resolve().parents[1] / "tests" / "bench" / "executor_models.py") + ":SlowAverage"
+
+
 def grid_specs(ds: str, args, n_jobs: int = 1):
     from bench.executors import RunSpec
     from bench.task import Task
 
     task = Task(ds, horizons=(args.horizon,), stride=args.stride, min_history=100)
+    if args.sleep:  # sw_avg that sleeps at each forecast: the executors' concurrency without CPU contention
+        return [RunSpec.of(SLEEPY, ds, {"window": window, "delay": args.sleep}, task)
+                for window in range(10, 10 + 10 * len(args.orders) * len(args.windows), 10)]
     return [RunSpec.of("arima", ds, {"order": order, "window": window, "n_jobs": n_jobs}, task)
             for order in args.orders for window in args.windows]
 
@@ -185,6 +191,9 @@ def main() -> int:
     ap.add_argument("--stride", type=int, default=None, help="iterations between origins (default 2000; synthetic 20)")
     ap.add_argument("--orders", nargs="+", default=["1,0,1", "0,1,1"], help="ARIMA orders of the grid")
     ap.add_argument("--windows", type=int, nargs="+", default=[60, 100, 150, 200], help="ARIMA windows of the grid")
+    ap.add_argument("--sleep", type=float, default=0.0, metavar="S",
+                    help="instead of ARIMA, the same number of sw_avg runs sleeping S seconds per forecast "
+                         "(measures the executors' concurrency when the cores are busy with other work)")
     ap.add_argument("--jobs-row", action="store_true", help="add a row: in-process with ARIMA's own pool (n_jobs=-1)")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write the figures as JSON")
     args = ap.parse_args()
@@ -198,11 +207,12 @@ def main() -> int:
     trace = registry.load(ds)
     specs = grid_specs(ds, args)
     print(f"dataset {ds} ({trace.card.title}): {trace.records} records x {trace.layers} layers x {trace.experts} experts; "
-          f"grid: {len(specs)} ARIMA runs (orders {args.orders} x windows {args.windows}, n_jobs=1), horizon {args.horizon}, "
+          f"grid: {len(specs)} " + (f"sw_avg runs sleeping {args.sleep} s per forecast" if args.sleep else
+                                    f"ARIMA runs (orders {args.orders} x windows {args.windows}, n_jobs=1)") + f", horizon {args.horizon}, "
           f"stride {args.stride}; {args.workers} workers; {args.repeats} rounds; "
           f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.2f}", flush=True)
     rows = {k: [] for k in KINDS}
-    if args.jobs_row:
+    if args.jobs_row and not args.sleep:
         rows["inprocess, arima n_jobs=-1"] = []
     reference = None
     for r in range(args.repeats):
