@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 run: setup
-	$(PY) -m bench run --model sw_avg
+	$(PY) -m bench run --model lstm
 
 test: setup
 	$(PY) -m pytest -q

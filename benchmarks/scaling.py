@@ -10,7 +10,8 @@ not replayable, so its origins are not chunked). For every executor the script t
 - startup: creating the executor and importing the model in each worker (a warm-up unit each),
 - grid: :func:`bench.executors.run_all` with ``force=True`` (every run computed again),
 
-repeats the rounds (executors interleaved, so that load from elsewhere hits them alike), checks
+repeats the rounds (executors interleaved, in a rotated order each round, so that load from
+elsewhere hits them alike), checks
 that every executor gave identical results, and prints medians with speedups against in-process
 measured in the same run. It also reports the executors' per-unit overhead: the wall time of N
 trivial units (a function returning its argument) divided by N. With ``--jobs-row``, an extra
@@ -216,7 +217,8 @@ def main() -> int:
         rows["inprocess, arima n_jobs=-1"] = []
     reference = None
     for r in range(args.repeats):
-        for kind in rows:
+        kinds = list(rows)
+        for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:  # rotated, so that no executor always goes last
             m = time_grid("inprocess", grid_specs(ds, args, -1), args.workers) if "n_jobs" in kind else time_grid(kind, specs, args.workers)
             if "n_jobs" not in kind:
                 reference = reference or comparable(m["results"])
