@@ -39,7 +39,14 @@ def _mlflow(uri: str | None):
     for name in ("alembic", "mlflow"):  # after the import: mlflow sets its own level on import
         logging.getLogger(name).setLevel(logging.WARNING)
 
+    # mlflow.set_tracking_uri also exports $MLFLOW_TRACKING_URI; put back what the user had, so a
+    # later call in this process still follows the data home rather than the first store used.
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri(uri))
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
     return mlflow
 
 
