@@ -92,7 +92,8 @@ def grid_specs(ds: str, args, n_jobs: int = 1):
     if args.sleep:  # sw_avg that sleeps at each forecast: the executors' concurrency without CPU contention
         return [RunSpec.of(SLEEPY, ds, {"window": window, "delay": args.sleep}, task)
                 for window in range(10, 10 + 10 * len(args.orders) * len(args.windows), 10)]
-    return [RunSpec.of("arima", ds, {"order": order, "window": window, "n_jobs": n_jobs}, task)
+    # bin 1: a point per record, so the windows are records of this per-iteration trace
+    return [RunSpec.of("arima", ds, {"order": order, "window": window, "bin": 1, "n_jobs": n_jobs}, task)
             for order in args.orders for window in args.windows]
 
 
@@ -191,7 +192,7 @@ def main() -> int:
     ap.add_argument("--horizon", type=int, default=None, help="forecast horizon in iterations (default 1000; synthetic 100)")
     ap.add_argument("--stride", type=int, default=None, help="iterations between origins (default 2000; synthetic 20)")
     ap.add_argument("--orders", nargs="+", default=["1,0,1", "0,1,1"], help="ARIMA orders of the grid")
-    ap.add_argument("--windows", type=int, nargs="+", default=[60, 100, 150, 200], help="ARIMA windows of the grid")
+    ap.add_argument("--windows", type=int, nargs="+", default=[60, 100, 150, 200], help="ARIMA windows of the grid (iterations, one point per iteration)")
     ap.add_argument("--sleep", type=float, default=0.0, metavar="S",
                     help="instead of ARIMA, the same number of sw_avg runs sleeping S seconds per forecast "
                          "(measures the executors' concurrency when the cores are busy with other work)")

@@ -1,16 +1,24 @@
 """ARIMA of the seed paper: one model per (layer, expert) proportion series.
 
-Each of the L*E series is modelled on its own trailing window of ``window`` records, in units
-of the uniform share (``p * E``, which only rescales the series and keeps the optimiser away
-from variances near 1e-6). The forecasts of a step, one per expert, are independent, so they
-need not form a distribution: a row with a negative value is clipped at 0, and a row whose sum
-is off 1 is renormalised, only where needed, and both are counted (``stats``, logged to MLflow
-as ``arima.rows_clipped`` / ``arima.rows_renormalised`` beside ``arima.rows``).
+Each of the L*E series is modelled on its own trailing window of ``window`` iterations,
+averaged into points of ``bin`` iterations, in units of the uniform share (``p * E``, which
+only rescales the series and keeps the optimiser away from variances near 1e-6). Window and
+bin are in iterations like every other window of the benchmark, so a trace recorded every
+iteration and one recorded every 10th are modelled on the same span, at the same cost: with the
+defaults (1,000 and 10) both give 100 points, and a forecast of ``k`` points covers
+``k * bin`` iterations, each record of the horizon taking its point's value.
+
+The forecasts of a step, one per expert, are independent, so they need not form a
+distribution: a row with a negative value is clipped at 0, and a row whose sum is off 1 is
+renormalised, only where needed, and both are counted (``stats``, logged to MLflow as
+``arima.rows_clipped`` / ``arima.rows_renormalised`` beside ``arima.rows``; a row is one
+forecast point of one layer).
 
 Order. ``order="p,d,q"`` fixes it for every series; ``order="auto"`` selects one order for the
-whole trace, once, with the procedure of :func:`select_order`, on the training traces when the
-task gives some and else on the history at the first fit. The procedure, as in the seed paper
-(stationarity tests, then the correlation structure), per series:
+whole trace, once, with the procedure of :func:`select_order`: on the last window of the last
+training trace when the task gives some, else on the history once it fills a window (until
+then it fits :data:`INTERIM_ORDER`). The procedure, as in the seed paper (stationarity tests,
+then the correlation structure), per series:
 
 1. d: the smallest d in 0..2 for which the d-times differenced series is stationary by both
    tests at 5%: ADF rejects a unit root *and* KPSS does not reject level stationarity.
@@ -18,31 +26,34 @@ task gives some and else on the history at the first fit. The procedure, as in t
    place of reading ACF/PACF plots by eye; both aim at the same short AR/MA structure).
 3. The trace's order is the most frequent (p, d, q) over its series.
 
-On the built-in traces (``python benchmarks/arima_order.py``; results in docs/models.md) the
-tests call about two thirds of smartmoe-ae's series I(1), and on the 100-record windows the
-predictor fits the most frequent order is (0, 1, 1) (the whole 501-record series: (2, 1, 2)),
-so the default order is ``"0,1,1"``: simple exponential smoothing with a fitted weight, whose
-forecast is flat at the smoothed level.
+The default, ``"0,1,1"``, is the order this procedure picks on smartmoe-ae's 100-point windows
+(most series I(1)): simple exponential smoothing with a fitted weight, whose forecast is flat at
+the smoothed level. On the built-in tracer traces the tests call most windows stationary and
+pick AR orders with a mean instead; chosen per trace with ``order=auto`` they forecast a little
+better on some traces and worse on others (``python benchmarks/arima_order.py`` and the
+measurements in docs/models.md).
 
 Refit policy: the task's. ``refit()`` marks the coefficients stale; the next ``predict``
 re-estimates them on the trailing window (and forecasts). Between refits ``predict`` re-applies
 the last coefficients to the newest window (Kalman filter only, no estimation), so "once"
-estimates once and then only updates state. Series with too few records to fit
-(< ``min_records``), constant series, and fits that raise fall back to the window mean and are
+estimates once and then only updates state. Series with too few points to fit
+(< ``min_points``), constant series, and fits that raise fall back to the window mean and are
 counted.
 
 Engines: ``engine="statsforecast"`` (default) fits with statsforecast's ARIMA (CSS-ML, the R
 ``forecast::Arima`` port); ``engine="statsmodels"`` with statsmodels' state-space ARIMA (exact
-ML). Same order, same window, same scaling; they agree to within the tolerance stated in
-tests/models/test_arima.py, and statsforecast is about 2.7x faster per fit here
-(``python benchmarks/arima_fits.py``).
+ML). Same order, same window, same scaling. They agree where the likelihood's maximum lies
+inside the invertible region (tests/models/test_arima.py, on real series of both kinds of
+trace) and differ where a model is over-differenced, e.g. (0, 1, 1) on a stationary window,
+whose moving-average maximum sits at the boundary (docs/models.md). statsforecast is about 3x
+faster per fit (``python benchmarks/arima_fits.py``).
 
 Parallel: the series are split into chunks and fitted in a process pool
 (``concurrent.futures.ProcessPoolExecutor``, fork start method) of ``n_jobs`` workers (-1: all
 cores; 1: in this process). The pool lives as long as the predictor.
 
-Default cost: smartmoe-ae (768 series, 40 origins) with window 100 records and refit at every
-origin is about 31k fits: 4-9 minutes on 2 cores with statsforecast (docs/results.md).
+Default cost: smartmoe-ae (768 series, 40 origins) with 100-point windows and refit at every
+origin is about 30k fits: about 3 minutes on 2 cores with statsforecast (docs/models.md).
 """
 
 from __future__ import annotations
@@ -57,7 +68,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import ParamError, Predictor
+from .base import ParamError, Predictor, record_spacing
 
 #: status codes per series, returned by the workers
 FITTED, REUSED, CONSTANT, SHORT, FAILED = range(5)
@@ -119,14 +130,14 @@ def _portable(engine: str, model: Any) -> Any:
 
 
 def fit_forecast(y: np.ndarray, order: tuple[int, int, int], engine: str, horizon: int,
-                 min_records: int, state: Any = None) -> tuple[np.ndarray, Any, int]:
+                 min_points: int, state: Any = None) -> tuple[np.ndarray, Any, int]:
     """Forecast one series: (forecast [horizon], model state to re-apply, status code).
 
     With `state` the coefficients are re-applied to `y` (filtering only); without, estimated.
     """
     fit, forecast = ENGINES[engine]
     mean = float(np.mean(y)) if len(y) else 0.0
-    if len(y) < min_records:
+    if len(y) < min_points:
         return np.full(horizon, mean), None, SHORT
     if np.ptp(y) < 1e-9:
         return np.full(horizon, float(y[-1])), None, CONSTANT
@@ -143,16 +154,16 @@ def fit_forecast(y: np.ndarray, order: tuple[int, int, int], engine: str, horizo
         return f, _portable(engine, model), REUSED if state is not None else FITTED
     except Exception:
         if state is not None:  # re-applying failed (e.g. a now-constant window): estimate anew
-            return fit_forecast(y, order, engine, horizon, min_records)
+            return fit_forecast(y, order, engine, horizon, min_points)
         return np.full(horizon, mean), None, FAILED
 
 
-def _fit_chunk(Y: np.ndarray, order, engine, horizon, min_records, states) -> tuple[np.ndarray, list, list]:
+def _fit_chunk(Y: np.ndarray, order, engine, horizon, min_points, states) -> tuple[np.ndarray, list, list]:
     """Worker: fit_forecast over the rows of Y [n, W]."""
     out = np.empty((len(Y), horizon))
     new_states, codes = [], []
     for i, y in enumerate(Y):
-        out[i], s, c = fit_forecast(y, order, engine, horizon, min_records, states[i] if states else None)
+        out[i], s, c = fit_forecast(y, order, engine, horizon, min_points, states[i] if states else None)
         new_states.append(s)
         codes.append(c)
     return out, new_states, codes
@@ -236,23 +247,47 @@ def select_order(series: np.ndarray, max_d: int = 2, max_p: int = 2, max_q: int 
     }
 
 
+# ---- the series a model fits ------------------------------------------------------------------
+def point_layout(steps: np.ndarray, window: int, bin_iterations: int) -> tuple[int, int]:
+    """(records averaged into one point, points in a full window) for a trace's record spacing."""
+    spacing = record_spacing(steps)
+    k = max(1, int(round(bin_iterations / spacing)))
+    return k, max(1, int(round(window / spacing)) // k)
+
+
+def binned_window(p: np.ndarray, steps: np.ndarray, window: int, bin_iterations: int) -> np.ndarray:
+    """[points, L, E]: the last `window` iterations of `p` [T, L, E] averaged into points of
+    `bin_iterations`, the last point ending at the last record (a partial oldest bin is left out)."""
+    k, points = point_layout(steps, window, bin_iterations)
+    n = min(len(p) // k, points) * k
+    if n == 0:
+        return p.mean(axis=0, keepdims=True)
+    return p[len(p) - n:].reshape(n // k, k, *p.shape[1:]).mean(axis=1)
+
+
 # ---- the predictor ----------------------------------------------------------------------------
+#: What ``order="auto"`` fits until the history fills a window to select from (the order the
+#: procedure picks on smartmoe-ae's windows; see docs/models.md).
+INTERIM_ORDER = (0, 1, 1)
+
+
 class Arima(Predictor):
     """Per-series ARIMA on a trailing window; see the module docstring."""
 
     name = "arima"
-    defaults = {"order": "0,1,1", "window": 100, "engine": "statsforecast", "n_jobs": -1,
-                "min_records": 20, "select_series": 96}
-    search_space = {"window": ("log", 20, 400), "order": ("cat", ["1,0,1", "1,1,1", "2,1,2", "1,0,0", "0,1,1", "2,0,2"])}
-    version = 1
+    defaults = {"order": "0,1,1", "window": 1000, "bin": 10, "engine": "statsforecast", "n_jobs": -1,
+                "min_points": 20, "select_series": 96}
+    search_space = {"window": ("log", 200, 4000), "order": ("cat", ["1,0,1", "1,1,1", "2,1,2", "1,0,0", "0,1,1", "2,0,2"])}
+    version = 2  # 2: window and bin in iterations (1: window in records, no binning)
 
     def __init__(self, **params):
         super().__init__(**params)
         parse_order(self.params["order"])  # refuse a malformed order now, not at the first origin
         if self.params["engine"] not in ENGINES:
             raise ParamError(f"arima: engine must be one of {sorted(ENGINES)}, got {self.params['engine']!r}")
-        if self.params["window"] < 2:
-            raise ParamError("arima: window must be at least 2 records")
+        if self.params["bin"] < 1 or self.params["window"] < 2 * self.params["bin"]:
+            raise ParamError("arima: bin must be at least 1 iteration and window at least 2 bins "
+                             f"(got window={self.params['window']}, bin={self.params['bin']})")
         self._pool = None
         self.stats: Counter = Counter()
         self.selected: dict | None = None
@@ -260,7 +295,7 @@ class Arima(Predictor):
     # -- pool
     def _workers(self) -> int:
         n = self.params["n_jobs"]
-        return max(1, os.cpu_count() or 1) if n in (-1, 0) else max(1, n)
+        return len(os.sched_getaffinity(0)) if n in (-1, 0) else max(1, n)
 
     def _executor(self):
         if self._pool is None:
@@ -274,7 +309,8 @@ class Arima(Predictor):
         return self._pool
 
     def _map(self, Y: np.ndarray, order, horizon: int, states: list | None):
-        args = (order, self.params["engine"], horizon, self.params["min_records"])
+        """Forecast every row of Y [series, points] `horizon` points ahead, in the pool."""
+        args = (order, self.params["engine"], horizon, self.params["min_points"])
         workers = self._workers()
         if workers == 1 or len(Y) < 2:
             with _one_blas_thread():
@@ -296,11 +332,17 @@ class Arima(Predictor):
     def fit(self, training: Sequence[Any]) -> None:
         """Training traces serve only order selection (``order="auto"``): ARIMA is per series."""
         if self._order is None:
-            self._select(np.concatenate([np.asarray(t.proportions) for t in training], axis=0))
+            t = training[-1]
+            self._select(np.asarray(t.proportions), np.asarray(t.steps))
 
-    def _select(self, p: np.ndarray) -> None:
-        T, L, E = p.shape
-        series = (p[-self.params["window"]:] * E).reshape(min(T, self.params["window"]), L * E).T
+    def _series(self, p: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """[L*E, points]: the trailing window of every series, binned, as E * p."""
+        x = binned_window(p, steps, self.params["window"], self.params["bin"])
+        n, L, E = x.shape
+        return np.ascontiguousarray((x * E).reshape(n, L * E).T)
+
+    def _select(self, p: np.ndarray, steps: np.ndarray) -> None:
+        series = self._series(p, steps)
         rng = np.random.default_rng(0)
         pick = rng.choice(len(series), size=min(len(series), self.params["select_series"]), replace=False)
         self._order, self.selected = select_order(series[np.sort(pick)])
@@ -312,25 +354,26 @@ class Arima(Predictor):
     def predict(self, horizon: int) -> np.ndarray:
         h = self.history
         L, E = h.layers, h.experts
-        window = h.proportions[-self.params["window"]:]
-        if self._order is None:
-            if len(window) < max(self.params["min_records"], 20):
-                return self._finish(np.repeat(window.mean(axis=0)[None], horizon, axis=0))
-            self._select(h.proportions)
-        Y = np.ascontiguousarray((window * E).reshape(len(window), L * E).T)
+        Y = self._series(h.proportions, h.steps)
+        k, full = point_layout(h.steps, self.params["window"], self.params["bin"])
+        if self._order is None and Y.shape[1] >= full:  # auto: select once the history fills a window
+            self._select(h.proportions, h.steps)
+            self._states = None  # fitted with the interim order
+        order = self._order or INTERIM_ORDER
+        points = -(-horizon // k)
         states = None if self._stale or self._states is None else self._states
         t0 = time.perf_counter()
-        F, new_states, codes = self._map(Y, self._order, horizon, states)
+        F, new_states, codes = self._map(Y, order, points, states)
         self.stats["fit_seconds"] += time.perf_counter() - t0
         self.stats.update(STATUS_NAMES[c] for c in codes)
         if states is None:
             self.stats["estimations"] += 1
             self._stale = False  # a series left unfitted (too short, failed) is estimated at its next forecast
         self._states = new_states
-        return self._finish((F.T / E).reshape(horizon, L, E))
+        return self._finish((F.T / E).reshape(points, L, E))[np.arange(horizon) // k]  # a record takes its point's value
 
     def _finish(self, F: np.ndarray) -> np.ndarray:
-        """Clip and renormalise each row only where needed; count both."""
+        """Clip and renormalise each forecast point's row [points, L, E] only where needed; count both."""
         F = np.array(F, dtype=np.float64)
         neg = F < 0
         rows_neg = neg.any(axis=2)

@@ -29,6 +29,11 @@ class ParamError(ValueError):
     pass
 
 
+def record_spacing(steps: np.ndarray) -> float:
+    """Typical iterations between records (1 for a trace recorded every iteration)."""
+    return float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
+
+
 class History:
     """The records of one trace that a predictor has been shown, in order, and nothing else."""
 

@@ -51,14 +51,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import ParamError, Predictor
+from .base import ParamError, Predictor, record_spacing
 
 _QUIET = ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
-
-
-def _spacing(steps: np.ndarray) -> float:
-    """Typical iterations between records."""
-    return float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
 
 
 def window_inputs(p: np.ndarray, origins: np.ndarray, records: int, bins: int) -> np.ndarray:
@@ -189,18 +184,48 @@ class LSTMPredictor(Predictor):
         self.curves: dict[str, list[float]] = {"lstm/train_loss": [], "lstm/val_loss": []}
         self.trainings = 0
         self.train_seconds = 0.0
+        self._checkpoint: dict | None = None
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "LSTMPredictor":
+        """A predictor with the weights of an ``lstm.ckpt`` a run logged (``mlflow_extras``).
+
+        It forecasts with those weights on any trace of the same layers and experts and never
+        trains. The file holds tensors and plain values only, read with ``weights_only=True``.
+        """
+        import torch
+
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            pred = cls(**ckpt["params"])
+        except Exception as exc:  # unreadable, pickled objects refused by weights_only, missing keys, bad params
+            raise ParamError(f"{path}: not an lstm checkpoint ({type(exc).__name__}: {exc})") from None
+        pred._checkpoint = ckpt
+        return pred
 
     # ---- harness hooks ---------------------------------------------------------------------
     def start(self, layers, experts, training=()):
         self.module = None
         self.curves = {"lstm/train_loss": [], "lstm/val_loss": []}
         self.trainings, self.train_seconds, self.best_val = 0, 0.0, None
-        self._from_training = bool(training)
+        self._from_training = bool(training) or self._checkpoint is not None  # then refit never trains
         self._refits_since = None  # refits since the last training on history
         self._layers, self._experts = layers, experts
+        if self.params["device"] == "gpu":
+            self._accelerator()  # no GPU: say so now, not at the first training
+        if self._checkpoint is not None:
+            ck = self._checkpoint
+            if (ck["layers"], ck["experts"]) != (layers, experts):
+                raise ParamError(f"lstm: the checkpoint is for {(ck['layers'], ck['experts'])} (layers, experts); "
+                                 f"the trace under test has {(layers, experts)}")
+            self.module = _build_module(layers, experts, {**self.params, "base_bins": self._base_bins()})
+            self.module.load_state_dict(ck["state_dict"])
+            self.module.chunk_records = ck["chunk_records"]
         super().start(layers, experts, training)
 
     def fit(self, training: Sequence[Any]) -> None:
+        if self._checkpoint is not None:
+            return  # the checkpoint's weights are final
         for t in training:
             if t.proportions.shape[1:] != (self._layers, self._experts):
                 raise ParamError(f"lstm: training trace {t.id} has {t.proportions.shape[1:]} (layers, experts); "
@@ -221,7 +246,7 @@ class LSTMPredictor(Predictor):
     def predict(self, horizon: int) -> np.ndarray:
         h = self.history
         E = h.experts
-        spacing = _spacing(h.steps)
+        spacing = record_spacing(h.steps)
         x = window_inputs(h.proportions * E, np.array([len(h)]), self._records(spacing), self.params["bins"])[0]  # [L, bins, E]
         if self.module is None:
             base = x[:, -self._base_bins():].mean(axis=1) / E  # the untrained model: the base window's average
@@ -240,6 +265,16 @@ class LSTMPredictor(Predictor):
         return out / out.sum(axis=2, keepdims=True)
 
     # ---- training ----------------------------------------------------------------------------
+    def _accelerator(self) -> str:
+        """"gpu" or "cpu": what `device` asks for, where torch has it."""
+        import torch
+
+        if self.params["device"] == "auto":
+            return "gpu" if torch.cuda.is_available() else "cpu"
+        if self.params["device"] == "gpu" and not torch.cuda.is_available():
+            raise ParamError(f"lstm: device=gpu, but torch {torch.__version__} sees no CUDA GPU; use device=auto or cpu")
+        return self.params["device"]
+
     def _base_bins(self) -> int:
         bin_iters = self.params["window"] / self.params["bins"]
         return int(min(self.params["bins"], max(1, round(self.params["base_window"] / bin_iters))))
@@ -250,7 +285,7 @@ class LSTMPredictor(Predictor):
     def _samples(self, p: np.ndarray, steps: np.ndarray, offset: int):
         """Inputs [n*L, bins, E], layers, rows into the stacked targets, valid record counts."""
         T, L, E = p.shape
-        spacing = _spacing(steps)
+        spacing = record_spacing(steps)
         K = max(1, int(round(self.params["horizon"] / self.params["chunks"] / spacing)))
         first = max(1, self._records(spacing) // self.params["bins"])
         origins = np.arange(first, T - 1, self.params["sample_stride"])
@@ -301,9 +336,7 @@ class LSTMPredictor(Predictor):
         g = torch.Generator().manual_seed(self.params["seed"] + self.trainings)
         train_dl = DataLoader(train_ds, batch_size=self.params["batch_size"], shuffle=True, num_workers=0, generator=g)
         val_dl = DataLoader(val_ds, batch_size=4 * self.params["batch_size"], num_workers=0) if len(val_ds) else None
-        accel = self.params["device"]
-        if accel == "auto":
-            accel = "gpu" if torch.cuda.is_available() else "cpu"
+        accel = self._accelerator()
         if accel == "gpu":
             import os
 
@@ -319,6 +352,7 @@ class LSTMPredictor(Predictor):
         self.module.best = (math.inf, None)
         if val_dl is not None:  # the weights before this training compete with every epoch's
             self.module.keep_if_best(self.module.val_loss(val_dl))
+        self.module.train()  # `predict` left it in eval mode, which Lightning keeps and cuDNN's LSTM cannot backpropagate in
         trainer.fit(self.module, train_dl, val_dl)
         if self.module.best[1] is not None:
             self.module.load_state_dict(self.module.best[1])
@@ -347,7 +381,7 @@ class LSTMPredictor(Predictor):
             def write(path):
                 import torch
 
-                torch.save({"state_dict": self.module.state_dict(), "params": self.params,
+                torch.save({"state_dict": {k: v.cpu() for k, v in self.module.state_dict().items()}, "params": self.params,
                             "layers": self._layers, "experts": self._experts,
                             "chunk_records": self.module.chunk_records}, path)
 

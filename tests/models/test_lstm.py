@@ -76,6 +76,22 @@ def test_training_traces_are_used_and_refit_does_not_retrain(halves):
         LSTMPredictor(**SMALL).start(2, 32, [train])
 
 
+def test_retraining_after_forecasts_runs_in_training_mode(halves):
+    """`predict` puts the module in eval mode; a later training must switch it back (cuDNN's LSTM
+    refuses to backpropagate in eval mode, so on a GPU every retraining would fail)."""
+    _, test = halves
+    pred = LSTMPredictor(**{**SMALL, "min_train_records": 40, "retrain_every": 1})
+    pred.start(3, 32)
+    pred.observe(test.counts[:40], test.steps[:40])
+    pred.refit()
+    pred.predict(10)
+    modes = []
+    pred.module.lstm.register_forward_hook(lambda m, i, o: modes.append(m.training))
+    pred.observe(test.counts[40:80], test.steps[40:80])
+    pred.refit()
+    assert pred.trainings == 2 and True in modes
+
+
 def test_history_training_follows_its_schedule(halves):
     _, test = halves
     pred = LSTMPredictor(**{**SMALL, "min_train_records": 60, "retrain_every": 2})
@@ -91,14 +107,23 @@ def test_history_training_follows_its_schedule(halves):
 def test_checkpoint_and_curves_for_mlflow(halves, tmp_path):
     train, test = halves
     pred = LSTMPredictor(**{**SMALL, "val_fraction": 0.2})
-    run(pred, test, [train])
+    scores = run(pred, test, [train])
     extras = pred.mlflow_extras(tmp_path)
     assert extras["metrics"]["lstm.trainings"] == 1
     assert len(extras["curves"]["lstm/train_loss"]) == SMALL["epochs"] == len(extras["curves"]["lstm/val_loss"])
     import torch
 
-    ckpt = torch.load(tmp_path / "lstm.ckpt", weights_only=False)
+    ckpt = torch.load(tmp_path / "lstm.ckpt", weights_only=True)  # tensors and plain values only: loads without executing code
     assert (ckpt["layers"], ckpt["experts"]) == (3, 32) and str(tmp_path / "lstm.ckpt") in extras["artifacts"]
+    # the checkpoint restores the trained model: the same scores on the trace under test, no training
+    restored = LSTMPredictor.from_checkpoint(tmp_path / "lstm.ckpt")
+    np.testing.assert_allclose(run(restored, test), scores, rtol=0, atol=1e-6)
+    assert restored.trainings == 0
+    with pytest.raises(ParamError, match="layers, experts"):
+        LSTMPredictor.from_checkpoint(tmp_path / "lstm.ckpt").start(2, 32)
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ParamError, match="bad.ckpt: not an lstm checkpoint"):
+        LSTMPredictor.from_checkpoint(tmp_path / "bad.ckpt")
 
 
 def test_best_epoch_is_kept_and_an_overfitting_training_changes_nothing(halves):
@@ -107,3 +132,26 @@ def test_best_epoch_is_kept_and_an_overfitting_training_changes_nothing(halves):
     pred.start(3, 32, [train])
     val = pred.curves["lstm/val_loss"]
     assert len(val) == 3 and pred.best_val <= min(val)
+
+
+def test_asking_for_a_gpu_without_one_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ParamError, match="device=gpu, but torch .* sees no CUDA GPU"):
+        LSTMPredictor(**SMALL, device="gpu").start(3, 32)  # before any training, with or without training traces
+
+
+def test_bench_run_lstm_logs_checkpoint_and_curves_to_mlflow(bench_run):
+    """`python -m bench run --model lstm` end to end on the built-in tiny tracer trace, trained on its own history."""
+    params = ["--param", "epochs=2", "--param", "hidden=8", "--param", "retrain_every=100", "--param", "min_train_records=1000"]
+    result, run, artifacts, client = bench_run("--model", "lstm", "--dataset", "tiny-cpu-s1", "--horizon", "1000",
+                                               "--stride", "1500", *params)
+    assert result["failures"] == 0 and result["horizons"]["1000"]["n_origins"] == 3
+    m = run.data.metrics
+    assert m["lstm.trainings"] == 1  # at the first origin with 1,000 records of history, then not again
+    assert "lstm.ckpt" in artifacts
+    curve = client.get_metric_history(run.info.run_id, "lstm/train_loss")
+    assert sorted(x.step for x in curve) == [0, 1]  # one point per epoch
+    assert m["h1000/error_rate/all"] == pytest.approx(result["horizons"]["1000"]["error_rate"]["all"])

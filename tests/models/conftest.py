@@ -1,0 +1,24 @@
+"""Running a model through the front door (`python -m bench run`) and reading back its MLflow run."""
+
+import json
+
+import pytest
+
+
+@pytest.fixture
+def bench_run(capsys):
+    """bench_run(*cli_args) -> (result JSON, the MLflow run, its artifact paths, the client)."""
+
+    def run(*args):
+        from bench.cli import main
+        from bench.tracking import _mlflow
+
+        capsys.readouterr()
+        assert main(["run", *args, "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        client = _mlflow(None).MlflowClient()
+        mlflow_run = client.get_run(result["mlflow_run_id"])
+        artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
+        return result, mlflow_run, artifacts, client
+
+    return run
