@@ -24,7 +24,7 @@ import numpy as np
 def main() -> None:
     from datasets_registry import registry
     from datasets_registry.registry import DEFAULT_DATASET
-    from models.arima import Arima, binned_window, parse_order
+    from models.arima import Arima, fitted_series, parse_order
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default=DEFAULT_DATASET)
@@ -38,8 +38,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     tr = registry.load(args.dataset)
     T, L, E = tr.shape
-    x = binned_window(tr.proportions[: T // 2], tr.steps[: T // 2], args.window, args.bin)
-    Y = (x * E).reshape(len(x), L * E).T
+    Y = fitted_series(tr.proportions[: T // 2], tr.steps[: T // 2], args.window, args.bin)
     Y = np.ascontiguousarray(Y[np.random.default_rng(0).choice(L * E, size=min(L * E, args.series), replace=False)])
     order = parse_order(args.order)
     workers = len(os.sched_getaffinity(0)) if args.n_jobs in (-1, 0) else args.n_jobs

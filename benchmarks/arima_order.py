@@ -21,7 +21,7 @@ import numpy as np
 def main() -> None:
     from datasets_registry import registry
     from datasets_registry.registry import DEFAULT_DATASET
-    from models.arima import binned_window, select_order
+    from models.arima import fitted_series, select_order
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("datasets", nargs="*", default=[DEFAULT_DATASET])
@@ -37,8 +37,7 @@ def main() -> None:
         pooled: Counter = Counter()
         for label, end in (("whole", T), ("window@25%", T // 4), ("window@50%", T // 2), ("window@end", T)):
             window = int(tr.steps[-1] - tr.steps[0] + 1) if label == "whole" else args.window
-            x = binned_window(tr.proportions[:end], tr.steps[:end], window, args.bin)
-            y = (x * E).reshape(len(x), L * E).T[pick]
+            y = fitted_series(tr.proportions[:end], tr.steps[:end], window, args.bin)[pick]
             t0 = time.perf_counter()
             order, rep = select_order(y)
             rep["seconds"] = round(time.perf_counter() - t0, 1)

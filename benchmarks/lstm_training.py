@@ -53,7 +53,7 @@ def main() -> None:
             ev = evaluate(trace, pred, task, [train])
             frame = ev.frame().sort_values(["horizon", "origin", "layer"])
             summary = summarize(frame, ev.failures, task.horizons, ["error_rate"])
-            runs.append((pred.train_seconds, ev.seconds, frame["error_rate"].to_numpy(), summary, pred.best_val))
+            runs.append((pred.train_seconds, ev.seconds, frame["error_rate"].to_numpy(), summary, pred.best_val, len(ev.failures)))
         train_s = min(r[0] for r in runs)
         eval_s = min(r[1] for r in runs)
         base = base or (train_s, eval_s)
@@ -63,7 +63,7 @@ def main() -> None:
                "train_vs_first": round(base[0] / train_s, 2), "eval_vs_first": round(base[1] / eval_s, 2),
                "error_rate_1k": s["1000"]["error_rate"]["all"], "error_rate_2k": s["2000"]["error_rate"]["all"],
                "best_val_loss": runs[0][4], "repeats": args.repeats, "repeats_identical": identical,
-               "failures": len(ev.failures)}
+               "failures": sum(r[5] for r in runs)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     if len(rows) == 2:

@@ -265,6 +265,13 @@ def binned_window(p: np.ndarray, steps: np.ndarray, window: int, bin_iterations:
     return p[len(p) - n:].reshape(n // k, k, *p.shape[1:]).mean(axis=1)
 
 
+def fitted_series(p: np.ndarray, steps: np.ndarray, window: int, bin_iterations: int) -> np.ndarray:
+    """[L*E, points]: what the models fit, every (layer, expert) series' binned window as E * p."""
+    x = binned_window(p, steps, window, bin_iterations)
+    n, L, E = x.shape
+    return np.ascontiguousarray((x * E).reshape(n, L * E).T)
+
+
 # ---- the predictor ----------------------------------------------------------------------------
 #: What ``order="auto"`` fits until the history fills a window to select from (the order the
 #: procedure picks on smartmoe-ae's windows; see docs/models.md).
@@ -336,10 +343,7 @@ class Arima(Predictor):
             self._select(np.asarray(t.proportions), np.asarray(t.steps))
 
     def _series(self, p: np.ndarray, steps: np.ndarray) -> np.ndarray:
-        """[L*E, points]: the trailing window of every series, binned, as E * p."""
-        x = binned_window(p, steps, self.params["window"], self.params["bin"])
-        n, L, E = x.shape
-        return np.ascontiguousarray((x * E).reshape(n, L * E).T)
+        return fitted_series(p, steps, self.params["window"], self.params["bin"])
 
     def _select(self, p: np.ndarray, steps: np.ndarray) -> None:
         series = self._series(p, steps)

@@ -7,7 +7,7 @@ from bench.evaluate import check_forecast, evaluate
 from bench.task import Task
 from datasets_registry.trace import Trace
 from models import ParamError, predictor_class
-from models.arima import Arima, binned_window, fit_forecast, select_order
+from models.arima import Arima, binned_window, fit_forecast, fitted_series, select_order
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,8 @@ def test_statsforecast_agrees_with_statsmodels_on_real_series(request, dataset, 
 
     tr = request.getfixturevalue("smartmoe") if dataset == "smartmoe-ae" else registry.load(dataset)
     T, L, E = tr.shape
-    x = binned_window(tr.proportions[: T // 2], tr.steps[: T // 2], 2000, 10)  # 200 points
-    Y = (x * E).reshape(len(x), L * E).T[np.random.default_rng(0).choice(L * E, size=8, replace=False)]
+    Y = fitted_series(tr.proportions[: T // 2], tr.steps[: T // 2], 2000, 10)  # 200 points
+    Y = Y[np.random.default_rng(0).choice(L * E, size=8, replace=False)]
     fit, truth = Y[:, :100], Y[:, 100:200]
     sf = np.array([fit_forecast(y, order, "statsforecast", 100, 20)[0] for y in fit])
     sm = np.array([fit_forecast(y, order, "statsmodels", 100, 20)[0] for y in fit])
