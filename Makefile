@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 export MOE_LOAD_BENCH_SOURCES ?= $(abspath $(CURDIR)/../shared/datasets)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test bench leaderboard clean
+.PHONY: setup run test lint bench leaderboard clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+lint: setup  ## style and static checks (ruff: pycodestyle, pyflakes, import order)
+	$(PY) -m ruff check .
 
 leaderboard: setup  ## refresh the committed leaderboard/ (reference models on the built-in datasets)
 	$(PY) -m bench leaderboard --write

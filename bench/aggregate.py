@@ -9,42 +9,48 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from .placement import derive
+from .results import ByState, HorizonResult
+from .states import STATES
 
-STATES = ("all", "transient", "stable")
-
-
-def _mean_over_origins_then_layers(df, metric: str) -> float:
-    if df.empty:
-        return math.nan
-    per_layer = df.groupby("layer")[metric].mean()
-    return float(per_layer.mean())
+#: Metrics whose per-layer means a result keeps (the leaderboard's skill is a geometric mean over layers).
+PER_LAYER_METRICS = ("error_rate", "window_error")
 
 
-def summarize(frame, failures: list[dict], horizons, metrics: list[str]) -> dict:
-    """{"1000": {metric: {all, transient, stable}, n_origins, failures}, ...}."""
+def _in_state(df, state: str):
+    return df if state == "all" or df.empty else df[df["state"] == state]
+
+
+def _layer_means(df, metric: str, layers: int) -> tuple[float | None, ...]:
+    means = df.groupby("layer")[metric].mean() if not df.empty else {}
+    return tuple(float(means[l]) if l in means and means[l] == means[l] else None for l in range(layers))
+
+
+def _mean_of(values: tuple[float | None, ...]) -> float:
+    xs = [v for v in values if v is not None]
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def summarize(frame, failures: list[dict], horizons, metrics: list[str], layers: int) -> dict[int, HorizonResult]:
+    """One :class:`HorizonResult` per horizon from the rows of :meth:`bench.evaluate.Evaluation.frame`."""
     out = {}
     for H in horizons:
         df = frame[frame["horizon"] == H] if not frame.empty else frame
-        n_failed = sum(1 for f in failures if f["horizon"] == H)
-        n_ok = int(df["origin"].nunique()) if not df.empty else 0
-        entry = {}
+        entry: dict[str, dict[str, float]] = {}
+        per_layer = {}
         for m in metrics:
-            entry[m] = {
-                "all": _mean_over_origins_then_layers(df, m),
-                "transient": _mean_over_origins_then_layers(df[df["state"] == "transient"] if not df.empty else df, m),
-                "stable": _mean_over_origins_then_layers(df[df["state"] == "stable"] if not df.empty else df, m),
-            }
+            by_layer = {s: _layer_means(_in_state(df, s), m, layers) for s in STATES}
+            entry[m] = {s: _mean_of(v) for s, v in by_layer.items()}
+            if m in PER_LAYER_METRICS:
+                per_layer[m] = by_layer
         derive(entry)  # ratio metrics (gap closed, speed-ups) from the aggregated means of their parts
-        entry["n_origins"] = n_ok + n_failed
-        entry["failures"] = n_failed
-        if not df.empty:
-            first = df.drop_duplicates("origin")
-            entry["origin_layers_by_state"] = {s: int((df["state"] == s).sum()) for s in ("transient", "stable")}
-            entry["records_per_origin"] = int(first["records"].iloc[0])
-        out[str(H)] = entry
+        n_failed = sum(1 for f in failures if f["horizon"] == H)
+        out[int(H)] = HorizonResult(  # failed origins have rows too: their charged metrics
+            horizon=int(H), metrics={m: ByState.of(v) for m, v in entry.items()},
+            origins=int(df["origin"].nunique()) if not df.empty else n_failed, failures=n_failed,
+            records_per_origin=int(df["records"].iloc[0]) if not df.empty else None,
+            origin_layers={s: int((df["state"] == s).sum()) for s in STATES[1:]} if not df.empty else {},
+            per_layer=per_layer)
     return out
 
 
@@ -60,12 +66,5 @@ def per_layer(frame, metric: str):
     by_state.columns = [f"h{h}/{s}" for h, s in by_state.columns]
     table = allstate.join(by_state)
     order = list(dict.fromkeys(frame["layer_name"]))
-    return table.reindex(order)[sorted(table.columns, key=lambda c: (int(c.split("/")[0][1:]), STATES.index(c.split("/")[1])))]
-
-
-def finite_or_none(x):
-    if isinstance(x, dict):
-        return {k: finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
+    columns = sorted(table.columns, key=lambda c: (int(c.split("/")[0][1:]), STATES.index(c.split("/")[1])))
+    return table.reindex(order)[columns]

@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "bench.commands.tune",
     "bench.commands.grid",
     "bench.commands.placement",
+    "bench.commands.doctor",
 ]
 
 
@@ -32,7 +33,8 @@ class UserError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="moe-load-bench: forecast the expert load of Mixture-of-Experts models, and score what the forecasts are worth.",
+        description="moe-load-bench: forecast the expert load of Mixture-of-Experts models, and score what the "
+                    "forecasts are worth.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -54,9 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from datasets_registry.trace import TraceError
 
+    from .commands.common import show_warnings
+    from .tracking import StoreError
+
+    show_warnings()
     try:
         return int(args.func(args) or 0)
-    except (UserError, TraceError, FileNotFoundError, FileExistsError, LookupError, ValueError) as exc:
+    except (UserError, TraceError, StoreError, FileNotFoundError, FileExistsError, LookupError, ValueError) as exc:
         msg = exc.args[0] if isinstance(exc, LookupError) and exc.args else str(exc)
         print(f"error: {msg}", file=sys.stderr)
         return 1

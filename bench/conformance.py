@@ -34,10 +34,12 @@ import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 from unittest import mock
 
 import numpy as np
+
+from models.base import record_spacing
 
 from .task import Task, rolling_origins
 
@@ -128,15 +130,21 @@ def sealed_registry():
         yield
 
 
-def space_problems(cls, params: dict[str, Any]) -> list[str]:
-    """What is wrong with `cls.search_space` (empty when nothing)."""
+def close(predictor) -> None:
+    """Stop a predictor's worker process, if it runs in one (:mod:`bench.isolation`)."""
+    if callable(getattr(predictor, "close", None)):
+        predictor.close()
+
+
+def space_problems(make: Callable[..., Any], meta, params: dict[str, Any]) -> list[str]:
+    """What is wrong with `meta.search_space` (empty when nothing); `make(**params)` builds an instance."""
     out = []
-    space = getattr(cls, "search_space", {})
+    space = getattr(meta, "search_space", {})
     if not isinstance(space, dict):
         return [f"search_space must be a dict, got {type(space).__name__}"]
     for key, spec in space.items():
-        if key not in cls.defaults:
-            out.append(f"search_space[{key!r}]: not a parameter (defaults has {sorted(cls.defaults)})")
+        if key not in meta.defaults:
+            out.append(f"search_space[{key!r}]: not a parameter (defaults has {sorted(meta.defaults)})")
             continue
         if not isinstance(spec, tuple) or not spec or spec[0] not in SPACE_KINDS:
             out.append(f"search_space[{key!r}] = {spec!r}: expected (int|float|log, low, high) or ('cat', [choices])")
@@ -147,19 +155,28 @@ def space_problems(cls, params: dict[str, Any]) -> list[str]:
                 continue
             values = list(spec[1])
         else:
-            if len(spec) != 3 or not all(isinstance(x, (int, float)) for x in spec[1:]) or not spec[1] < spec[2] or (spec[0] == "log" and spec[1] <= 0):
-                out.append(f"search_space[{key!r}] = {spec!r}: expected ({spec[0]!r}, low, high) with low < high{' and low > 0' if spec[0] == 'log' else ''}")
+            if (
+                len(spec) != 3
+                or not all(isinstance(x, (int, float)) for x in spec[1:])
+                or not spec[1] < spec[2]
+                or (spec[0] == "log" and spec[1] <= 0)
+            ):
+                out.append(
+                    f"search_space[{key!r}] = {spec!r}: expected ({spec[0]!r}, low, high) with low < "
+                    f"high{' and low > 0' if spec[0] == 'log' else ''}"
+                )
                 continue
             values = list(spec[1:])
         for v in values:
             try:
-                cls(**{**params, key: v})
+                close(make(**{**params, key: v}))
             except Exception as exc:
                 out.append(f"search_space[{key!r}]: {key}={v!r} is rejected: {type(exc).__name__}: {exc}")
     return out
 
 
 def interface_problems(cls) -> list[str]:
+    """What is wrong with a class's (or an isolated predictor's) declared interface."""
     from models.base import Predictor
 
     out = []
@@ -177,8 +194,8 @@ def interface_problems(cls) -> list[str]:
         out.append(f"`refit_policies` has unknown entries {sorted(bad)}")
     if not isinstance(cls.version, int):
         out.append("`version` must be an int")
-    if cls.predict is Predictor.predict:
-        out.append("`predict(horizon)` is not implemented")
+    if isinstance(cls, type) and cls.predict is Predictor.predict:
+        out.append("`predict(records)` is not implemented")
     return out
 
 
@@ -198,26 +215,39 @@ def _data(dataset, records: int, layers: int):
         if dataset:
             raise
     if full is None or full.records < records + 1:
-        synth = switching_trace(records=2 * records, layers=layers, experts=16, switch=records // 2, step_every=10, seed=7)
+        synth = switching_trace(
+            records=2 * records, layers=layers, experts=16, switch=records // 2, step_every=10, seed=7
+        )
         test, train = sub_trace(synth, 0, records, tag="head"), sub_trace(synth, records, tag="tail")
-        return test, train, None, f"{synth.id} (SYNTHETIC, {DEFAULT_DATASET} not available): first {records} records, {synth.layers} layers"
+        return (
+            test,
+            train,
+            None,
+            f"{synth.id} (SYNTHETIC, {DEFAULT_DATASET} not available): first {records} records, {synth.layers} layers",
+        )
     test = sub_trace(full, 0, records, layers, tag=f"head{records}")
     rest = full.records - records
     train = sub_trace(full, records, min(full.records, 2 * records), layers, tag="train") if rest >= 20 else test
-    return test, train, full, f"{full.id}: first {records} records (steps {full.steps[0]}..{full.steps[records - 1]}), first {test.layers} of {full.layers} layers"
+    return (
+        test,
+        train,
+        full,
+        f"{full.id}: first {records} records (steps {full.steps[0]}..{full.steps[records - 1]}), first {test.layers} "
+        f"of {full.layers} layers",
+    )
 
 
 def conformance_task(trace) -> Task:
     """Origins every 20 records after 20 records of history; horizons of 20 and 50 records."""
-    d = max(1, int(np.median(np.diff(trace.steps)))) if trace.records > 1 else 1
+    d = max(1, int(record_spacing(trace.steps)))
     return Task(trace.id, horizons=(20 * d, 50 * d), stride=20 * d, min_history=20 * d)
 
 
-def _run(cls, params, trace, task, training):
+def _run(make, params, trace, task, training):
     """(recorder, evaluation or None, exception from start or None)."""
     from .evaluate import evaluate
 
-    pred = cls(**params)
+    pred = make(**params)
     rec = Recorder(pred)
     with sealed_registry():
         try:
@@ -225,6 +255,8 @@ def _run(cls, params, trace, task, training):
         except Exception as exc:
             rec.errors.setdefault("start", traceback.format_exc(limit=-4))
             return rec, None, exc
+        finally:
+            close(pred)
     return rec, ev, None
 
 
@@ -257,7 +289,10 @@ def _failure_detail(ev, rec: Recorder) -> str:
     kinds: dict[str, list] = {}
     for f in ev.failures:
         kinds.setdefault(f["error"], []).append(f["origin_step"])
-    lines = [f"{len({f['origin'] for f in ev.failures})} of {len({f['origin'] for f in ev.failures} | {r['origin'] for r in ev.rows})} origins failed"]
+    lines = [
+        f"{len({f['origin'] for f in ev.failures})} of "
+        f"{len({f['origin'] for f in ev.failures} | {r['origin'] for r in ev.rows})} origins failed"
+    ]
     for err, steps in kinds.items():
         lines.append(f"{err}  (origin steps {sorted(set(steps))[:5]}{' ...' if len(set(steps)) > 5 else ''})")
     for method, tb in rec.errors.items():
@@ -266,62 +301,103 @@ def _failure_detail(ev, rec: Recorder) -> str:
     return "\n".join(lines)
 
 
-def check_predictor(spec: str, params: dict[str, Any] | None = None, dataset=None,
-                    records: int = 150, layers: int = 4) -> Report:
-    """Run the conformance suite on the predictor `spec` names (see the module docstring).
+def _subject(spec: str, limits) -> tuple[Callable[..., Any], Any, str]:
+    """(make(**params) -> predictor, its declared interface, where it comes from) for `spec`.
 
-    `dataset`: a dataset id or a Trace to slice; by default smartmoe-ae, else a SYNTHETIC trace.
+    Code that is not part of this package is loaded and run only in a sandboxed worker, as `bench
+    run` runs it (:mod:`bench.isolation`); its interface is what the worker reports.
     """
     from models import predictor_class
+    from models.registry import THIRD_PARTY, check_name, spec_kind
 
+    if spec_kind(spec) in THIRD_PARTY:
+        from .isolation import IsolatedPredictor, Limits
+
+        def make(**params):
+            return IsolatedPredictor(spec, params, limits=limits or Limits())
+
+        probe = make()
+        close(probe)
+        check_name(probe.name, spec)
+        meta = probe.metadata
+        return make, probe, f"{meta['module_file']}:{meta['class_name']}, in a sandboxed worker ({probe.isolation})"
+    cls = predictor_class(spec)
+    return cls, cls, f"{cls.__module__}.{cls.__qualname__}"
+
+
+def check_predictor(
+    spec: str, params: dict[str, Any] | None = None, dataset=None, records: int = 150, layers: int = 4, limits=None
+) -> Report:
+    """Run the conformance suite on the predictor `spec` names (see the module docstring).
+
+    `dataset`: a dataset id or a Trace to slice; by default the built-in default trace, else a
+    SYNTHETIC one. `limits`: the worker's time limits for a predictor that is not built in.
+    """
     params = dict(params or {})
     report = Report(spec)
     try:
-        cls = predictor_class(spec)
+        make, meta, where = _subject(spec, limits)
     except Exception as exc:
         report.add("load", "fail", f"{type(exc).__name__}: {exc}")
         return report
-    report.add("load", "pass", f"{cls.__module__}.{cls.__qualname__}, name {cls.name!r}")
+    report.add("load", "pass", f"{where}, name {meta.name!r}")
 
-    problems = interface_problems(cls)
+    problems = interface_problems(meta)
     try:
-        cls(**params)
+        constructed = make(**params)
+        close(constructed)
     except Exception as exc:
         report.add("interface", "fail" if problems else "pass", "\n".join(problems))
-        report.add("construct", "fail", f"{cls.name}(**{params}) raised {type(exc).__name__}: {exc}")
+        report.add("construct", "fail", f"{meta.name}(**{params}) raised {type(exc).__name__}: {exc}")
         return report
-    problems += space_problems(cls, params)
-    report.add("interface", "fail" if problems else "pass",
-               "\n".join(problems) or f"parameters {sorted(cls.defaults)}; search space {sorted(cls.search_space) or 'none'}")
-    report.add("construct", "pass", json.dumps(cls(**params).params, default=str))
+    problems += space_problems(make, meta, params)
+    report.add(
+        "interface",
+        "fail" if problems else "pass",
+        "\n".join(problems)
+        or f"parameters {sorted(meta.defaults)}; search space {sorted(meta.search_space) or 'none'}",
+    )
+    report.add("construct", "pass", json.dumps(constructed.params, default=str))
 
     trace, train, full, report.data = _data(dataset, records, layers)
     task = conformance_task(trace)
-    training = [train] if cls.needs_training else []
+    training = [train] if meta.needs_training else []
     origins = sorted({int(r) for o in rolling_origins(trace.steps, task).values() for r in o.records})
 
-    first, ev, exc = _run(cls, params, trace, task, training)
+    first, ev, exc = _run(make, params, trace, task, training)
     if ev is None:
-        report.add("forecasts", "fail", f"the harness could not start it: {type(exc).__name__}: {exc}\n" + first.errors.get("start", ""))
+        report.add(
+            "forecasts",
+            "fail",
+            f"the harness could not start it: {type(exc).__name__}: {exc}\n" + first.errors.get("start", ""),
+        )
         return report
     L, E = trace.layers, trace.experts
     if ev.failures:
         report.add("forecasts", "fail", _failure_detail(ev, first))
     else:
-        report.add("forecasts", "pass", f"{len(origins)} origins, horizons {list(task.horizons)} iterations: "
-                                        f"every forecast [H, {L}, {E}], finite, >= 0, rows sum to 1")
+        report.add(
+            "forecasts",
+            "pass",
+            f"{len(origins)} origins, horizons {list(task.horizons)} iterations: "
+            f"every forecast [H, {L}, {E}], finite, >= 0, rows sum to 1",
+        )
     if not any(v is not None for v in first.forecasts.values()):
         report.add("determinism", "skip", "no forecast to compare")
         report.add("no look-ahead", "skip", "no forecast to compare")
     else:
-        second, _, _ = _run(cls, params, trace, task, training)
+        second, _, _ = _run(make, params, trace, task, training)
         d = _diff(first.forecasts, second.forecasts)
         deterministic = d is None
         step = lambda o: int(trace.steps[o]) if o < trace.records else o  # noqa: E731
-        report.add("determinism", "pass" if deterministic else "fail",
-                   "a fresh instance forecasts the same on the same data" if deterministic else
-                   f"two fresh instances on the same data differ at origin step {step(d[0])} (max |diff| {d[1]:.3g}); "
-                   "seed every source of randomness (e.g. a random_state parameter)")
+        report.add(
+            "determinism",
+            "pass" if deterministic else "fail",
+            "a fresh instance forecasts the same on the same data"
+            if deterministic
+            else f"two fresh instances on the same data differ at origin step {step(d[0])} (max |diff| {d[1]:.3g}); "
+            "seed every source of randomness (e.g. a random_state parameter)",
+        )
         if not deterministic:
             report.add("no look-ahead", "skip", "cannot tell look-ahead from non-determinism")
         else:
@@ -330,18 +406,27 @@ def check_predictor(spec: str, params: dict[str, Any] | None = None, dataset=Non
             leaks = []
             for o in picks:
                 stop = min(trace.records, o + max_h + 1)
-                rec, _, _ = _run(cls, params, _scramble(trace, o, stop), task, training)
+                rec, _, _ = _run(make, params, _scramble(trace, o, stop), task, training)
                 d = _diff(first.forecasts, rec.forecasts, upto=o)
                 if d is not None:
-                    leaks.append(f"with the records from step {trace.steps[o]} on scrambled, the forecast at origin step "
-                                 f"{step(d[0])} changed (max |diff| {d[1]:.3g}): it used data at or after its origin")
-            report.add("no look-ahead", "fail" if leaks else "pass", "\n".join(leaks) or
-                       f"forecasts at origins <= o unchanged when the records from o on are scrambled (o at steps {[int(trace.steps[o]) for o in picks]})")
+                    leaks.append(
+                        f"with the records from step {trace.steps[o]} on scrambled, the forecast at origin step "
+                        f"{step(d[0])} changed (max |diff| {d[1]:.3g}): it used data at or after its origin"
+                    )
+            report.add(
+                "no look-ahead",
+                "fail" if leaks else "pass",
+                "\n".join(leaks)
+                or f"forecasts at origins <= o unchanged when the records from o on are scrambled (o at steps "
+                   f"{[int(trace.steps[o]) for o in picks]})",
+            )
     per_origin = first.seconds / max(1, first.calls)
     detail = f"{per_origin:.3g} s per origin inside the predictor ({first.calls} forecasts, {first.seconds:.2f} s)"
     if full is not None:
         n_full = len({int(r) for o in rolling_origins(full.steps, Task(full.id)).values() for r in o.records})
-        detail += (f"; default task on {full.id} ({n_full} origins, {full.layers} layers): "
-                   f"~{per_origin * n_full * full.layers / L:.3g} s if its cost grows with layers")
+        detail += (
+            f"; default task on {full.id} ({n_full} origins, {full.layers} layers): "
+            f"~{per_origin * n_full * full.layers / L:.3g} s if its cost grows with layers"
+        )
     report.add("speed", "info", detail)
     return report

@@ -11,10 +11,12 @@ by replaying the past (with the refit that was last due), and only the rest is c
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -79,36 +81,66 @@ def _states_at(trace: Trace, task: Task) -> np.ndarray:
 
 
 class Journal:
-    """Append-only record of finished origins; a truncated last line (a crash) is ignored.
+    """Append-only record of finished origins, one JSON line each with a checksum of its content.
 
-    The torn line is cut off when the journal is opened, so that new records start on a line of
-    their own (appended to the torn line, the next record would be unreadable at the next resume).
+    Reading stops at the first line that does not parse, is torn (a crash mid-write) or fails its
+    checksum (a damaged or edited file); the journal is cut there, with a warning unless the line
+    was merely torn, so the origins from it on are computed again and new records start on a line
+    of their own.
     """
 
     def __init__(self, path: Path | None):
         self.path = path
         self.done: dict[int, dict] = {}
         if path is not None and path.exists():
-            data, good = path.read_bytes(), 0
-            for line in data.splitlines(keepends=True):
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    break
-                if not line.endswith(b"\n"):
-                    break
-                self.done[rec["origin"]] = rec
-                good += len(line)
-            if good < len(data):
+            self.done, good, problem = self.scan(path)
+            if good < path.stat().st_size:
+                if problem:
+                    warnings.warn(f"{path}: {problem}; recomputing from there", RuntimeWarning, stacklevel=3)
                 with open(path, "r+b") as f:
                     f.truncate(good)
+
+    @classmethod
+    def scan(cls, path: Path) -> tuple[dict[int, dict], int, str | None]:
+        """Read a journal without changing it: (records by origin, bytes of good lines, the damage found or None)."""
+        data, good, done = path.read_bytes(), 0, {}
+        for number, line in enumerate(data.splitlines(keepends=True), 1):
+            if not line.endswith(b"\n"):
+                return done, good, None  # torn by a crash: expected, silently redone
+            rec = cls._parse(line)
+            if rec is None:
+                return done, good, f"line {number} is damaged (bad JSON or checksum)"
+            done[rec["origin"]] = rec
+            good += len(line)
+        return done, good, None
+
+    @staticmethod
+    def _checksum(rec: dict) -> str:
+        return hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:16]
+
+    @classmethod
+    def _parse(cls, line: bytes) -> dict | None:
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        if not isinstance(rec, dict) or not isinstance(rec.get("origin"), int):
+            return None
+        return rec if rec.pop("sum", None) == cls._checksum(rec) else None
+
+    @classmethod
+    def replace(cls, path: Path, records: list[dict]) -> None:
+        """Write a whole journal at once (a chunked run's merged records), atomically."""
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps({**r, "sum": cls._checksum(r)}) + "\n" for r in records))
+        os.replace(tmp, path)
 
     def write(self, rec: dict) -> None:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(json.dumps({**rec, "sum": self._checksum(rec)}) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -130,7 +162,10 @@ def evaluate(
     the chunk's first origin, which gives the same forecasts for a predictor marked ``replayable``.
     """
     if trace.card.static:
-        raise ValueError(f"{trace.id}: a static dataset (one run's totals, no time axis) cannot be used for rolling-origin forecasting; use it for placement scoring")
+        raise ValueError(
+            f"{trace.id}: a static dataset (one run's totals, no time axis) cannot be used for rolling-origin "
+            f"forecasting; use it for placement scoring"
+        )
     scorers = list(scorers)
     T, L, E = trace.shape
     origins = rolling_origins(trace.steps, task)
@@ -139,8 +174,10 @@ def evaluate(
         for rec, n in zip(o.records.tolist(), o.lengths.tolist()):
             by_origin.setdefault(rec, {})[H] = n
     if not by_origin:
-        raise ValueError(f"{trace.id}: no rolling origins: {trace.records} records over steps {trace.steps[0]}..{trace.steps[-1]} "
-                         f"are too short for horizons {task.horizons} after {task.min_history} iterations of history")
+        raise ValueError(
+            f"{trace.id}: no rolling origins: {trace.records} records over steps {trace.steps[0]}..{trace.steps[-1]} "
+            f"are too short for horizons {task.horizons} after {task.min_history} iterations of history"
+        )
     order = sorted(by_origin)
     if span is not None:
         if task.refit != "every":
@@ -156,11 +193,35 @@ def evaluate(
         rec["failed"] = f"{stage}: {type(exc).__name__}: {exc}"
         rec["traceback"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
-    predictor.start(L, E, training)
+    def measure(phat: np.ndarray, o: int, n: int) -> dict[str, np.ndarray]:
+        """The forecast's metrics at origin record `o` over its `n` target records, per layer."""
+        truth_p, truth_c = p_all[o : o + n], counts[o : o + n]
+        m = forecast_errors(phat, truth_p)
+        for scorer in scorers:
+            m.update(scorer(phat, truth_c, truth_p))
+        return m
+
+    def truth(o: int, n: int) -> dict[str, np.ndarray]:
+        """What the target records alone determine: the floors every forecast is compared with."""
+        return {"noise_floor": noise_floor(p_all[o : o + n].mean(axis=0), trace.totals[o : o + n].mean(axis=0))}
+
+    def charged(o: int, n: int) -> dict[str, np.ndarray]:
+        """A failed origin's metrics: per layer the worse of a uniform forecast's and sw_avg's (docs/protocol.md)."""
+        a = measure(np.full((n, L, E), 1.0 / E), o, n)
+        b = measure(np.broadcast_to(fallback_estimate(p_all, steps, o), (n, L, E)), o, n)
+        return {k: np.maximum(a[k], b[k]) for k in a}
+
+    def store(m: dict[str, np.ndarray]) -> dict[str, list]:
+        return {k: np.asarray(v, dtype=float).tolist() for k, v in m.items()}
+
+    broken: str | None = None  # a failure in start/update that leaves the predictor unusable
+    try:
+        predictor.start(L, E, training)
+    except Exception as exc:  # noqa: BLE001 - a predictor's failure is a result, not a crash
+        broken = f"predictor failed to start: {type(exc).__name__}: {exc}"
     resume_at = next((i for i, o in enumerate(order) if o not in book.done), len(order))
     last_refit = max((i for i in range(resume_at) if task.refit_due(i)), default=None)
     fed = 0
-    broken: str | None = None  # a failure in start/update that leaves the predictor unusable
     for i, o in enumerate(order):
         if i < resume_at:
             rec = book.done[o]
@@ -183,22 +244,21 @@ def evaluate(
             fed = o
             if task.refit_due(i):
                 predictor.refit()
-            need = max(by_origin[o].values())
-            phat = check_forecast(predictor.predict(need), need, L, E)
+            need = max(by_origin[o].values())  # records of the longest horizon from this origin
+            phat = check_forecast(predictor.forecast(steps[o : o + need].copy()), need, L, E)
         except Exception as exc:  # a predictor's failure is a result, not a crash
             fail(rec, "forecast", exc)
-            if fed != o:
+            if fed != o and not broken:
                 broken = f"predictor failed while receiving history at step {steps[o]}: {exc}"
+            for H, n in by_origin[o].items():
+                rec["horizons"][str(H)] = {"metrics": store({**charged(o, n), **truth(o, n)})}
         else:
             for H, n in by_origin[o].items():
-                truth_p, truth_c = p_all[o : o + n], counts[o : o + n]
                 ph = phat[:n]
-                m = forecast_errors(ph, truth_p)
-                m["noise_floor"] = noise_floor(truth_p.mean(axis=0), trace.totals[o : o + n].mean(axis=0))
-                for scorer in scorers:
-                    m.update(scorer(ph, truth_c, truth_p))
-                rec["horizons"][str(H)] = {"metrics": {k: np.asarray(v, dtype=float).tolist() for k, v in m.items()},
-                                           "window_forecast": ph.mean(axis=0).tolist()}
+                rec["horizons"][str(H)] = {
+                    "metrics": store({**measure(ph, o, n), **truth(o, n)}),
+                    "window_forecast": ph.mean(axis=0).tolist(),
+                }
         rec["stable"] = stable[o].tolist()
         rec["lengths"] = {str(H): n for H, n in by_origin[o].items()}
         book.write(rec)
@@ -209,19 +269,33 @@ def evaluate(
     return ev
 
 
+def fallback_estimate(p: np.ndarray, steps: np.ndarray, o: int, window: int = 100) -> np.ndarray:
+    """sw_avg's estimate at origin record `o`: the mean share over the last `window` iterations before it."""
+    start = int(np.searchsorted(steps[:o], steps[o - 1] - window, side="right"))
+    return p[min(start, o - 1) : o].mean(axis=0)
+
+
 def _collect(ev: Evaluation, rec: dict, layer_count: int) -> None:
-    """Turn one journal record into result rows."""
+    """Turn one journal record into result rows (a failed origin's rows carry its charged metrics)."""
     o, step = rec["origin"], rec["step"]
+    failed = bool(rec.get("failed"))
     for H_key, n in rec["lengths"].items():
         H = int(H_key)
-        if rec.get("failed"):
-            ev.failures.append({"horizon": H, "origin": o, "origin_step": step, "error": rec["failed"]})
-            continue
         res = rec["horizons"][H_key]
-        ev.window_forecasts.setdefault(H, {})[step] = res["window_forecast"]
+        if failed:
+            ev.failures.append({"horizon": H, "origin": o, "origin_step": step, "error": rec["failed"]})
+        else:
+            ev.window_forecasts.setdefault(H, {})[step] = res["window_forecast"]
         for l in range(layer_count):
-            row = {"horizon": H, "origin": o, "origin_step": step, "records": n, "layer": l,
-                   "layer_name": ev.layer_names[l] if l < len(ev.layer_names) else f"layer{l}",
-                   "state": "stable" if rec["stable"][l] else "transient"}
+            row = {
+                "horizon": H,
+                "origin": o,
+                "origin_step": step,
+                "records": n,
+                "layer": l,
+                "layer_name": ev.layer_names[l] if l < len(ev.layer_names) else f"layer{l}",
+                "state": "stable" if rec["stable"][l] else "transient",
+                "failed": failed,
+            }
             row.update({k: v[l] for k, v in res["metrics"].items()})
             ev.rows.append(row)

@@ -39,7 +39,6 @@ storage (SQLite for one machine, a server database across machines).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import queue
@@ -52,12 +51,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Container, Sequence
 
+from models.processes import die_with_parent
+
+from .results import RunResult
 from .task import Task, rolling_origins
 
 EXECUTORS = ("inprocess", "local", "dask")
 
 
 # ---- the environment a worker needs ---------------------------------------------------------
+
 
 def worker_env() -> dict[str, str]:
     """The driver's settings that a worker must share: data home, dataset sources, telemetry."""
@@ -80,6 +83,7 @@ def _environment(env: dict[str, str]):
 
 # ---- units ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class RunSpec:
     """One benchmark run: what :func:`bench.runner.compute` takes."""
@@ -91,8 +95,14 @@ class RunSpec:
     placement: str | None = None
 
     @classmethod
-    def of(cls, model: str, dataset: str, params: dict[str, Any] | None = None, task: Task | None = None,
-           placement: str | None = None) -> "RunSpec":
+    def of(
+        cls,
+        model: str,
+        dataset: str,
+        params: dict[str, Any] | None = None,
+        task: Task | None = None,
+        placement: str | None = None,
+    ) -> "RunSpec":
         return cls(model, dataset, tuple(sorted((params or {}).items())), task, placement)
 
     def kwargs(self) -> dict[str, Any]:
@@ -108,12 +118,12 @@ def chunk_path(folder: Path, span: tuple[int, int]) -> Path:
     return folder / "chunks" / f"{span[0]:06d}-{span[1]:06d}.jsonl"
 
 
-def run_unit(spec: RunSpec, env: dict[str, str]) -> dict[str, Any]:
-    """A whole run (resuming from its journal if it has one)."""
+def run_unit(spec: RunSpec, env: dict[str, str], track: bool = False) -> RunResult:
+    """A whole run (resuming from its journal if it has one); `track` marks it as waiting for MLflow."""
     from . import runner
 
     with _environment(env):
-        return runner.compute(spec.model, spec.dataset, **spec.kwargs())
+        return runner.compute(spec.model, spec.dataset, track=track, **spec.kwargs())
 
 
 def chunk_unit(spec: RunSpec, env: dict[str, str], span: tuple[int, int]) -> dict[str, Any]:
@@ -123,29 +133,35 @@ def chunk_unit(spec: RunSpec, env: dict[str, str], span: tuple[int, int]) -> dic
     with _environment(env):
         prep = spec.prepare()
         path = chunk_path(prep.folder, span)
-        ev = evaluate(prep.trace, prep.predictor, prep.task, prep.training, scorers=prep.scorers, journal=path, span=span)
+        try:
+            ev = evaluate(
+                prep.trace, prep.predictor, prep.task, prep.training, scorers=prep.scorers, journal=path, span=span
+            )
+        finally:
+            prep.close()
         return {"records": sorted(Journal(path).done.values(), key=lambda r: r["origin"]), "seconds": ev.seconds}
 
 
-def merge_unit(spec: RunSpec, env: dict[str, str], records: list[dict], seconds: float = 0.0) -> dict[str, Any]:
+def merge_unit(
+    spec: RunSpec, env: dict[str, str], records: list[dict], seconds: float = 0.0, track: bool = False
+) -> RunResult:
     """Write a chunked run's journal from its merged records, then compute its result from it.
 
     The result's ``seconds`` adds the chunks' evaluation time (`seconds`) to the merge's own.
     """
     from . import runner
+    from .evaluate import Journal
 
     origins = [r["origin"] for r in records]
     if origins != sorted(set(origins)):
         raise RuntimeError(f"merged records of {spec} are not one per origin in order")
     with _environment(env):
         folder = spec.prepare().folder
-        tmp = folder / "journal.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, folder / "journal.jsonl")
-        result = runner.compute(spec.model, spec.dataset, **spec.kwargs())
-        if not result["cached"]:
-            result["seconds"] = round(result["seconds"] + seconds, 3)
-            runner._write_json(folder / "result.json", result)
+        Journal.replace(folder / "journal.jsonl", records)
+        result = runner.compute(spec.model, spec.dataset, track=track, **spec.kwargs())
+        if not result.cached:
+            result = result.replace(seconds=round(result.seconds + seconds, 3))
+            result.save(folder)
         shutil.rmtree(folder / "chunks", ignore_errors=True)
         return result
 
@@ -156,6 +172,7 @@ def origin_count(trace, task: Task) -> int:
 
 
 # ---- executors ------------------------------------------------------------------------------
+
 
 class InProcessExecutor:
     """Runs each unit here, when the driver waits for it (in submission order)."""
@@ -203,7 +220,9 @@ class _Streaming:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:  # in slices, so that Ctrl-C is seen at once wherever a lock wait is not interruptible
-                done = {self._done.get(timeout=0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))}
+                done = {
+                    self._done.get(timeout=0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic())))
+                }
             except queue.Empty:
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"no unit finished in {timeout} s") from None
@@ -229,7 +248,12 @@ class LocalExecutor(_Streaming):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=die_with_parent,
+            initargs=(os.getpid(),),
+        )
 
     def submit(self, fn: Callable, *args, key: str | None = None):
         from concurrent.futures.process import BrokenProcessPool
@@ -269,8 +293,13 @@ class DaskExecutor(_Streaming):
             # the workers' statistical profiler samples every task's stack every 10 ms: ~20% more
             # CPU on this Python-heavy work, and nobody looks at its dashboard here
             with dask.config.set({"distributed.worker.profile.enabled": False}):
-                self.cluster = LocalCluster(n_workers=workers or len(os.sched_getaffinity(0)), threads_per_worker=1,
-                                            processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+                self.cluster = LocalCluster(
+                    n_workers=workers or len(os.sched_getaffinity(0)),
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
             self.client = Client(self.cluster)
         if address:
             self.client.wait_for_workers(1, timeout=timeout)
@@ -284,8 +313,11 @@ class DaskExecutor(_Streaming):
         seen = self.client.run(os.path.isdir, home)
         blind = [w for w, ok in seen.items() if not ok]
         if blind:
-            print(f"warning: workers {', '.join(blind)} do not see the data home {home}; "
-                  "give them the same path on a shared filesystem", file=sys.stderr)
+            print(
+                f"warning: workers {', '.join(blind)} do not see the data home {home}; "
+                "give them the same path on a shared filesystem",
+                file=sys.stderr,
+            )
 
     def submit(self, fn: Callable, *args, key: str | None = None):
         return self._watch(self.client.submit(fn, *args, key=key, pure=False))
@@ -322,6 +354,7 @@ def executor(name: str = "local", address: str | None = None, workers: int | Non
 
 # ---- planning and driving -------------------------------------------------------------------
 
+
 @dataclass
 class Unit:
     kind: str  # "run" | "chunk" | "merge"
@@ -336,7 +369,7 @@ class Plan:
 
     keys: list[str]  # run key of each spec, in order
     specs: dict[str, RunSpec]  # run key -> spec (identical specs collapse)
-    cached: dict[str, dict]  # run key -> stored result
+    cached: dict[str, RunResult]  # run key -> stored result
     units: list[Unit] = field(default_factory=list)
     chunks: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # run key -> spans
 
@@ -350,34 +383,46 @@ def chunk_spans(n: int, size: int) -> list[tuple[int, int]]:
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def plan(specs: Sequence[RunSpec], workers: int = 1, chunk: int | None = None, force: bool = False,
-         min_chunk: int = 4) -> Plan:
+def plan(
+    specs: Sequence[RunSpec], workers: int = 1, chunk: int | None = None, force: bool = False, min_chunk: int = 4
+) -> Plan:
     """Keys, cache look-ups and units for `specs`.
 
     `chunk` is origins per chunk (0: whole runs; None: enough chunks for about four units per
     worker, at least `min_chunk` origins each, when the runs alone are fewer).
     """
+    from . import runner
+
     keys, by_key, cached, todo = [], {}, {}, []
     for spec in specs:
         prep = spec.prepare()
+        prep.close()  # only its key, folder and whether it is replayable are needed here
         keys.append(prep.key)
         if prep.key in by_key:
             continue
         by_key[prep.key] = spec
         if force and prep.folder.exists():
             shutil.rmtree(prep.folder)
-        if (prep.folder / "result.json").exists():
-            cached[prep.key] = {**json.loads((prep.folder / "result.json").read_text()), "cached": True}
+        stored = runner.cached_result(prep.folder)
+        if stored is not None:
+            cached[prep.key] = stored
             continue
-        chunkable = prep.task.refit == "every" and bool(getattr(prep.predictor, "replayable", False)) \
+        chunkable = (
+            prep.task.refit == "every"
+            and bool(getattr(prep.predictor, "replayable", False))
             and not (prep.folder / "journal.jsonl").exists()
+        )
         todo.append((prep.key, spec, origin_count(prep.trace, prep.task) if chunkable else 0))
     out = Plan(keys, by_key, cached)
     target = 4 * workers
     for key, spec, n in todo:
         size = chunk
         if size is None:
-            size = 0 if workers <= 1 or len(todo) >= target else max(min_chunk, math.ceil(n / math.ceil(target / len(todo))))
+            size = (
+                0
+                if workers <= 1 or len(todo) >= target
+                else max(min_chunk, math.ceil(n / math.ceil(target / len(todo))))
+            )
         if n and size and n > size:
             out.chunks[key] = chunk_spans(n, size)
             out.units += [Unit("chunk", f"{key}:{a}-{b}", spec, (a, b)) for a, b in out.chunks[key]]
@@ -388,7 +433,7 @@ def plan(specs: Sequence[RunSpec], workers: int = 1, chunk: int | None = None, f
 
 @dataclass
 class Outcome:
-    results: list[dict | None]  # one per spec, in order; None where the run failed
+    results: list[RunResult | None]  # one per spec, in order; None where the run failed
     failures: dict[str, str]  # unit key -> error
     units: int  # units computed (not counting cached runs)
 
@@ -407,10 +452,19 @@ def _merge(merged: dict[int, dict], records: list[dict], unit: Unit) -> None:
     merged.update((r["origin"], r) for r in records)
 
 
-def run_all(specs: Sequence[RunSpec], ex, *, chunk: int | None = None, force: bool = False, retries: int = 2,
-            track: bool = False, tracking_uri: str | None = None,
-            progress: Callable[[int, int], None] | None = None,
-            on_result: Callable[[dict], None] | None = None, stall_timeout: float | None = None) -> Outcome:
+def run_all(
+    specs: Sequence[RunSpec],
+    ex,
+    *,
+    chunk: int | None = None,
+    force: bool = False,
+    retries: int = 2,
+    track: bool = False,
+    tracking_uri: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    on_result: Callable[[RunResult], None] | None = None,
+    stall_timeout: float | None = None,
+) -> Outcome:
     """Compute `specs` on executor `ex`, streaming results back as they finish.
 
     Chunk records are merged by origin in the driver (each origin exactly once); a unit that
@@ -422,7 +476,7 @@ def run_all(specs: Sequence[RunSpec], ex, *, chunk: int | None = None, force: bo
 
     p = plan(specs, ex.workers, chunk, force)
     env = worker_env()
-    results: dict[str, dict] = {}
+    results: dict[str, RunResult] = {}
     failures: dict[str, str] = {}
     attempts: Counter = Counter()
     merged: dict[str, dict[int, dict]] = {k: {} for k in p.chunks}
@@ -433,11 +487,11 @@ def run_all(specs: Sequence[RunSpec], ex, *, chunk: int | None = None, force: bo
 
     def submit(unit: Unit, *extra) -> None:
         fn = {"run": run_unit, "chunk": chunk_unit, "merge": merge_unit}[unit.kind]
-        args = (unit.spec, env) + ((unit.span,) if unit.kind == "chunk" else extra)
+        args = (unit.spec, env) + {"run": (track,), "chunk": (unit.span,), "merge": extra + (track,)}[unit.kind]
         pending[ex.submit(fn, *args, key=f"{unit.kind}-{unit.key}-{attempts[unit.key]}")] = (unit, extra)
 
-    def finish(key: str, result: dict) -> None:
-        if track and not result.get("mlflow_run_id"):
+    def finish(key: str, result: RunResult) -> None:
+        if track and not result.mlflow_run_id:
             result = runner.log(result, tracking_uri)
         results[key] = result
         if on_result:
@@ -489,7 +543,10 @@ def run_all(specs: Sequence[RunSpec], ex, *, chunk: int | None = None, force: bo
 
 # ---- Optuna ---------------------------------------------------------------------------------
 
-def _optimize(storage: str, study_name: str, objective: Callable, n_trials: int, env: dict[str, str], options: dict) -> int:
+
+def _optimize(
+    storage: str, study_name: str, objective: Callable, n_trials: int, env: dict[str, str], options: dict
+) -> int:
     import optuna
 
     with _environment(env):
@@ -497,8 +554,9 @@ def _optimize(storage: str, study_name: str, objective: Callable, n_trials: int,
     return n_trials
 
 
-def optimize_parallel(ex, objective: Callable, storage: str, study_name: str, n_trials: int,
-                      workers: int | None = None, **options: Any) -> int:
+def optimize_parallel(
+    ex, objective: Callable, storage: str, study_name: str, n_trials: int, workers: int | None = None, **options: Any
+) -> int:
     """Run `n_trials` trials of an existing study on `workers` optimize workers of executor `ex`.
 
     Each worker calls ``optuna.load_study(study_name, storage).optimize(objective, n_trials=k)``;
@@ -512,8 +570,12 @@ def optimize_parallel(ex, objective: Callable, storage: str, study_name: str, n_
     workers = max(1, min(workers or ex.workers, n_trials))
     shares = [n_trials // workers + (i < n_trials % workers) for i in range(workers)]
     env = worker_env()
-    futs = [ex.submit(_optimize, storage, study_name, objective, k, env, options, key=f"optuna-{study_name}-{i}-{os.getpid()}")
-            for i, k in enumerate(shares)]
+    futs = [
+        ex.submit(
+            _optimize, storage, study_name, objective, k, env, options, key=f"optuna-{study_name}-{i}-{os.getpid()}"
+        )
+        for i, k in enumerate(shares)
+    ]
     total, pending = 0, set(futs)
     while pending:
         for fut in ex.wait_any(pending):

@@ -43,7 +43,9 @@ class GridConfig:
             for model in self.models:
                 for params in param_sets(model.get("params") or {}):
                     for task in self.tasks:
-                        out.append(RunSpec.of(model["name"], dataset, params, Task(dataset=dataset, **task), self.placement))
+                        out.append(
+                            RunSpec.of(model["name"], dataset, params, Task(dataset=dataset, **task), self.placement)
+                        )
         return out
 
 
@@ -122,47 +124,3 @@ def override(config: GridConfig, **changes: Any) -> GridConfig:
     kept = {f.name: getattr(config, f.name) for f in fields(GridConfig)}
     kept.update({k: v for k, v in changes.items() if k in names and v is not None})
     return GridConfig(**kept)
-
-
-def refresh_leaderboard(datasets: list[str], tracking_uri: str | None = None) -> dict[str, Any] | None:
-    """The leaderboard of `datasets`, rebuilt from the MLflow store the grid logged to.
-
-    None where the leaderboard package offers no builder (``leaderboard.build.leaderboard``).
-    """
-    try:
-        from leaderboard.build import leaderboard
-    except ImportError:
-        return None
-    return leaderboard(tracking_uri, datasets=datasets)
-
-
-def summary_rows(specs: list[RunSpec], results: list[dict | None]) -> list[dict[str, Any]]:
-    rows = []
-    for spec, r in zip(specs, results):
-        row = {"model": spec.model, "params": dict(spec.params), "dataset": spec.dataset,
-               "horizons": list(spec.task.horizons), "run_key": None, "cached": None, "seconds": None, "error_rate": {}}
-        if r is not None:
-            row.update(run_key=r["run_key"], cached=r.get("cached"), seconds=r["seconds"],
-                       error_rate={H: e.get("error_rate", {}).get("all") for H, e in r["horizons"].items()})
-        rows.append(row)
-    return rows
-
-
-def print_summary(rows: list[dict[str, Any]], failures: dict[str, str], wall: float) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    horizons = sorted({H for r in rows for H in r["error_rate"]}, key=int)
-    table = Table(title=f"grid: {len(rows)} runs")
-    for col in ("model", "params", "dataset", *[f"error_rate h{H}" for H in horizons], "seconds", "run"):
-        table.add_column(col, justify="right" if col.startswith(("error", "seconds")) else "left")
-    for r in sorted(rows, key=lambda r: (r["dataset"], r["model"], str(r["params"]))):
-        params = ", ".join(f"{k}={v}" for k, v in r["params"].items()) or "-"
-        rates = [("-" if r["error_rate"].get(H) is None else f"{100 * r['error_rate'][H]:.3f}%") for H in horizons]
-        seconds = "failed" if r["run_key"] is None else f"{r['seconds']:.2f}" + (" (cached)" if r["cached"] else "")
-        table.add_row(r["model"], params, r["dataset"], *rates, seconds, r["run_key"] or "-")
-    con = Console()
-    con.print(table)
-    for key, err in failures.items():
-        con.print(f"[red]failed[/red] {key}: {err}")
-    con.print(f"{wall:.1f} s wall")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-METRICS = ("error_rate", "window_error", "mape", "noise_floor")
+#: What a run reports per horizon: the forecast's errors, then the two floors every error is read against
+#: (the multinomial noise floor, and the hindsight floor of bench.hindsight).
+METRICS = ("error_rate", "window_error", "mape", "noise_floor", "hindsight_floor")
 
 
 def forecast_errors(phat: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:

@@ -29,8 +29,17 @@ import numpy as np
 from .steptime import LINKS, NETWORKS, StepTimeModel
 
 #: Per-(origin, layer) metrics a placement scorer adds; `DERIVED` ones are computed after aggregation.
-METRICS = ("imbalance", "imbalance_static", "imbalance_oracle", "drop_rate", "drop_rate_static", "drop_rate_oracle",
-           "layer_time_us", "layer_time_static_us", "layer_time_oracle_us")
+METRICS = (
+    "imbalance",
+    "imbalance_static",
+    "imbalance_oracle",
+    "drop_rate",
+    "drop_rate_static",
+    "drop_rate_oracle",
+    "layer_time_us",
+    "layer_time_static_us",
+    "layer_time_oracle_us",
+)
 
 
 def _gap_closed(static: float, forecast: float, oracle: float) -> float:
@@ -54,8 +63,15 @@ DERIVED = {
 }
 
 _KEYS = {"G": "devices", "R": "replicas", "N": "nodes", "K": "groups", "groups": "groups", "cf": "capacity_factor"}
-_MODEL_KEYS = {"hidden": "hidden", "ffn": "ffn", "mats": "matrices", "bytes": "bytes_per_element", "tflops": "tflops",
-               "bw": "link_gbps", "net_bw": "net_gbps"}
+_MODEL_KEYS = {
+    "hidden": "hidden",
+    "ffn": "ffn",
+    "mats": "matrices",
+    "bytes": "bytes_per_element",
+    "tflops": "tflops",
+    "bw": "link_gbps",
+    "net_bw": "net_gbps",
+}
 
 
 @dataclass(frozen=True)
@@ -86,8 +102,10 @@ class PlacementSpec:
                 elif key in ("link", "net"):
                     table = LINKS if key == "link" else NETWORKS
                     if value not in table:
-                        raise ValueError(f"placement: {key}={value!r} is none of {sorted(table)}; give bandwidth as "
-                                         f"{'bw' if key == 'link' else 'net_bw'}=GB/s instead")
+                        raise ValueError(
+                            f"placement: {key}={value!r} is none of {sorted(table)}; give bandwidth as "
+                            f"{'bw' if key == 'link' else 'net_bw'}=GB/s instead"
+                        )
                     hw["link_gbps" if key == "link" else "net_gbps"] = table[value]
                 else:
                     known = sorted(set(_KEYS) | set(_MODEL_KEYS) | {"link", "net"})
@@ -256,8 +274,13 @@ def drop_rate(counts: np.ndarray, share: np.ndarray, capacity_factor: float) -> 
     return (over / tokens[..., 0]).mean(axis=0)
 
 
-def score(estimate: np.ndarray, counts: np.ndarray, spec: PlacementSpec, static: Placement | None = None,
-          oracle: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def score(
+    estimate: np.ndarray,
+    counts: np.ndarray,
+    spec: PlacementSpec,
+    static: Placement | None = None,
+    oracle: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Score the placement from ``estimate[L, E]`` (mean proportions) on ``counts[T, L, E]``.
 
     Returns the :data:`METRICS` per layer; the static and oracle ones only where `static` is
@@ -269,9 +292,11 @@ def score(estimate: np.ndarray, counts: np.ndarray, spec: PlacementSpec, static:
 
     def scores(placement: Placement, share: np.ndarray, suffix: str) -> dict[str, np.ndarray]:
         loads = placement.device_loads(counts)
-        return {f"imbalance{suffix}": imbalance(loads),
-                f"drop_rate{suffix}": drop_rate(counts, share, spec.capacity_factor),
-                f"layer_time{suffix}_us": 1e6 * hw.layer_time(loads, spec.nodes).mean(axis=0)}
+        return {
+            f"imbalance{suffix}": imbalance(loads),
+            f"drop_rate{suffix}": drop_rate(counts, share, spec.capacity_factor),
+            f"layer_time{suffix}_us": 1e6 * hw.layer_time(loads, spec.nodes).mean(axis=0),
+        }
 
     out = scores(place(estimate, spec), estimate, "")
     if static is not None:
@@ -308,5 +333,56 @@ def derive(entry: dict, states=("all", "transient", "stable")) -> None:
             entry[name] = vals
 
 
-__all__ = ["PlacementSpec", "Placement", "StepTimeModel", "place", "static_placement", "replicate", "pack", "score",
-           "make_scorer", "imbalance", "drop_rate", "derive", "METRICS", "DERIVED"]
+def dataset_placement(trace, spec: PlacementSpec) -> dict:
+    """The placement of a whole trace's mean load, scored on every record against static (with hindsight).
+
+    Per layer: the scores, the replicas per expert, the experts on each device and each device's
+    share of the mean load; ``mean``: the scores' means over layers with the derived gains.
+    """
+    L, E, G = trace.layers, trace.experts, spec.devices
+    mean = trace.proportions.mean(axis=0)  # [L, E]
+    placement = place(mean, spec)
+    s = score(mean, trace.counts, spec, static_placement(L, E, G, spec.nodes), oracle=mean)
+    overall = {k: {"all": float(v.mean())} for k, v in s.items() if "oracle" not in k}
+    derive(overall, states=("all",))
+    names = list(trace.card.layer_names)
+    share = np.einsum("le,leg->lg", mean, placement.share)
+    return {
+        "dataset": trace.id,
+        "version": trace.card.version,
+        "static_dataset": trace.card.static,
+        "records": trace.records,
+        "spec": spec.describe(),
+        "hardware": spec.hardware.__dict__,
+        "mean": {k: v["all"] for k, v in overall.items() if "oracle" not in k and k != "gap_closed"},
+        "layers": [
+            {
+                "layer": l,
+                "name": names[l],
+                **{k: float(v[l]) for k, v in s.items() if "oracle" not in k},
+                "replicas": placement.replicas[l].tolist(),
+                "devices": [[int(e) for e in placement.slots[l][placement.slot_device[l] == g]] for g in range(G)],
+                "device_share": share[l].tolist(),
+            }
+            for l in range(L)
+        ],
+    }
+
+
+__all__ = [
+    "dataset_placement",
+    "PlacementSpec",
+    "Placement",
+    "StepTimeModel",
+    "place",
+    "static_placement",
+    "replicate",
+    "pack",
+    "score",
+    "make_scorer",
+    "imbalance",
+    "drop_rate",
+    "derive",
+    "METRICS",
+    "DERIVED",
+]

@@ -47,7 +47,9 @@ def error_over_steps(frame, title: str, path: Path) -> Path:
     return path
 
 
-def hottest_experts(origin_steps, predicted, actual, layer_name: str, experts: list[int], horizon: int, title: str, path: Path) -> Path:
+def hottest_experts(
+    origin_steps, predicted, actual, layer_name: str, experts: list[int], horizon: int, title: str, path: Path
+) -> Path:
     """Horizon-mean load share of the hottest experts of one layer: forecast vs what happened."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.6))

@@ -1,8 +1,9 @@
-"""One benchmark run, end to end: (model, params) x (dataset, task) -> numbers, files, MLflow.
+"""One benchmark run, end to end: (model, params) x (dataset, task) -> a :class:`RunResult`, files, MLflow.
 
 Finished runs are cached under ``<data home>/runs/<key>/`` (the key covers the model, its
 parameters and version, the task and the data's fingerprints): a rerun returns the stored
-result unless ``force`` is set, and an interrupted run resumes from its journal.
+result unless ``force`` is set, and an interrupted run resumes from its journal. A stored result
+that cannot be trusted (unreadable, another schema, a failed checksum) is recomputed with a warning.
 
 :func:`compute` evaluates and writes files (safe in worker processes); :func:`log` sends a
 computed run to MLflow from the driver. A predictor may add to its run by defining
@@ -14,12 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import platform
 import shutil
 import subprocess
-import sys
+import warnings
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,12 +27,27 @@ import numpy as np
 
 from datasets_registry import registry
 from datasets_registry.trace import Trace
+from models.base import Predictor
 
-from .aggregate import finite_or_none, per_layer, summarize
+from .aggregate import per_layer, summarize
 from .evaluate import Evaluation, evaluate
+from .metrics import METRICS
+from .results import Extras, ResultError, RunResult, WindowForecasts, run_folder, runs_dir, window_forecasts_file
 from .task import Task
 
-SUMMARY_METRICS = ["error_rate", "window_error", "mape", "noise_floor"]
+#: Bumped whenever the harness computes a number differently (metrics, states, origins), so that
+#: cached runs from before are recomputed rather than mixed with new ones.
+HARNESS_VERSION = 2
+
+#: What a run can be given as its model: a name or spec (``sw_avg``, ``sktime:X``, ``file.py:Class``),
+#: a Predictor subclass, or a configured Predictor instance (the last two from Python code).
+ModelLike = str | type | Predictor
+
+#: In a run's folder while the run waits to be logged to MLflow.
+PENDING_LOG = "log.pending"
+
+#: Columns of the per-origin rows that are not metrics.
+ROW_KEYS = ("horizon", "origin", "origin_step", "records", "layer", "layer_name", "state", "failed")
 
 
 def code_version() -> str:
@@ -44,25 +59,32 @@ def code_version() -> str:
     except PackageNotFoundError:
         v = "unknown"
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     return f"{v}+{commit}" if commit else v
 
 
-#: Bumped whenever the harness computes a number differently (metrics, states, origins), so that
-#: cached runs from before are recomputed rather than mixed with new ones.
-HARNESS_VERSION = 1
-
-
 def run_key(model: str, predictor, task_fp: str, extra: dict[str, Any]) -> str:
-    blob = json.dumps({"model": model, "params": predictor.params, "version": predictor.version, "task": task_fp,
-                       "harness": HARNESS_VERSION, "extra": extra}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "model": model,
+            "params": predictor.params,
+            "version": predictor.version,
+            "task": task_fp,
+            "harness": HARNESS_VERSION,
+            "extra": extra,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def runs_dir() -> Path:
-    return registry.data_home() / "runs"
 
 
 @dataclass
@@ -71,85 +93,225 @@ class Prepared:
 
     trace: Trace
     training: list[Trace]
-    cls: type
     predictor: Any
+    spec: str
+    source: str  # builtin | adapter | entry_point | file | python
+    fingerprint: str  # sha256 of a file predictor's source ("" otherwise)
     task: Task
     task_fp: str
     scorers: list
     key: str
     folder: Path
 
+    def close(self) -> None:
+        """Stop the predictor's worker process, where it runs in one."""
+        if callable(getattr(self.predictor, "close", None)):
+            self.predictor.close()
 
-def prepare(model: str, dataset: str, *, params: dict[str, Any] | None = None, task: Task | None = None,
-            placement: str | None = None) -> Prepared:
-    """Load the data, build the predictor and the scorers, and compute the run's key and folder."""
+
+def _predictor(model: ModelLike, params: dict[str, Any] | None, limits=None) -> tuple[Predictor, str, str]:
+    """(configured predictor, spec, source) for what the caller handed over.
+
+    A predictor from a file or an installed plugin is code this package does not know: it runs in
+    a sandboxed worker process (:class:`bench.isolation.IsolatedPredictor`), never in this one.
+    Only built-in predictors may go by a built-in's name.
+    """
     from models import predictor_class
+    from models.registry import THIRD_PARTY, check_name, spec_kind
 
+    if isinstance(model, Predictor):
+        if params:
+            raise ValueError(
+                "give the parameters to the predictor's constructor, not as params, when passing an instance"
+            )
+        cls = type(model)
+        check_name(cls.name, cls.__qualname__)
+        return model, f"{cls.__module__}:{cls.__qualname__}", "python"
+    if isinstance(model, type):
+        check_name(model.name, model.__qualname__)
+        return model(**(params or {})), f"{model.__module__}:{model.__qualname__}", "python"
+    kind = spec_kind(model)
+    if kind in THIRD_PARTY:
+        from .isolation import IsolatedPredictor, Limits
+
+        predictor = IsolatedPredictor(model, params, limits=limits or Limits())
+        try:
+            check_name(predictor.name, model)
+        except LookupError:
+            predictor.close()
+            raise
+        return predictor, model, kind
+    return predictor_class(model)(**(params or {})), model, kind
+
+
+FRESH = "fresh:"
+
+
+def fresh_dataset(ref: str, seed: int | None = None) -> str:
+    """Train a new trace now for ``fresh:PRESET[:STEPS]`` (a tracer preset; random seed) and store it; its id.
+
+    Data that did not exist when a predictor was written cannot have been seen by it. The tiny
+    preset trains on the CPU; larger ones on the GPU where torch sees one.
+    """
+    import secrets
+    import tempfile
+
+    from datasets_registry.tracer.config import get_preset
+    from datasets_registry.tracer.train import config_from_args, record_trace
+
+    preset, _, steps = ref[len(FRESH) :].partition(":")
+    get_preset(preset)  # a clear error for an unknown preset
+    if steps and not steps.isdigit():
+        raise ValueError(f"{ref}: expected fresh:PRESET or fresh:PRESET:STEPS")
+    seed = secrets.randbelow(2**31) if seed is None else seed
+    cfg = config_from_args(preset, seed=seed)
+    device = "cpu"
+    if preset != "tiny-cpu":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    trace_id = f"fresh-{preset}-s{seed}"
+    with tempfile.TemporaryDirectory(prefix="moe-fresh-") as out:
+        done = record_trace(
+            cfg,
+            int(steps) if steps else cfg.decay_steps,
+            trace_id,
+            device=device,
+            out=out,
+            checkpoint_every=0,
+            save_state=False,
+        )
+    return done["dataset"]
+
+
+def prepare(
+    model: ModelLike,
+    dataset: str,
+    *,
+    params: dict[str, Any] | None = None,
+    task: Task | None = None,
+    placement: str | None = None,
+    limits=None,
+) -> Prepared:
+    """Load the data, build the predictor and the scorers, and compute the run's key and folder.
+
+    `limits` (:class:`bench.isolation.Limits`) bound the time a predictor that is not built in may take.
+    """
     task = replace(task or Task(dataset=dataset), dataset=dataset)
     trace = registry.load(dataset)
     training = [registry.load(d) for d in task.train]
-    cls = predictor_class(model)
-    predictor = cls(**(params or {}))
+    predictor, spec, source = _predictor(model, params, limits)
     task_fp = task.fingerprint(trace.fingerprint, tuple(t.fingerprint for t in training))
     scorers = []
     if placement:
         from .placement import make_scorer
 
         scorers.append(make_scorer(placement, trace.experts))
-    key = run_key(model, predictor, task_fp, {"placement": placement})
-    return Prepared(trace, training, cls, predictor, task, task_fp, scorers, key, runs_dir() / key)
+    fingerprint = source_fingerprint(spec) if source == "file" else ""
+    key = run_key(spec, predictor, task_fp, {"placement": placement, "source": fingerprint})
+    return Prepared(trace, training, predictor, spec, source, fingerprint, task, task_fp, scorers, key, run_folder(key))
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+def source_fingerprint(spec: str) -> str:
+    """sha256 of a file predictor's source (``path/file.py:Class``): two files of one name are two models."""
+    path = Path(spec.rpartition(":")[0])
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _artifacts(ev: Evaluation, trace: Trace, title: str, folder: Path) -> list[Path]:
-    """Per-origin results (parquet), window forecasts (npz) and plots."""
+def cached_result(folder: Path) -> RunResult | None:
+    """The stored result in `folder`, or None; one that cannot be trusted is set aside with a warning."""
+    path = folder / "result.json"
+    if not path.exists():
+        return None
+    try:
+        return RunResult.load(path)
+    except ResultError as exc:
+        warnings.warn(f"{exc}; recomputing the run", RuntimeWarning, stacklevel=3)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _window_forecasts(ev: Evaluation, frame, trace: Trace, H: int) -> WindowForecasts:
+    origin_steps = np.array(sorted(ev.window_forecasts[H]))
+    predicted = np.array([ev.window_forecasts[H][s] for s in origin_steps])  # [n, L, E]
+    recs = np.searchsorted(trace.steps, origin_steps)
+    lengths = frame[frame["horizon"] == H].drop_duplicates("origin").set_index("origin")["records"]
+    n = lengths.reindex(recs).to_numpy()
+    csum = np.concatenate([np.zeros((1,) + trace.shape[1:]), np.cumsum(trace.proportions, axis=0)])
+    actual = (csum[recs + n] - csum[recs]) / n[:, None, None]
+    return WindowForecasts(H, origin_steps, predicted, actual)
+
+
+def _artifacts(ev: Evaluation, frame, trace: Trace, title: str, folder: Path) -> list[str]:
+    """Per-origin results (parquet), window forecasts per horizon (npz) and plots; returns their file names."""
     from . import plots
 
-    frame = ev.frame()
     files = []
     if not frame.empty:
         frame.to_parquet(folder / "origins.parquet", index=False)
-        files.append(folder / "origins.parquet")
         per_layer(frame, "error_rate").to_csv(folder / "per_layer_error_rate.csv")
-        files.append(folder / "per_layer_error_rate.csv")
-        files.append(plots.error_over_steps(frame, title, folder / "error_over_steps.png"))
-        files.append(plots.per_layer_errors(frame, title, folder / "per_layer_errors.png"))
-        H = min(ev.window_forecasts)
-        origin_steps = np.array(sorted(ev.window_forecasts[H]))
-        predicted = np.array([ev.window_forecasts[H][s] for s in origin_steps])  # [n, L, E]
-        recs = np.searchsorted(trace.steps, origin_steps)
-        n = frame[frame["horizon"] == H].drop_duplicates("origin").set_index("origin")["records"].reindex(recs).to_numpy()
-        csum = np.concatenate([np.zeros((1,) + trace.shape[1:]), np.cumsum(trace.proportions, axis=0)])
-        actual = (csum[recs + n] - csum[recs]) / n[:, None, None]
-        np.savez_compressed(folder / f"window_forecasts_h{H}.npz", origin_steps=origin_steps, predicted=predicted, actual=actual)
-        files.append(folder / f"window_forecasts_h{H}.npz")
+        files += [
+            folder / "origins.parquet",
+            folder / "per_layer_error_rate.csv",
+            plots.error_over_steps(frame, title, folder / "error_over_steps.png"),
+            plots.per_layer_errors(frame, title, folder / "per_layer_errors.png"),
+        ]
+        windows = {H: _window_forecasts(ev, frame, trace, H) for H in sorted(ev.window_forecasts)}
+        files += [w.save(folder / window_forecasts_file(H)) for H, w in windows.items()]
+    if ev.window_forecasts:  # no forecast to plot when every origin failed
+        w = windows[min(windows)]
         layer = int(np.argmax(trace.proportions.max(axis=2).mean(axis=0)))
         hot = [int(e) for e in np.argsort(-trace.proportions[:, layer].mean(axis=0))[:4]]
-        files.append(plots.hottest_experts(origin_steps, predicted[:, layer], actual[:, layer], ev.layer_names[layer], hot, H, title, folder / "hottest_experts.png"))
+        files.append(
+            plots.hottest_experts(
+                w.origin_steps,
+                w.predicted[:, layer],
+                w.actual[:, layer],
+                ev.layer_names[layer],
+                hot,
+                w.horizon,
+                title,
+                folder / "hottest_experts.png",
+            )
+        )
     if ev.failures:
         (folder / "failures.json").write_text(json.dumps(ev.failures, indent=2))
         files.append(folder / "failures.json")
-    return files
+    return [Path(f).name for f in files]
 
 
-def run(model: str, dataset: str, *, track: bool = True, tracking_uri: str | None = None, **options: Any) -> dict[str, Any]:
-    """Evaluate `model` on `dataset` and log it; returns the summary that `bench run --json` prints.
+def _extras(predictor, folder: Path) -> Extras:
+    hook = getattr(predictor, "mlflow_extras", None)
+    if not callable(hook):
+        return Extras()
+    got = hook(folder) or {}
+    names = tuple(
+        Path(p).relative_to(folder).as_posix() if Path(p).is_relative_to(folder) else str(p)
+        for p in got.get("artifacts", ())
+    )
+    return Extras.from_dict({**got, "artifacts": names})
 
-    `options` are those of :func:`compute` (params, task, placement, force, progress).
+
+def run(
+    model: ModelLike, dataset: str, *, track: bool = True, tracking_uri: str | None = None, **options: Any
+) -> RunResult:
+    """Evaluate `model` on `dataset` and log it to MLflow (unless `track` is False); returns the result.
+
+    `options` are those of :func:`compute` (params, task, placement, force, progress). A cached
+    result not yet in MLflow (its logging was interrupted) is logged now. ``fresh:PRESET`` as the
+    dataset trains a new trace first (:func:`fresh_dataset`).
     """
-    result = compute(model, dataset, **options)
-    if track and not result["cached"]:
+    if dataset.startswith(FRESH):
+        dataset = fresh_dataset(dataset)
+        options["task"] = replace(options.get("task") or Task(dataset=dataset), dataset=dataset)
+    result = compute(model, dataset, track=track, **options)
+    if track and not result.mlflow_run_id:
         result = log(result, tracking_uri)
     return result
 
 
 def compute(
-    model: str,
+    model: ModelLike,
     dataset: str,
     *,
     params: dict[str, Any] | None = None,
@@ -157,82 +319,152 @@ def compute(
     placement: str | None = None,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
+    track: bool = False,
+    limits=None,
+) -> RunResult:
     """Evaluate and store the result under the run's folder, without touching MLflow.
 
-    Safe to call in worker processes: the driver logs with :func:`log`.
+    Safe to call in worker processes: the driver logs with :func:`log`. With `track`, the run is
+    marked as waiting for MLflow until :func:`log` succeeds, so that a run whose logging never
+    happened (a crash in between) is logged by the next command that looks (:func:`log_pending`).
     """
-    prep = prepare(model, dataset, params=params, task=task, placement=placement)
-    trace, training, cls, predictor, task, task_fp, scorers, key, folder = (
-        prep.trace, prep.training, prep.cls, prep.predictor, prep.task, prep.task_fp, prep.scorers, prep.key, prep.folder)
-    if force and folder.exists():
-        shutil.rmtree(folder)
-    if (folder / "result.json").exists():
-        result = json.loads((folder / "result.json").read_text())
-        result["cached"] = True
-        return result
-    folder.mkdir(parents=True, exist_ok=True)
-    ev = evaluate(trace, predictor, task, training, scorers=scorers, journal=folder / "journal.jsonl", progress=progress)
+    prep = prepare(model, dataset, params=params, task=task, placement=placement, limits=limits)
+    try:
+        with run_lock(prep.key):  # one process computes a run; another asking for it waits, then reads it
+            folder = prep.folder
+            if force and folder.exists():
+                shutil.rmtree(folder)
+            cached = cached_result(folder)
+            if cached is not None:
+                if track and not cached.mlflow_run_id:
+                    (folder / PENDING_LOG).touch()
+                return cached
+            folder.mkdir(parents=True, exist_ok=True)
+            if track:
+                (folder / PENDING_LOG).touch()
+            return _evaluate(prep, placement, progress)
+    finally:
+        prep.close()
+
+
+def task_floors(prep: Prepared) -> dict:
+    """The hindsight floors of the run's task (bench.hindsight), computed once per task and kept in the data home."""
+    from .hindsight import cached_floors
+
+    path = registry.data_home() / "floors" / f"{prep.task_fp.split(':')[-1]}.npz"
+    return cached_floors(prep.trace.proportions, prep.trace.steps, prep.task, path)
+
+
+def _with_hindsight(ev: Evaluation, floors: dict):
+    """The evaluation's rows (pandas) with each (origin, layer)'s hindsight floor beside its noise floor."""
+    import pandas as pd
+
     frame = ev.frame()
-    metrics = SUMMARY_METRICS + [c for c in frame.columns if c not in SUMMARY_METRICS and c not in
-                                 ("horizon", "origin", "origin_step", "records", "layer", "layer_name", "state")]
-    summary = finite_or_none(summarize(frame, ev.failures, task.horizons, metrics))
-    result: dict[str, Any] = {
-        "model": cls.name,
-        "model_spec": model,
-        "params": predictor.params,
-        "dataset": trace.id,
-        "dataset_version": trace.card.version,
-        "dataset_fingerprint": trace.fingerprint,
-        "train": list(task.train),
-        "task": task.to_dict(),
-        "task_fingerprint": task_fp,
-        "placement": placement,
-        "horizons": summary,
-        "seconds": round(ev.seconds, 3),
-        "failures": len(ev.failures),
-        "run_key": key,
-        "mlflow_run_id": None,
-        "code_version": code_version(),
-        "cached": False,
-    }
-    result["artifacts"] = [str(p) for p in _artifacts(ev, trace, f"{cls.name} on {trace.id}", folder)]
-    extra = getattr(predictor, "mlflow_extras", None)
-    if callable(extra):
-        result["extras"] = extra(folder) or {}
-    _write_json(folder / "result.json", result)
+    if frame.empty:
+        return frame
+    parts = []
+    for H, f in floors.items():
+        hind = f.hindsight
+        parts.append(pd.DataFrame({"horizon": H, "origin": np.repeat(f.origins, hind.shape[1]),
+                                   "layer": np.tile(np.arange(hind.shape[1]), len(f.origins)),
+                                   "hindsight_floor": hind.ravel()}))
+    return frame.merge(pd.concat(parts), on=["horizon", "origin", "layer"], how="left", validate="many_to_one")
+
+
+def _verdicts(ev: Evaluation, floors: dict, prep: Prepared) -> dict:
+    """The fair-play test at every horizon (bench.fairplay), as the result records it."""
+    from . import fairplay
+    from .results import Verdict
+
+    token_choice = prep.trace.card.model.router != "expert-choice"
+    out = {}
+    for H, v in fairplay.judge(ev, floors, prep.task.stride, token_choice).items():
+        stats = {k: val for k, val in v.to_dict().items() if k not in ("disqualified", "reasons")}
+        out[H] = Verdict(v.disqualified, tuple(v.reasons), stats)
+    return out
+
+
+def _evaluate(prep: Prepared, placement: str | None, progress) -> RunResult:
+    folder = prep.folder
+    floors = task_floors(prep)
+    ev = evaluate(prep.trace, prep.predictor, prep.task, prep.training, scorers=prep.scorers,
+                  journal=folder / "journal.jsonl", progress=progress)
+    frame = _with_hindsight(ev, floors)
+    verdicts = _verdicts(ev, floors, prep)
+    metrics = list(METRICS) + [c for c in frame.columns if c not in METRICS and c not in ROW_KEYS]
+    predictor, trace = prep.predictor, prep.trace
+    result = RunResult(
+        run_key=prep.key,
+        model=predictor.name or prep.spec,
+        model_spec=prep.spec,
+        model_version=predictor.version,
+        model_source=prep.source,
+        model_fingerprint=prep.fingerprint,
+        params=predictor.params,
+        dataset=trace.id,
+        dataset_version=trace.card.version,
+        dataset_fingerprint=trace.fingerprint,
+        task=prep.task,
+        task_fingerprint=prep.task_fp,
+        placement=placement,
+        horizons={H: h.replace(verdict=verdicts[H]) if H in verdicts else h
+                  for H, h in summarize(frame, ev.failures, prep.task.horizons, metrics, trace.layers).items()},
+        seconds=round(ev.seconds, 3),
+        harness_version=HARNESS_VERSION,
+        code_version=code_version(),
+        finished_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+        artifacts=tuple(_artifacts(ev, frame, trace, f"{predictor.name} on {trace.id}", folder)),
+        extras=_extras(predictor, folder),
+        isolation=getattr(predictor, "isolation", "in-process"),
+    )
+    result.save(folder)
     return result
 
 
-def log(result: dict[str, Any], tracking_uri: str | None = None) -> dict[str, Any]:
-    """Log a computed run to MLflow (once: the run id is stored with the result)."""
+def run_lock(key: str):
+    """The file lock that serialises computing and logging the run with this key across processes."""
+    from filelock import FileLock
+
+    runs_dir().mkdir(parents=True, exist_ok=True)
+    return FileLock(str(runs_dir() / f".{key}.lock"))
+
+
+def log(result: RunResult, tracking_uri: str | None = None) -> RunResult:
+    """Log a computed run to MLflow, once: the run id is stored with the result, and a run another
+    process logged meanwhile is not logged again."""
     from . import tracking
 
-    folder = runs_dir() / result["run_key"]
-    title = f"{result['model']} on {result['dataset']}"
-    task = result["task"]
-    tags = {"model": result["model"], "dataset": result["dataset"], "dataset_version": str(result["dataset_version"]),
-            "task_fingerprint": result["task_fingerprint"], "horizons": ",".join(map(str, task["horizons"])),
-            "run_key": result["run_key"], "placement": result.get("placement") or "",
-            "mlflow.note.content": f"{title}, horizons {task['horizons']} iterations"}
-    params_flat = {f"model.{k}": v for k, v in result["params"].items()}
-    params_flat.update({f"task.{k}": v for k, v in task.items()})
-    params_flat.update({"model": result["model"], "dataset": result["dataset"], "dataset_fingerprint": result["dataset_fingerprint"],
-                        "code_version": result["code_version"], "python": platform.python_version(),
-                        "numpy": np.__version__, "placement": result.get("placement")})
-    metrics_flat = tracking.flat_metrics(result["horizons"])
-    metrics_flat["seconds"] = float(result["seconds"])
-    metrics_flat["failed_origins"] = float(result["failures"])
-    extras = result.get("extras") or {}
-    metrics_flat.update({k: float(v) for k, v in extras.get("metrics", {}).items()})
-    artifacts = [Path(p) for p in result.get("artifacts", [])] + [Path(p) for p in extras.get("artifacts", [])]
-    run_id = tracking.log_run(run_name=f"{result['model']} · {result['dataset']}", params=params_flat, tags=tags,
-                              metrics=metrics_flat, artifacts=artifacts, uri=tracking_uri,
-                              curves=extras.get("curves", {}),
-                              dataset={"name": f"{result['dataset']}@{result['dataset_version']}",
-                                       "digest": result["dataset_fingerprint"].split(":")[-1][:12],
-                                       "source": {"dataset": result["dataset"], "fingerprint": result["dataset_fingerprint"]}})
-    result = {**result, "mlflow_run_id": run_id}
-    if folder.exists():
-        _write_json(folder / "result.json", result)
-    return result
+    folder = run_folder(result.run_key)
+    with run_lock(result.run_key):
+        stored = cached_result(folder)
+        if stored is not None and stored.mlflow_run_id and tracking.has_run(stored.mlflow_run_id, tracking_uri):
+            return stored.replace(cached=result.cached)
+        files = [folder / name for name in result.artifacts + result.extras.artifacts]
+        logged = tracking.log_result(result, files, tracking_uri)
+        if folder.exists():
+            logged.save(folder)
+            (folder / PENDING_LOG).unlink(missing_ok=True)
+    return logged
+
+
+def stored_results() -> list[RunResult]:
+    """Every computed run in the data home whose result can be trusted (others are skipped with a warning)."""
+    out = []
+    for path in sorted(runs_dir().glob("*/result.json")) if runs_dir().is_dir() else []:
+        found = cached_result(path.parent)
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def log_pending(tracking_uri: str | None = None) -> list[str]:
+    """Log the computed runs that were meant for MLflow but never got there (a crash, a failed write)."""
+    said = []
+    for result in stored_results():
+        if (run_folder(result.run_key) / PENDING_LOG).exists():
+            logged = log(result, tracking_uri)
+            said.append(
+                f"logged run {result.run_key} ({result.model} on {result.dataset}), computed earlier, "
+                f"to MLflow as {logged.mlflow_run_id}"
+            )
+    return said

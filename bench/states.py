@@ -29,14 +29,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from models.base import record_spacing
+
 from .task import StateConfig
 
 TRANSIENT, STABLE = "transient", "stable"
+#: The three ways every aggregate is reported: over all origins, and over those of layers in each state.
+STATES = ("all", TRANSIENT, STABLE)
 
 
 def _records_for(steps: np.ndarray, iterations: int) -> int:
-    spacing = float(np.median(np.diff(steps))) if len(steps) > 1 else 1.0
-    return max(2, int(round(iterations / max(spacing, 1.0))))
+    return max(2, int(round(iterations / max(record_spacing(steps), 1.0))))
 
 
 def _ratio_grid(p: np.ndarray, steps: np.ndarray, cfg: StateConfig) -> tuple[np.ndarray, np.ndarray, int]:

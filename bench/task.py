@@ -54,6 +54,13 @@ class Task:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Task":
+        """The inverse of :meth:`to_dict` (lists back to tuples, the state detector's settings to a StateConfig)."""
+        d = dict(d)
+        d["states"] = StateConfig(**d.get("states", {}))
+        return cls(**d)
+
     def fingerprint(self, dataset_fingerprint: str, train_fingerprints: tuple[str, ...] = ()) -> str:
         """Identifies the task's exact targets: its settings and the data they apply to."""
         blob = json.dumps({"task": {k: v for k, v in self.to_dict().items() if k not in ("dataset", "train")},
@@ -78,10 +85,15 @@ class Origins:
     lengths: np.ndarray  # records in [steps[o], steps[o] + horizon)
 
 
+def first_origin_step(steps: np.ndarray, task: Task) -> int:
+    """The iteration of the task's first origin: `first_origin`, else the first step plus `min_history`."""
+    return task.first_origin if task.first_origin is not None else int(steps[0]) + task.min_history
+
+
 def rolling_origins(steps: np.ndarray, task: Task) -> dict[int, Origins]:
-    """Origins every `stride` iterations from `first_origin` until ``steps[-1] - horizon``."""
+    """Origins every `stride` iterations from the first origin until ``steps[-1] - horizon``."""
     steps = np.asarray(steps)
-    first = task.first_origin if task.first_origin is not None else int(steps[0]) + task.min_history
+    first = first_origin_step(steps, task)
     out = {}
     for H in task.horizons:
         points = np.arange(first, int(steps[-1]) - H + 1, task.stride)

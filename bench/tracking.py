@@ -2,17 +2,35 @@
 
 The tracking URI is, in order: the `--tracking-uri` option, ``$MLFLOW_TRACKING_URI``, or
 ``sqlite:///<data home>/mlflow.db`` with artifacts in ``<data home>/mlartifacts``.
+
+The store is shared by every command on a data home, concurrently. A new sqlite store is created
+and migrated in a temporary file, under a file lock, and renamed into place when complete, so
+that racing processes never see a half-built store and a failure midway (a full disk) leaves none.
+An existing store is checked once per process; one that is not a usable sqlite store gives a
+:class:`StoreError` that names the file and what to do. Writes that meet a busy database are
+retried. What a run's MLflow record holds is :meth:`bench.results.RunResult.to_mlflow`'s business.
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 from datasets_registry.registry import data_home
 
+from .results import ResultError, RunResult, run_folder
+
 EXPERIMENT = "moe-load-bench"
+#: Tables a complete MLflow sqlite store has (a subset is enough to tell a store from another database).
+STORE_TABLES = {"alembic_version", "experiments", "runs", "metrics", "params", "tags"}
+_checked: set[tuple] = set()  # (path, size, mtime) of stores found sound in this process
+
+
+class StoreError(RuntimeError):
+    """The tracking store cannot be used; the message names it and what to do."""
 
 
 def tracking_uri(explicit: str | None = None) -> str:
@@ -25,12 +43,67 @@ def tracking_uri(explicit: str | None = None) -> str:
     return f"sqlite:///{home / 'mlflow.db'}"
 
 
-def metric_key(horizon: int | str, metric: str, state: str) -> str:
-    """How a summary number is named in MLflow: ``h1000/error_rate/all``."""
-    return f"h{horizon}/{metric}/{state}"
+def artifact_root() -> str:
+    """Where runs of a sqlite store under the data home keep their artifacts (a file URI)."""
+    return (data_home() / "mlartifacts").resolve().as_uri()
 
 
-def _mlflow(uri: str | None):
+def sqlite_path(uri: str) -> Path | None:
+    """The file of a ``sqlite:///`` URI, None for any other store."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _repair_hint(path: Path) -> str:
+    return (f"move it aside (it may hold your run history) or run `python -m bench doctor --repair`, which sets it "
+            f"aside as {path.name}.broken-* and rebuilds the store from the runs kept in {data_home() / 'runs'}")
+
+
+def check_store(path: Path) -> None:
+    """Raise :class:`StoreError` unless `path` is a complete MLflow sqlite store (a missing file is fine)."""
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise StoreError(f"{path}: the MLflow store is not a file; {_repair_hint(path)}")
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            ok = con.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: not a usable MLflow store ({exc}); {_repair_hint(path)}") from None
+    if ok != "ok":
+        raise StoreError(f"{path}: the MLflow store is damaged ({ok}); {_repair_hint(path)}")
+    missing = STORE_TABLES - tables
+    if missing:
+        raise StoreError(f"{path}: not a complete MLflow store (no table {', '.join(sorted(missing))}); "
+                         f"{_repair_hint(path)}")
+
+
+def _create_store(path: Path, uri: str) -> None:
+    """Create and migrate a new sqlite store in a temporary file and rename it into place, under a lock."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+        tmp.unlink(missing_ok=True)
+        try:
+            from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+            store = SqlAlchemyStore(f"sqlite:///{tmp}", artifact_root())
+            store.engine.dispose()
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def connect(uri: str | None = None):
+    """The `mlflow` module, pointed at the store (created or checked first); $MLFLOW_TRACKING_URI is left as it was."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import logging
 
@@ -38,11 +111,22 @@ def _mlflow(uri: str | None):
 
     for name in ("alembic", "mlflow"):  # after the import: mlflow sets its own level on import
         logging.getLogger(name).setLevel(logging.WARNING)
-
+    uri = tracking_uri(uri)
+    path = sqlite_path(uri)
+    if path is not None:
+        if not path.exists():
+            _create_store(path, uri)
+        try:
+            seen = (str(path), path.stat().st_size, path.stat().st_mtime_ns)
+        except OSError:
+            seen = None
+        if seen not in _checked:
+            check_store(path)
+            _checked.add(seen)
     # mlflow.set_tracking_uri also exports $MLFLOW_TRACKING_URI; put back what the user had, so a
     # later call in this process still follows the data home rather than the first store used.
     before = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(tracking_uri(uri))
+    mlflow.set_tracking_uri(uri)
     if before is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
@@ -50,75 +134,137 @@ def _mlflow(uri: str | None):
     return mlflow
 
 
+def client(uri: str | None = None):
+    """An MlflowClient on the store (see :func:`connect`)."""
+    return connect(uri).tracking.MlflowClient()
+
+
 def experiment_id(mlflow, name: str = EXPERIMENT) -> str:
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    location = None
-    if mlflow.get_tracking_uri().startswith("sqlite:"):
-        location = (data_home() / "mlartifacts").resolve().as_uri()
+    location = artifact_root() if mlflow.get_tracking_uri().startswith("sqlite:") else None
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except Exception:  # created concurrently by another process
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
-def flat_metrics(summary: dict[str, Any]) -> dict[str, float]:
-    """The summary's numbers under their MLflow names (NaN/None left out)."""
-    out = {}
-    for H, entry in summary.items():
-        for metric, value in entry.items():
-            if isinstance(value, dict) and set(value) >= {"all"}:
-                for state, x in value.items():
-                    if x is not None and x == x:
-                        out[metric_key(H, metric, state)] = float(x)
-            elif isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[f"h{H}/{metric}"] = float(value)
-    return out
+def retry(fn: Callable[[], Any], attempts: int = 6, first_wait: float = 0.2) -> Any:
+    """Call `fn`, again after a growing pause when the database is busy (another process is writing)."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - only "locked"/"busy" errors are retried
+            text = str(exc).lower()
+            if i == attempts - 1 or not ("locked" in text or "busy" in text):
+                raise
+            time.sleep(first_wait * 2 ** i)
 
 
-def log_run(
-    *,
-    run_name: str,
-    params: dict[str, Any],
-    tags: dict[str, str],
-    metrics: dict[str, float],
-    artifacts: list[Path],
-    uri: str | None = None,
-    experiment: str = EXPERIMENT,
-    curves: dict[str, list[float]] | None = None,
-    dataset: dict[str, Any] | None = None,
-) -> str:
-    """Log one finished benchmark run; returns its MLflow run id.
+def log_result(result: RunResult, files: Iterable[Path] = (), uri: str | None = None,
+               experiment: str = EXPERIMENT) -> RunResult:
+    """Log one computed run with its files; returns the result with its MLflow run id."""
+    mlflow = connect(uri)
+    params, metrics, tags = result.to_mlflow()
 
-    `curves` are per-step series (e.g. a model's training loss per epoch), logged with steps.
-    `dataset` ({name, digest, source: {...}}) is logged as the run's input: the UI's Dataset column and filter.
-    """
-    mlflow = _mlflow(uri)
-    with mlflow.start_run(experiment_id=experiment_id(mlflow, experiment), run_name=run_name) as run:
-        if dataset:
+    def write() -> str:
+        with mlflow.start_run(experiment_id=experiment_id(mlflow, experiment),
+                              run_name=f"{result.model} · {result.dataset}") as run:
             from mlflow.data.code_dataset_source import CodeDatasetSource
             from mlflow.data.meta_dataset import MetaDataset
 
-            mlflow.log_input(MetaDataset(CodeDatasetSource(dataset.get("source", {})), name=dataset["name"], digest=dataset["digest"]),
-                             context="evaluation")
-        mlflow.log_params({k: (str(v)[:6000]) for k, v in params.items()})
-        mlflow.set_tags(tags)
-        mlflow.log_metrics(metrics)
-        for name, values in (curves or {}).items():
-            for step, v in enumerate(values):
-                mlflow.log_metric(name, float(v), step=step)
-        for path in artifacts:
-            if path.is_dir():
-                mlflow.log_artifacts(str(path), artifact_path=path.name)
-            elif path.exists():
-                mlflow.log_artifact(str(path))
-        return run.info.run_id
+            source = CodeDatasetSource({"dataset": result.dataset, "fingerprint": result.dataset_fingerprint})
+            mlflow.log_input(MetaDataset(source, name=f"{result.dataset}@{result.dataset_version}",
+                                         digest=result.dataset_fingerprint.split(":")[-1][:12]), context="evaluation")
+            mlflow.log_params(params)
+            mlflow.set_tags(tags)
+            mlflow.log_metrics(metrics)
+            for name, values in result.extras.curves.items():
+                for step, v in enumerate(values):
+                    mlflow.log_metric(name, float(v), step=step)
+            for path in files:
+                if path.is_dir():
+                    mlflow.log_artifacts(str(path), artifact_path=path.name)
+                elif path.exists():
+                    mlflow.log_artifact(str(path))
+            return run.info.run_id
+
+    try:
+        run_id = retry(write)
+    except BaseException:
+        while mlflow.active_run():  # a half-written run is marked as such, never left "running"
+            mlflow.end_run(status="FAILED")
+        raise
+    return result.replace(mlflow_run_id=run_id)
 
 
-def log_training_curve(run_id: str, name: str, values: list[float], uri: str | None = None) -> None:
-    """Append a per-epoch curve (e.g. a model's training loss) to an existing run."""
-    mlflow = _mlflow(uri)
-    client = mlflow.tracking.MlflowClient()
-    for step, v in enumerate(values):
-        client.log_metric(run_id, name, float(v), step=step)
+def has_run(run_id: str | None, uri: str | None = None) -> bool:
+    """Whether the store holds this (not deleted) run."""
+    if not run_id:
+        return False
+    try:
+        run = client(uri).get_run(run_id)
+    except Exception:  # noqa: BLE001 - unknown id or unreachable store: not there
+        return False
+    return run.info.lifecycle_stage == "active"
+
+
+def load_results(uri: str | None = None, experiment: str = EXPERIMENT,
+                 on_skip: Callable[[str], None] | None = None) -> list[RunResult]:
+    """Every finished top-level benchmark run of the experiment, decoded; undecodable ones go to `on_skip`."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    out, token = [], None
+    while True:
+        page = c.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
+                             max_results=1000, page_token=token)
+        for r in page:
+            tags = r.data.tags
+            if "mlflow.parentRunId" in tags or "run_key" not in tags:
+                continue
+            try:
+                out.append(RunResult.from_mlflow(r.data.params, r.data.metrics, tags, run_id=r.info.run_id))
+            except ResultError as exc:
+                if on_skip:
+                    on_skip(str(exc))
+        token = page.token
+        if not token:
+            return out
+
+
+def origins_frame(result: RunResult, uri: str | None = None):
+    """The run's per-origin, per-layer rows (pandas): from its folder in the data home, else from MLflow.
+
+    Raises :class:`ResultError` naming the file when it cannot be read; an empty frame when the run
+    has none (every origin failed).
+    """
+    import tempfile
+
+    import pandas as pd
+
+    local = run_folder(result.run_key) / "origins.parquet"
+    if "origins.parquet" not in result.artifacts:
+        return pd.DataFrame()
+    if local.exists():
+        return _read_parquet(local)
+    if not result.mlflow_run_id:
+        raise ResultError(str(local), "missing, and the run is not in MLflow")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client(uri).download_artifacts(result.mlflow_run_id, "origins.parquet", tmp)
+        except Exception as exc:  # noqa: BLE001 - an artifact store's error, named with the run
+            raise ResultError(f"MLflow run {result.mlflow_run_id}", f"origins.parquet unavailable ({exc})") from None
+        return _read_parquet(Path(path))
+
+
+def _read_parquet(path: Path):
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises many kinds for a damaged file
+        raise ResultError(str(path), f"unreadable per-origin results ({type(exc).__name__}: {exc})") from None

@@ -45,7 +45,7 @@ from typing import Any, Callable
 
 from datasets_registry import registry
 
-from .task import Task
+from .task import Task, first_origin_step
 
 EXPERIMENT = "moe-load-bench-tuning"
 OBJECTIVE = "error_rate"
@@ -74,7 +74,7 @@ def split_step(steps, task: Task, split: float) -> int:
     """The grid origin nearest ``split`` of the way from the first origin to the last step."""
     if not 0 < split < 1:
         raise ValueError(f"split must be between 0 and 1, got {split}")
-    first = task.first_origin if task.first_origin is not None else int(steps[0]) + task.min_history
+    first = first_origin_step(steps, task)
     return first + task.stride * round(split * (int(steps[-1]) - first) / task.stride)
 
 
@@ -90,8 +90,10 @@ def validation_split(trace, task: Task, split: float = 0.5):
     val = sub_trace(trace, 0, stop, tag=f"before{x}")
     val_task = replace(task, dataset=val.id)
     if not any(len(o.records) for o in rolling_origins(val.steps, val_task).values()):
-        raise ValueError(f"{trace.id}: the validation part (steps < {x}) has no origins for horizons {task.horizons}; "
-                         f"raise --split or shorten the horizons")
+        raise ValueError(
+            f"{trace.id}: the validation part (steps < {x}) has no origins for horizons {task.horizons}; "
+            f"raise --split or shorten the horizons"
+        )
     return val, val_task, replace(task, first_origin=x), x
 
 
@@ -101,7 +103,9 @@ def suggest(trial, name: str, spec: tuple, default: Any) -> Any:
     if kind == "cat":
         return trial.suggest_categorical(name, list(spec[1]))
     low, high = spec[1], spec[2]
-    integer = kind == "int" or (isinstance(default, int) and not isinstance(default, bool) and isinstance(low, int) and isinstance(high, int))
+    integer = kind == "int" or (
+        isinstance(default, int) and not isinstance(default, bool) and isinstance(low, int) and isinstance(high, int)
+    )
     if integer:
         return trial.suggest_int(name, int(low), int(high), log=kind == "log")
     return trial.suggest_float(name, float(low), float(high), log=kind == "log")
@@ -114,7 +118,9 @@ def _in_space(value: Any, spec: tuple) -> bool:
 
 
 def _study_name(model: str, fixed: dict, trace, task: Task, split: float) -> str:
-    blob = json.dumps({"fixed": fixed, "task": task.fingerprint(trace.fingerprint), "split": split}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"fixed": fixed, "task": task.fingerprint(trace.fingerprint), "split": split}, sort_keys=True, default=str
+    )
     return f"{model}|{trace.id}|{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
@@ -145,7 +151,9 @@ def tune(
     cls = predictor_class(model)
     space = {k: v for k, v in cls.search_space.items() if k not in fixed}
     if not space:
-        raise ValueError(f"{model} declares no search space to tune (search_space is empty or every entry is fixed by --param)")
+        raise ValueError(
+            f"{model} declares no search space to tune (search_space is empty or every entry is fixed by --param)"
+        )
     trace = registry.load(dataset)
     task = replace(task or Task(dataset=dataset), dataset=dataset)
     val, val_task, test_task, x = validation_split(trace, task, split)
@@ -159,17 +167,36 @@ def tune(
     if track:
         from . import tracking
 
-        mlflow = tracking._mlflow(tracking_uri)
+        mlflow = tracking.connect(tracking_uri)
         exp = tracking.experiment_id(mlflow, EXPERIMENT)
         parent_id = study.user_attrs.get("mlflow_parent_run_id")
-        parent = mlflow.start_run(run_id=parent_id) if parent_id else mlflow.start_run(experiment_id=exp, run_name=f"tune {model} on {trace.id}")
+        parent = (
+            mlflow.start_run(run_id=parent_id)
+            if parent_id
+            else mlflow.start_run(experiment_id=exp, run_name=f"tune {model} on {trace.id}")
+        )
         if not parent_id:
             study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
-            mlflow.log_params({"model": model, "dataset": trace.id, "split": split, "split_step": x, "seed": seed,
-                               **{f"fixed.{k}": v for k, v in fixed.items()},
-                               **{f"space.{k}": json.dumps(v) for k, v in space.items()}})
-            mlflow.set_tags({"study": name, "storage": storage_url(), "kind": "tuning-study",
-                             "validation": f"{val.id}: steps < {x}", "test_first_origin": str(x)})
+            mlflow.log_params(
+                {
+                    "model": model,
+                    "dataset": trace.id,
+                    "split": split,
+                    "split_step": x,
+                    "seed": seed,
+                    **{f"fixed.{k}": v for k, v in fixed.items()},
+                    **{f"space.{k}": json.dumps(v) for k, v in space.items()},
+                }
+            )
+            mlflow.set_tags(
+                {
+                    "study": name,
+                    "storage": storage_url(),
+                    "kind": "tuning-study",
+                    "validation": f"{val.id}: steps < {x}",
+                    "test_first_origin": str(x),
+                }
+            )
 
     def objective(trial) -> float:
         suggested = {k: suggest(trial, k, spec, defaults.get(k)) for k, spec in space.items()}
@@ -182,18 +209,28 @@ def tune(
             t0 = time.perf_counter()
             ev = evaluate(val, cls(**{**fixed, **suggested}), val_task)
             seconds = time.perf_counter() - t0
-            summary = summarize(ev.frame(), ev.failures, val_task.horizons, [OBJECTIVE])
-            values = [summary[str(h)][OBJECTIVE]["all"] for h in val_task.horizons]
-            if ev.failures or not all(math.isfinite(v) for v in values):
-                raise TrialFailed(f"{len(ev.failures)} failed origins: {ev.failures[0]['error'] if ev.failures else 'no finite error'}")
+            summary = summarize(ev.frame(), ev.failures, val_task.horizons, [OBJECTIVE], val.layers)
+            values = [summary[h].value(OBJECTIVE) for h in val_task.horizons]
+            if ev.failures or not all(v is not None and math.isfinite(v) for v in values):
+                raise TrialFailed(
+                    f"{len(ev.failures)} failed origins: "
+                    f"{ev.failures[0]['error'] if ev.failures else 'no finite error'}"
+                )
             value = sum(values) / len(values)
             if track:
-                from .tracking import flat_metrics
+                from .results import metric_key
 
-                mlflow.log_params({**{f"model.{k}": v for k, v in {**fixed, **suggested}.items()}, "trial": trial.number})
+                validation = {
+                    f"validation/{metric_key(H, OBJECTIVE, s)}": v
+                    for H, h in summary.items()
+                    for s, v in h.metrics[OBJECTIVE].to_dict().items()
+                    if v is not None
+                }
+                mlflow.log_params(
+                    {**{f"model.{k}": v for k, v in {**fixed, **suggested}.items()}, "trial": trial.number}
+                )
                 mlflow.set_tags({"study": name, "kind": "tuning-trial"})
-                mlflow.log_metrics({**{f"validation/{k}": v for k, v in flat_metrics(summary).items()},
-                                    "objective": value, "seconds": seconds})
+                mlflow.log_metrics({**validation, "objective": value, "seconds": seconds})
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             if run:
@@ -220,8 +257,13 @@ def tune(
     record = _record(study, model, dataset, trace, fixed, split, x, val_task, test_task, name)
     if track:
         if record["value"] is not None:
-            mlflow.log_metrics({"best_value": record["value"], "trials_complete": record["trials_complete"]}, step=record["trials_complete"])
-            mlflow.set_tags({"best_params": json.dumps(record["params"], default=str), "best_trial": str(record["best_trial"])})
+            mlflow.log_metrics(
+                {"best_value": record["value"], "trials_complete": record["trials_complete"]},
+                step=record["trials_complete"],
+            )
+            mlflow.set_tags(
+                {"best_params": json.dumps(record["params"], default=str), "best_trial": str(record["best_trial"])}
+            )
         mlflow.end_run()
         record["mlflow_parent_run_id"] = parent.info.run_id
     return record
@@ -261,11 +303,22 @@ def _record(study, model, dataset, trace, fixed, split, x, val_task, test_task, 
     best = min(complete, key=lambda t: t.value) if complete else None
     default = next((t for t in complete if t.user_attrs.get("defaults")), None)
     record = {
-        "model": model, "dataset": trace.id, "dataset_fingerprint": trace.fingerprint, "study": name, "storage": storage_url(),
-        "params": {**fixed, **best.params} if best else None, "value": best.value if best else None,
-        "best_trial": best.number if best else None, "default_value": default.value if default else None,
-        "trials_complete": len(complete), "trials_total": len(study.trials), "objective": f"validation {OBJECTIVE} (all), mean over horizons",
-        "split": split, "split_step": x, "validation_task": val_task.to_dict(), "test_task": test_task.to_dict(),
+        "model": model,
+        "dataset": trace.id,
+        "dataset_fingerprint": trace.fingerprint,
+        "study": name,
+        "storage": storage_url(),
+        "params": {**fixed, **best.params} if best else None,
+        "value": best.value if best else None,
+        "best_trial": best.number if best else None,
+        "default_value": default.value if default else None,
+        "trials_complete": len(complete),
+        "trials_total": len(study.trials),
+        "objective": f"validation {OBJECTIVE} (all), mean over horizons",
+        "split": split,
+        "split_step": x,
+        "validation_task": val_task.to_dict(),
+        "test_task": test_task.to_dict(),
         "test_first_origin": x,
     }
     if best is not None:
@@ -279,7 +332,10 @@ def _record(study, model, dataset, trace, fixed, split, x, val_task, test_task, 
 def best_record(model: str, dataset: str) -> dict[str, Any]:
     path = _best_file(model, dataset)
     if not path.exists():
-        raise LookupError(f"no tuned parameters for {model} on {dataset}: run `python -m bench tune --model {model} --dataset {dataset} --trials 20`")
+        raise LookupError(
+            f"no tuned parameters for {model} on {dataset}: run `python -m bench tune --model {model} --dataset "
+            f"{dataset} --trials 20`"
+        )
     return json.loads(path.read_text())
 
 
@@ -294,7 +350,11 @@ def held_out_task(model: str, dataset: str, task: Task) -> Task:
     if task.first_origin is None:
         return replace(task, first_origin=x)
     if task.first_origin < x:
-        import sys
+        import warnings
 
-        print(f"warning: --first-origin {task.first_origin} is before {x}: origins up to {x} were used to tune these parameters", file=sys.stderr)
+        warnings.warn(
+            f"--first-origin {task.first_origin} is before {x}: origins up to {x} were used to tune these parameters",
+            UserWarning,
+            stacklevel=2,
+        )
     return task

@@ -6,8 +6,9 @@
 Fits (and forecasts `horizon` points of) `series` series of `window` iterations in points of
 `bin` iterations (100 points with the defaults), taken from the middle of the dataset as the
 predictor takes them (E * p), first in this process with each engine, then
-through the predictor's process pool (both as the predictor runs them: one BLAS thread per process) with `n-jobs` workers. Prints fits/s and the ratio to
-statsmodels measured in the same run.
+through the predictor's process pool (both as the predictor runs them: one BLAS thread per
+process) with `n-jobs` workers. Prints fits/s and the ratio to statsmodels measured in the same
+run.
 """
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def main() -> None:
             pred._map(Y, order, args.horizon, None)
             rows[f"{engine} ({label})"] = len(Y) / (time.perf_counter() - t0)
     base = rows["statsmodels (1 process)"]
-    print(f"{args.dataset}: {len(Y)} series x {Y.shape[1]} points, order ({args.order}), {args.horizon}-point forecasts")
+    print(
+        f"{args.dataset}: {len(Y)} series x {Y.shape[1]} points, order ({args.order}), {args.horizon}-point forecasts"
+    )
     for name, rate in rows.items():
         print(f"  {name:28s} {rate:8.1f} fits/s   x{rate / base:5.1f} vs statsmodels (1 process)")
     print(json.dumps({k: round(v, 2) for k, v in rows.items()}))

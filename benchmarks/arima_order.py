@@ -44,10 +44,33 @@ def main() -> None:
             top = dict(list(rep.get("orders", {}).items())[:4])
             if label != "whole":
                 pooled.update(rep.get("orders", {}))
-            print(json.dumps({"dataset": ds, "setting": label, "points": y.shape[1], "order": ",".join(map(str, order)),
-                              "d_counts": rep.get("d"), "top_orders": top, "series": rep["series"], "seconds": rep["seconds"]}), flush=True)
-        print(json.dumps({"dataset": ds, "setting": "windows pooled", "order": pooled.most_common(1)[0][0] if pooled else None,
-                          "of": sum(pooled.values()), "top_orders": dict(pooled.most_common(5))}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "dataset": ds,
+                        "setting": label,
+                        "points": y.shape[1],
+                        "order": ",".join(map(str, order)),
+                        "d_counts": rep.get("d"),
+                        "top_orders": top,
+                        "series": rep["series"],
+                        "seconds": rep["seconds"],
+                    }
+                ),
+                flush=True,
+            )
+        print(
+            json.dumps(
+                {
+                    "dataset": ds,
+                    "setting": "windows pooled",
+                    "order": pooled.most_common(1)[0][0] if pooled else None,
+                    "of": sum(pooled.values()),
+                    "top_orders": dict(pooled.most_common(5)),
+                }
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

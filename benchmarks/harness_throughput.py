@@ -32,7 +32,9 @@ def make_trace(steps: int, layers: int, experts: int, seed: int = 0):
     q /= q.sum(axis=2, keepdims=True)
     counts = rng.multinomial(8192, q.reshape(-1, experts)).reshape(steps, layers, experts)
     counts[:, :, 0] += 1
-    return Trace.from_arrays(counts, np.arange(steps) + 1, Card(id="synthetic-350m-shape", title="SYNTHETIC"), source="<synthetic>")
+    return Trace.from_arrays(
+        counts, np.arange(steps) + 1, Card(id="synthetic-350m-shape", title="SYNTHETIC"), source="<synthetic>"
+    )
 
 
 def bare_numpy(trace, horizons, stride, min_history, window):
@@ -122,10 +124,18 @@ def main() -> None:
 
     print("CPU seconds of this process (wall-clock in brackets; CPU time is steadier on a shared machine)")
     print(f"harness (sw_avg, both horizons, all metrics + states): {t_harness:8.2f} s [{w_harness:.2f}]")
-    print(f"bare numpy loop, same origins and metrics:              {t_bare:8.2f} s [{w_bare:.2f}]   harness / bare = {t_harness / t_bare:.2f}x")
+    print(
+        f"bare numpy loop, same origins and metrics:              {t_bare:8.2f} s [{w_bare:.2f}]   harness / bare = "
+        f"{t_harness / t_bare:.2f}x"
+    )
     print(f"sktime evaluate: {per_fold * 1e3:.1f} ms per (series, origin) fold on {S} series x {K} origins;")
-    print(f"  scaled to {folds_total:,} folds:                   {t_sk_scaled:8.0f} s   sktime / harness = {t_sk_scaled / t_harness:.0f}x")
-    print(f"error_rate (all) per horizon, harness = bare: {({H: round(float(v), 6) for H, v in harness_err.items()})}")
+    print(
+        f"  scaled to {folds_total:,} folds:                   {t_sk_scaled:8.0f} s   sktime / harness = "
+        f"{t_sk_scaled / t_harness:.0f}x"
+    )
+    print(
+        f"error_rate (all) per horizon, harness = bare: { ({H: round(float(v), 6) for H, v in harness_err.items()}) }"
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 
 MODELS = "sw_avg,arima,lstm,last,ema,static,sw_sum"
-PAPER = "seed paper (GPT-3 350M, 128 experts; SW_Avg/ARIMA/LSTM): about 1.3% at 1k and 1.8% at 2k; 0.25% stable (125M, 16e, SW_Avg)"
+PAPER = ("seed paper (GPT-3 350M, 128 experts; SW_Avg/ARIMA/LSTM): about 1.3% at 1k and 1.8% at 2k; 0.25% stable "
+         "(125M, 16e, SW_Avg)")
 
 
 def pct(x) -> str:
@@ -26,7 +27,9 @@ def main() -> None:
     from bench.task import Task
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", action="append", default=None, help="ID or ID:TRAIN_ID (repeatable; default smartmoe-ae)")
+    ap.add_argument(
+        "--dataset", action="append", default=None, help="ID or ID:TRAIN_ID (repeatable; default smartmoe-ae)"
+    )
     ap.add_argument("--models", default=MODELS)
     ap.add_argument("--metric", default="error_rate", choices=["error_rate", "window_error", "mape"])
     ap.add_argument("--no-track", action="store_true")
@@ -45,7 +48,10 @@ def main() -> None:
             print(f"| {ds} | {name} | " + " | ".join(cells) + f" | {r['seconds']:.1f} |")
             floor = [pct(h[H]["noise_floor"][s]) for H in ("1000", "2000") for s in ("all", "transient", "stable")]
         print(f"| {ds} | noise floor (per step) | " + " | ".join(floor) + " | |")
-    print(f"\n{args.metric} in % (error_rate: L1 distance per step, = mean relative error per expert near balance); {PAPER}.")
+    print(
+        f"\n{args.metric} in % (error_rate: L1 distance per step, = mean relative error per expert near balance); "
+        f"{PAPER}."
+    )
 
 
 if __name__ == "__main__":

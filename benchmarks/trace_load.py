@@ -37,7 +37,9 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     q = rng.dirichlet(np.ones(args.experts), size=args.layers)
-    counts = np.stack([rng.multinomial(2 * 65536, q[l], size=args.records) for l in range(args.layers)], axis=1).astype(np.int32)
+    counts = np.stack([rng.multinomial(2 * 65536, q[l], size=args.records) for l in range(args.layers)], axis=1).astype(
+        np.int32
+    )
     trace = Trace.from_arrays(counts, np.arange(args.records) + 1, Card(id="synthetic-load", title="SYNTHETIC"))
     mb = counts.nbytes / 1e6
     with tempfile.TemporaryDirectory() as tmp:
@@ -48,9 +50,13 @@ def main() -> None:
         t_raw, _ = best_of(3, lambda: np.load(tmp / "raw.npy", allow_pickle=False))
         t_load, back = best_of(3, lambda: storage.load(tmp / "v1"))
         assert back.fingerprint == trace.fingerprint
-    print(f"trace {counts.shape}, {mb:.0f} MB of int32 counts; stored {size:.1f} MB compressed (saved in {t_save:.2f} s)")
+    print(
+        f"trace {counts.shape}, {mb:.0f} MB of int32 counts; stored {size:.1f} MB compressed (saved in {t_save:.2f} s)"
+    )
     print(f"storage.load (decompress + validate + fingerprint): {t_load:.2f} s")
-    print(f"np.load of the uncompressed .npy (baseline):        {t_raw:.2f} s   load / baseline = {t_load / t_raw:.1f}x")
+    print(
+        f"np.load of the uncompressed .npy (baseline):        {t_raw:.2f} s   load / baseline = {t_load / t_raw:.1f}x"
+    )
 
 
 if __name__ == "__main__":

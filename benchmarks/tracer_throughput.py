@@ -96,7 +96,8 @@ def bench_one(cfg, device, steps, rounds, warmup, flush_every, compile, profile=
             times[rec].append((time.perf_counter() - t) / steps)
     on, off = statistics.median(times[True]), statistics.median(times[False])
     if profile:
-        from torch.profiler import ProfilerActivity, profile as prof
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as prof
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if tr.device.type == "cuda" else [])
         with prof(activities=acts) as p:
@@ -108,12 +109,25 @@ def bench_one(cfg, device, steps, rounds, warmup, flush_every, compile, profile=
     fl = flops_per_token(cfg)
     mem = torch.cuda.max_memory_allocated(tr.device) / 2**30 if tr.device.type == "cuda" else None
     out = {
-        "variant": cfg.preset, "compile": tr.compiled, "d_model": cfg.d_model, "layers": cfg.n_layers, "experts": cfg.n_experts, "top_k": cfg.top_k,
-        "tokens_per_step": cfg.tokens_per_step, "params": tr.model.num_params(), "active_params": int(fl["active_params"]),
-        "flops_per_token": fl["total"], "warmup_compile_s": round(warm_s, 1),
-        "step_ms_on": on * 1e3, "step_ms_off": off * 1e3, "all_ms_on": [x * 1e3 for x in times[True]], "all_ms_off": [x * 1e3 for x in times[False]],
-        "tokens_per_s_on": cfg.tokens_per_step / on, "tokens_per_s_off": cfg.tokens_per_step / off,
-        "overhead_pct": (on / off - 1) * 100, "max_mem_gib": mem,
+        "variant": cfg.preset,
+        "compile": tr.compiled,
+        "d_model": cfg.d_model,
+        "layers": cfg.n_layers,
+        "experts": cfg.n_experts,
+        "top_k": cfg.top_k,
+        "tokens_per_step": cfg.tokens_per_step,
+        "params": tr.model.num_params(),
+        "active_params": int(fl["active_params"]),
+        "flops_per_token": fl["total"],
+        "warmup_compile_s": round(warm_s, 1),
+        "step_ms_on": on * 1e3,
+        "step_ms_off": off * 1e3,
+        "all_ms_on": [x * 1e3 for x in times[True]],
+        "all_ms_off": [x * 1e3 for x in times[False]],
+        "tokens_per_s_on": cfg.tokens_per_step / on,
+        "tokens_per_s_off": cfg.tokens_per_step / off,
+        "overhead_pct": (on / off - 1) * 100,
+        "max_mem_gib": mem,
     }
     del tr
     if device.type == "cuda":
@@ -133,7 +147,9 @@ def main(argv=None) -> int:
     ap.add_argument("--flush-every", type=int, default=100)
     ap.add_argument("--no-compile", action="store_true")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler kernel table of 5 steps per variant")
-    ap.add_argument("--peak-tflops", type=float, default=989.4, help="peak bf16 dense TFLOP/s for MFU (H100 SXM: 989.4)")
+    ap.add_argument(
+        "--peak-tflops", type=float, default=989.4, help="peak bf16 dense TFLOP/s for MFU (H100 SXM: 989.4)"
+    )
     ap.add_argument("--json-out", type=Path, default=None)
     args = ap.parse_args(argv)
 
@@ -143,13 +159,26 @@ def main(argv=None) -> int:
     peak = args.peak_tflops * 1e12
     measured = matmul_peak(device)
     if measured:
-        print(f"device: {torch.cuda.get_device_name(device)}; torch {torch.__version__}; bf16 8192^3 matmul: {measured / 1e12:.0f} TFLOP/s", flush=True)
+        print(
+            f"device: {torch.cuda.get_device_name(device)}; torch {torch.__version__}; bf16 8192^3 matmul: "
+            f"{measured / 1e12:.0f} TFLOP/s",
+            flush=True,
+        )
     rows = []
     for spec in args.variants:
         cfg = parse_variant(spec)
         mode = spec.split("@")[1] if "@" in spec else None
         try:
-            r = bench_one(cfg, device, args.steps, args.rounds, args.warmup, args.flush_every, False if args.no_compile else mode, args.profile)
+            r = bench_one(
+                cfg,
+                device,
+                args.steps,
+                args.rounds,
+                args.warmup,
+                args.flush_every,
+                False if args.no_compile else mode,
+                args.profile,
+            )
         except torch.cuda.OutOfMemoryError as exc:  # report and go on
             print(f"{spec}: out of memory ({exc})", flush=True)
             torch.cuda.empty_cache()
@@ -160,16 +189,26 @@ def main(argv=None) -> int:
         rows.append(r)
         print(json.dumps({k: v for k, v in r.items() if not k.startswith("all_")}), flush=True)
         if args.json_out:
-            args.json_out.write_text(json.dumps({"device": str(device), "matmul_peak_flops": measured, "peak_flops": peak, "rows": rows}, indent=2))
+            args.json_out.write_text(
+                json.dumps(
+                    {"device": str(device), "matmul_peak_flops": measured, "peak_flops": peak, "rows": rows}, indent=2
+                )
+            )
 
     print()
-    print(f"{'variant':44s} {'d':>5s} {'tok/step':>8s} {'ms/step':>8s} {'tok/s':>10s} {'TFLOP/s':>8s} {'MFU%':>6s} {'MFU%meas':>8s} {'rec ON/OFF':>10s} {'overhead%':>9s}")
+    print(
+        f"{'variant':44s} {'d':>5s} {'tok/step':>8s} {'ms/step':>8s} {'tok/s':>10s} {'TFLOP/s':>8s} {'MFU%':>6s} "
+        f"{'MFU%meas':>8s} {'rec ON/OFF':>10s} {'overhead%':>9s}"
+    )
     for r in rows:
         tf = r["flops_per_token"] * r["tokens_per_s_on"] / 1e12
         mfu = f"{r['mfu_pct']:.1f}" if r["mfu_pct"] is not None else "-"
         mfm = f"{r['mfu_measured_peak_pct']:.1f}" if r["mfu_measured_peak_pct"] is not None else "-"
-        print(f"{r['spec']:44s} {r['d_model']:5d} {r['tokens_per_step']:8d} {r['step_ms_on']:8.2f} {r['tokens_per_s_on']:10.0f} {tf:8.1f} {mfu:>6s} {mfm:>8s} "
-              f"{r['step_ms_on'] / r['step_ms_off']:10.4f} {r['overhead_pct']:9.2f}")
+        print(
+            f"{r['spec']:44s} {r['d_model']:5d} {r['tokens_per_step']:8d} {r['step_ms_on']:8.2f} "
+            f"{r['tokens_per_s_on']:10.0f} {tf:8.1f} {mfu:>6s} {mfm:>8s} "
+            f"{r['step_ms_on'] / r['step_ms_off']:10.4f} {r['overhead_pct']:9.2f}"
+        )
     return 0
 
 

@@ -7,27 +7,43 @@ Three kinds of dataset share one namespace of ids (``name`` or ``name@version``)
   licence, built once from a local copy into the user's data directory;
 - *user*: imported or traced by the user, under ``<data home>/datasets/<id>/v<N>/``.
 
+The ids of built-in and public datasets are reserved: a user dataset cannot take one, so a
+name always means the same data. Writers of one id (imports, builds) take the id's lock
+(:func:`datasets_registry.home.dataset_lock`), so concurrent imports get distinct versions and
+concurrent first uses of a public dataset build it once.
+
 The data home is ``$MOE_LOAD_BENCH_HOME``, else ``$XDG_DATA_HOME/moe-load-bench``, else
-``~/.local/share/moe-load-bench``.
+``~/.local/share/moe-load-bench`` (:func:`data_home`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import re
-import zipfile
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from . import storage
+from .guards import short
+from .home import DatasetBusy, data_home, dataset_lock, user_datasets_dir
+from .sources import PUBLIC
 from .trace import Trace, TraceError
 
+__all__ = ["BUILTIN_DIR", "DEFAULT_DATASET", "DatasetNotFound", "DatasetBusy", "Entry", "Problem", "data_home",
+           "user_datasets_dir", "parse_id", "is_valid_id", "check_id", "check_user_id", "entries", "resolve", "load",
+           "add", "next_version", "build_public", "summary", "listing", "describe", "check_datasets",
+           "find_leftovers", "remove_leftovers"]
+
 BUILTIN_DIR = Path(__file__).parent / "builtin"
-ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+ID_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]*")
+MAX_ID_CHARS = 100
+MAX_VERSION = 999_999_999
+VERSION_FOLDER = re.compile(r"v([0-9]{1,9})")
+#: A save's temporary folder is a leftover once nothing in it changed for this long (or its writer is dead).
+LEFTOVER_AGE_S = 300.0
 
 #: The dataset that commands use when none is named.
 DEFAULT_DATASET = "gpt3-125m-16e-top2-s1"
@@ -37,30 +53,43 @@ class DatasetNotFound(LookupError):
     pass
 
 
-def data_home() -> Path:
-    env = os.environ.get("MOE_LOAD_BENCH_HOME")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_DATA_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
-    return base / "moe-load-bench"
+def is_valid_id(name: Any) -> bool:
+    """Lower-case ASCII letters, digits, '.', '_', '-', starting with a letter or digit, at most 100 characters."""
+    return isinstance(name, str) and len(name) <= MAX_ID_CHARS and ID_PATTERN.fullmatch(name) is not None
 
 
-def user_datasets_dir() -> Path:
-    return data_home() / "datasets"
+def check_id(name: str) -> str:
+    """`name` if it is a valid dataset id (without a version), else a ValueError saying what an id is."""
+    if not is_valid_id(name):
+        raise ValueError(f"invalid dataset id {short(name)}: use at most {MAX_ID_CHARS} lower-case letters, digits, "
+                         "'.', '_' and '-', starting with a letter or digit")
+    return name
 
 
 def parse_id(ref: str) -> tuple[str, int | None]:
-    """'name' -> (name, None); 'name@3' -> (name, 3)."""
-    name, _, version = ref.partition("@")
-    if not ID_PATTERN.match(name):
-        raise ValueError(f"invalid dataset id {name!r}: use lower-case letters, digits, '.', '_' and '-'")
-    if version:
-        v = version[1:] if version.startswith("v") else version
-        if not v.isdigit():
-            raise ValueError(f"invalid dataset version {version!r} in {ref!r}")
-        return name, int(v)
+    """'name' -> (name, None); 'name@3' or 'name@v3' -> (name, 3)."""
+    name, sep, version = ref.partition("@")
+    check_id(name)
+    if sep:
+        m = re.fullmatch(r"v?([0-9]{1,9})", version)
+        if not m or int(m.group(1)) < 1:
+            raise ValueError(f"invalid dataset version {short(version)} in {short(ref)}: a positive integer, as in "
+                             f"{name}@2")
+        return name, int(m.group(1))
     return name, None
+
+
+def check_user_id(name: str, version: int | None = None) -> None:
+    """Refuse an id (and version) a user dataset cannot be stored under, before any work is done for it."""
+    check_id(name)
+    if (BUILTIN_DIR / name).is_dir():
+        raise ValueError(f"{name!r} is the id of a built-in dataset; choose another id")
+    if name in PUBLIC:
+        raise ValueError(f"{name!r} is the id of a public dataset; choose another id")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                or not 1 <= version <= MAX_VERSION):
+        raise ValueError(f"invalid version {short(version)} for dataset {name!r}: a positive integer up to "
+                         f"{MAX_VERSION}")
 
 
 @dataclass(frozen=True)
@@ -77,44 +106,46 @@ class Entry:
         return f"{self.id}@{self.version}"
 
 
-def _versions(root: Path, name: str, kind: str) -> list[Entry]:
+def _kind(root: Path, name: str) -> str:
+    return "builtin" if root == BUILTIN_DIR else "public" if name in PUBLIC else "user"
+
+
+def _versions(root: Path, name: str) -> list[Entry]:
     out = []
     base = root / name
-    if base.is_dir():
-        for child in base.iterdir():
-            m = re.fullmatch(r"v(\d+)", child.name)
-            if m and (child / storage.CARD_FILE).exists():
-                out.append(Entry(name, int(m.group(1)), kind, child))
+    try:
+        children = list(base.iterdir()) if base.is_dir() else []
+    except OSError:  # unreadable: check_datasets reports it
+        children = []
+    for child in children:
+        m = VERSION_FOLDER.fullmatch(child.name)
+        if m and (child / storage.CARD_FILE).exists():
+            out.append(Entry(name, int(m.group(1)), _kind(root, name), child))
     return sorted(out, key=lambda e: e.version)
 
 
 def _names(root: Path) -> list[str]:
-    if not root.is_dir():
+    try:
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except OSError:
         return []
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def entries() -> list[Entry]:
     """Every stored dataset version, built-in first."""
-    from .sources import PUBLIC
-
     out: list[Entry] = []
-    for name in _names(BUILTIN_DIR):
-        out += _versions(BUILTIN_DIR, name, "builtin")
-    for name in _names(user_datasets_dir()):
-        out += _versions(user_datasets_dir(), name, "public" if name in PUBLIC else "user")
+    for root in (BUILTIN_DIR, user_datasets_dir()):
+        for name in _names(root):
+            out += _versions(root, name)
     return out
 
 
 def resolve(ref: str, build: bool = True) -> Entry:
     """Find the stored folder of `ref`, building a declared public dataset if needed."""
-    from .sources import PUBLIC
-
     name, version = parse_id(ref)
-    found = _versions(BUILTIN_DIR, name, "builtin") or _versions(user_datasets_dir(), name, "public" if name in PUBLIC else "user")
+    found = _versions(BUILTIN_DIR, name) or _versions(user_datasets_dir(), name)
     if not found and name in PUBLIC and build:
-        PUBLIC[name].build()
-        found = _versions(user_datasets_dir(), name, "public")
+        found = [build_public(name)]
     if not found:
         known = sorted({e.id for e in entries()} | set(PUBLIC))
         raise DatasetNotFound(f"no dataset {name!r}; known: {', '.join(known) or 'none'}")
@@ -132,43 +163,55 @@ def load(ref: str) -> Trace:
 
 
 def next_version(name: str) -> int:
-    have = _versions(user_datasets_dir(), name, "user")
+    have = _versions(user_datasets_dir(), name)
     return have[-1].version + 1 if have else 1
 
 
 def add(trace: Trace, name: str, version: int | None = None) -> Entry:
-    """Store `trace` as a user dataset `name`, version `version` (default: the next free one)."""
-    import dataclasses
+    """Store `trace` as a user dataset `name`, version `version` (default: the next free one).
 
-    parse_id(name)
-    if _versions(BUILTIN_DIR, name, "builtin"):
-        raise ValueError(f"{name!r} is a built-in dataset id; choose another id")
-    version = next_version(name) if version is None else version
-    card = dataclasses.replace(trace.card, id=name, version=version)
-    stored = Trace(trace.counts, trace.steps, card)
-    folder = user_datasets_dir() / name / f"v{version}"
-    storage.save(stored, folder)
+    Holds the id's lock while it picks the version and writes, so concurrent adds get distinct versions.
+    """
+    check_user_id(name, version)
+    with dataset_lock(name):
+        version = next_version(name) if version is None else version
+        folder = user_datasets_dir() / name / f"v{version}"
+        if folder.exists():
+            raise FileExistsError(f"dataset {name!r} already has version {version} ({folder}); datasets are immutable: "
+                                  "give another version, or none for the next free one")
+        card = dataclasses.replace(trace.card, id=name, version=version)
+        storage.save(Trace(trace.counts, trace.steps, card), folder)
     return Entry(name, version, "user", folder)
 
 
-def _npy_shape(npz_path: Path, member: str) -> tuple[int, ...]:
-    with zipfile.ZipFile(npz_path) as z, z.open(member + ".npy") as f:
-        major, _ = np.lib.format.read_magic(f)
-        reader = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-        shape, _, _ = reader(f)
-    return tuple(shape)
+def build_public(name: str, path: str | Path | None = None) -> Entry:
+    """Build declared public dataset `name` from its local copy (or `path`) as version 1, unless already built.
+
+    Under the id's lock: of several processes building it at once, one builds and the others use its copy.
+    """
+    if name not in PUBLIC:
+        raise DatasetNotFound(f"{name!r} is not a declared public dataset; declared: {', '.join(PUBLIC)}")
+    with dataset_lock(name):
+        built = _versions(user_datasets_dir(), name)
+        if built:
+            return built[-1]
+        folder = user_datasets_dir() / name / "v1"
+        storage.save(PUBLIC[name].build_trace(path), folder)
+    return Entry(name, 1, "public", folder)
 
 
 def summary(entry: Entry) -> dict[str, Any]:
     """The listing fields of a stored dataset, read without decompressing its counts."""
     card = storage.read_card(entry.folder)
     npz = entry.folder / storage.TRACE_FILE
-    try:
-        T, L, E = _npy_shape(npz, "counts")
-        with np.load(npz, allow_pickle=False) as z:
-            steps = z["steps"]
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-        raise TraceError(str(npz), f"unreadable trace file ({exc})") from None
+    headers = storage.npz_headers(npz)
+    shape = headers["counts"][0] if "counts" in headers else ()
+    if "steps" not in headers or len(shape) != 3:
+        raise TraceError(str(npz), f"expected arrays counts [T, L, E] and steps [T]; found {sorted(headers)}")
+    T, L, E = shape
+    steps = storage.read_npz_arrays(npz, required=("steps",), names=("steps",))["steps"]
+    if steps.shape != (T,) or T == 0:
+        raise TraceError(str(npz), f"steps has shape {steps.shape} but counts has {T} records")
     return {
         "id": card.id,
         "version": card.version,
@@ -185,6 +228,21 @@ def summary(entry: Entry) -> dict[str, Any]:
     }
 
 
+def listing() -> list[dict[str, Any]]:
+    """`datasets list`: :func:`summary` of every stored dataset, and for a broken one its id, kind and "error"."""
+    rows = []
+    for entry in entries():
+        try:
+            if not is_valid_id(entry.id):
+                raise TraceError(str(entry.folder.parent), "folder name is not a valid dataset id")
+            rows.append({**summary(entry), "error": None})
+        except (TraceError, OSError) as exc:
+            rows.append({"id": entry.id, "version": entry.version, "kind": entry.kind, "layers": None, "experts": None,
+                         "records": None, "first_step": None, "last_step": None, "static": None, "source": None,
+                         "licence": None, "fingerprint": None, "error": str(exc)})
+    return rows
+
+
 def describe(trace: Trace, entry: Entry | None = None) -> dict[str, Any]:
     """`datasets show`: the card plus the listing fields and per-layer totals."""
     out = trace.card.to_dict()
@@ -194,5 +252,91 @@ def describe(trace: Trace, entry: Entry | None = None) -> dict[str, Any]:
         out["kind"] = entry.kind
         out["path"] = str(entry.folder)
     totals = trace.totals
-    out["tokens_per_record"] = {"min": int(totals.min()), "max": int(totals.max()), "constant": bool((totals == totals.flat[0]).all())}
+    out["tokens_per_record"] = {"min": int(totals.min()), "max": int(totals.max()),
+                                "constant": bool((totals == totals.flat[0]).all())}
     return json.loads(json.dumps(out))
+
+
+# --------------------------------------------------------------------------- health of the stored datasets
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong with a stored dataset: where, and a one-line description."""
+
+    path: Path
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
+
+
+def _check_version_folder(folder: Path, name: str, version: int) -> Problem | None:
+    """What is wrong with one stored version, or None."""
+    try:
+        card = storage.read_card(folder)
+        if (card.id, card.version) != (name, version):
+            return Problem(folder / storage.CARD_FILE, f"card says {card.id}@{card.version} but the folder holds "
+                                                       f"{name}@{version}")
+        storage.load(folder)
+    except TraceError as exc:
+        return Problem(Path(exc.source), " ".join(exc.problem.split()))
+    except Exception as exc:  # a health check reports whatever it finds and never raises
+        return Problem(folder, " ".join(f"{type(exc).__name__}: {exc}".split()))
+    return None
+
+
+def check_datasets(builtin: bool = True) -> list[Problem]:
+    """Check every stored dataset: its card readable and valid, its trace.npz readable, shapes and fingerprint
+    matching the card. Returns the problems found (an empty list when all is well); never raises.
+
+    Loads one dataset at a time, so memory is that of the largest dataset. Unfinished saves are
+    reported by :func:`find_leftovers`, not here.
+    """
+    problems: list[Problem | None] = []
+    for root in (BUILTIN_DIR, user_datasets_dir()) if builtin else (user_datasets_dir(),):
+        for name in _names(root):
+            base = root / name
+            if not is_valid_id(name):
+                problems.append(Problem(base, "folder name is not a valid dataset id"))
+            try:
+                children = sorted(base.iterdir())
+            except OSError as exc:
+                problems.append(Problem(base, f"unreadable folder ({exc.strerror or exc})"))
+                continue
+            for child in children:
+                m = VERSION_FOLDER.fullmatch(child.name)
+                if m:
+                    problems.append(_check_version_folder(child, name, int(m.group(1))))
+    return [p for p in problems if p is not None]
+
+
+def _leftovers(min_age_s: float, remove: bool) -> list[Path]:
+    out = []
+    root = user_datasets_dir()
+    for name in _names(root):
+        if not is_valid_id(name):  # its lock file could not be named; check_datasets reports the folder
+            continue
+        try:
+            with dataset_lock(name, timeout_s=0):  # held: no import or build of this id is writing now
+                found = storage.unfinished_saves(root / name, min_age_s)
+                for folder in found if remove else ():
+                    shutil.rmtree(folder, ignore_errors=True)
+        except DatasetBusy:
+            continue
+        out += found
+    return out
+
+
+def find_leftovers(min_age_s: float = LEFTOVER_AGE_S) -> list[Path]:
+    """Temporary folders of interrupted saves under ``<data home>/datasets`` whose writer is gone.
+
+    A folder counts when no process holds its dataset's lock and either its writer's process id
+    (recorded in its name) is not running, or nothing in it changed for `min_age_s` seconds.
+    """
+    return _leftovers(min_age_s, remove=False)
+
+
+def remove_leftovers(min_age_s: float = LEFTOVER_AGE_S) -> list[Path]:
+    """Remove what :func:`find_leftovers` finds (checked again under each dataset's lock); return what was removed."""
+    return _leftovers(min_age_s, remove=True)

@@ -22,7 +22,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .trace import Card, ModelInfo
+from .home import sources_dir
+from .importers import import_path
+from .trace import Card, ModelInfo, Trace
 
 
 class SourceMissing(FileNotFoundError):
@@ -47,15 +49,13 @@ class PublicSource:
         return "MOE_LOAD_BENCH_SOURCE_" + self.id.upper().replace("-", "_").replace(".", "_")
 
     def candidates(self) -> list[Path]:
-        from .registry import data_home
-
         out = []
         if os.environ.get(self.env_var):
             out.append(Path(os.environ[self.env_var]).expanduser())
         for d in filter(None, os.environ.get("MOE_LOAD_BENCH_SOURCES", "").split(os.pathsep)):
             d = Path(d).expanduser()
             out += [d / self.id / self.archive_name, d / self.id, d / self.archive_name]
-        home = data_home() / "sources" / self.id
+        home = sources_dir() / self.id
         out += [home / self.archive_name, home]
         return out
 
@@ -63,45 +63,30 @@ class PublicSource:
         for path in self.candidates():
             if path.is_file() or (path.is_dir() and any(path.iterdir())):
                 return path
-        from .registry import data_home
-
         raise SourceMissing(
             f"dataset {self.id!r} is not built and no local copy of its source was found.\n"
             f"  Upstream: {self.url}\n"
             f"  ({self.repository} at commit {self.commit}, folder {self.path_in_repo}/, licence {self.licence})\n"
             f"  Fetch that archive (or run `python -m bench datasets fetch {self.id}` where the network allows) and\n"
-            f"  put the archive or its {self.path_in_repo}/ folder at {data_home() / 'sources' / self.id}/,\n"
+            f"  put the archive or its {self.path_in_repo}/ folder at {sources_dir() / self.id}/,\n"
             f"  or point {self.env_var} (or MOE_LOAD_BENCH_SOURCES) at it.\n"
             f"  Looked in: {', '.join(str(p) for p in self.candidates())}"
         )
 
-    def build(self, path: str | os.PathLike | None = None):
-        """Import the local copy (or `path`) and store it as version 1 of this dataset."""
-        from . import registry
-        from .importers import import_path
-
+    def build_trace(self, path: str | os.PathLike | None = None) -> Trace:
+        """Import the local copy (or `path`) and give it this dataset's card; storing it is the registry's job
+        (:func:`datasets_registry.registry.build_public`)."""
         src = Path(path) if path is not None else self.local_copy()
         trace = import_path(src, self.importer)
-        card = dataclasses.replace(
-            self.card,
-            source={**trace.card.source, "url": self.url, "repository": self.repository, "commit": self.commit, "path": self.path_in_repo, "built_from": str(src)},
-            fingerprint=trace.fingerprint,
-            layer_names=trace.card.layer_names,
-        )
-        folder = registry.user_datasets_dir() / self.id / "v1"
-        if folder.exists():
-            return registry.Entry(self.id, 1, "public", folder)
-        from . import storage
-        from .trace import Trace
-
-        storage.save(Trace(trace.counts, trace.steps, card), folder)
-        return registry.Entry(self.id, 1, "public", folder)
+        source = {**trace.card.source, "url": self.url, "repository": self.repository, "commit": self.commit,
+                  "path": self.path_in_repo, "built_from": str(src)}
+        card = dataclasses.replace(self.card, source=source, fingerprint=trace.fingerprint,
+                                   layer_names=trace.card.layer_names)
+        return Trace.from_arrays(trace.counts, trace.steps, card, source=str(src))
 
     def fetch(self, timeout: float = 60.0) -> Path:
         """Download the upstream archive into the data home's sources folder."""
-        from .registry import data_home
-
-        dest_dir = data_home() / "sources" / self.id
+        dest_dir = sources_dir() / self.id
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / Path(self.url).name
         with tempfile.NamedTemporaryFile(dir=dest_dir, delete=False) as tmp:

@@ -16,17 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from .guards import TraceError, check_dims
+
+__all__ = ["Card", "ModelInfo", "Trace", "TraceError", "validate_arrays", "fingerprint", "FINGERPRINT_SCHEME"]
+
 #: Bumped only if the canonical byte layout hashed by :func:`fingerprint` changes.
 FINGERPRINT_SCHEME = "moe-load-bench/v1"
-
-
-class TraceError(ValueError):
-    """A trace (file, arrays or card) is malformed. The message names the source and the problem."""
-
-    def __init__(self, source: str, problem: str):
-        self.source = str(source)
-        self.problem = problem
-        super().__init__(f"{self.source}: {problem}")
 
 
 @dataclass
@@ -72,40 +67,73 @@ class Card:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<card>") -> "Card":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise TraceError(source, f"card has unknown field(s) {unknown}")
+        """A card from its JSON form; every field's type is checked (a clear error naming `source` and the field)."""
+        _check_fields(data, CARD_FIELD_TYPES, source, "card")
         if "id" not in data:
             raise TraceError(source, "card has no 'id'")
+        if data.get("version", 1) < 1:
+            raise TraceError(source, f"card field 'version' must be a positive integer, got {data['version']}")
+        if not all(isinstance(x, str) for x in data.get("layer_names", [])):
+            raise TraceError(source, "card field 'layer_names' must be a list of strings")
         data = dict(data)
         model = data.get("model") or {}
-        model_known = {f.name for f in dataclasses.fields(ModelInfo)}
-        if set(model) - model_known:
-            raise TraceError(source, f"card.model has unknown field(s) {sorted(set(model) - model_known)}")
+        _check_fields(model, MODEL_FIELD_TYPES, source, "card.model", optional=True)
         data["model"] = ModelInfo(**model)
         return cls(**data)
 
 
+#: The JSON types of a card's fields (int never accepts a boolean; float accepts an int).
+CARD_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "id": str, "version": int, "title": str, "source": dict, "licence": str, "model": (dict, type(None)),
+    "step_unit": str, "layer_names": list, "static": bool, "fingerprint": str, "notes": str, "extra": dict,
+}
+MODEL_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "layers": int, "moe_layers": int, "experts": int, "top_k": int, "router": str, "aux_loss": (int, float),
+    "capacity_factor": (int, float), "tokens_per_step": int,
+}
+
+
+def _check_fields(data: Any, types: dict[str, Any], source: str, what: str, optional: bool = False) -> None:
+    """Refuse unknown fields and fields of the wrong JSON type (None allowed where `optional`)."""
+    if not isinstance(data, dict):
+        raise TraceError(source, f"{what} must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        raise TraceError(source, f"{what} has unknown field(s) {unknown}")
+    for key, value in data.items():
+        want = types[key] if isinstance(types[key], tuple) else (types[key],)
+        if value is None and optional:
+            continue
+        if isinstance(value, want) and not (isinstance(value, bool) and bool not in want):
+            continue
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in want)
+        raise TraceError(source, f"{what} field {key!r} must be {names}, got {type(value).__name__}")
+
+
 def _as_counts(counts: Any, source: str) -> np.ndarray:
     arr = np.asarray(counts)
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+    if arr.dtype == bool:
+        raise TraceError(source, "counts must be numbers, not booleans")
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
         raise TraceError(source, f"counts must be numeric, got dtype {arr.dtype}")
     if arr.ndim != 3:
         raise TraceError(source, f"counts must have rank 3 [records, layers, experts], got shape {arr.shape}")
     if 0 in arr.shape:
         raise TraceError(source, f"counts has an empty axis: shape {arr.shape}")
+    check_dims(source, records=arr.shape[0], layers=arr.shape[1], experts=arr.shape[2])
     if np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.complexfloating):
         if np.iscomplexobj(arr):
             raise TraceError(source, "counts must be real numbers")
         bad = ~np.isfinite(arr)
         if bad.any():
             t, l, e = np.argwhere(bad)[0]
-            raise TraceError(source, f"counts has NaN or inf ({int(bad.sum())} values; first at record {t}, layer {l}, expert {e})")
+            raise TraceError(source, f"counts has NaN or inf ({int(bad.sum())} values; first at record {t}, layer {l}, "
+                                     f"expert {e})")
         frac = arr != np.round(arr)
         if frac.any():
             t, l, e = np.argwhere(frac)[0]
-            raise TraceError(source, f"counts must be whole numbers; record {t}, layer {l}, expert {e} is {arr[t, l, e]!r}")
+            raise TraceError(source, f"counts must be whole numbers; record {t}, layer {l}, expert {e} is "
+                                     f"{arr[t, l, e]!r}")
     if arr.min() < 0:
         t, l, e = np.argwhere(arr < 0)[0]
         raise TraceError(source, f"counts must be non-negative; record {t}, layer {l}, expert {e} is {arr[t, l, e]}")
@@ -120,19 +148,29 @@ def _as_steps(steps: Any, n_records: int, source: str) -> np.ndarray:
         raise TraceError(source, f"steps must be 1-D, got shape {arr.shape}")
     if arr.shape[0] != n_records:
         raise TraceError(source, f"steps has {arr.shape[0]} entries but counts has {n_records} records")
-    if not np.issubdtype(arr.dtype, np.number):
+    if arr.dtype == bool:
+        raise TraceError(source, "steps must be numbers, not booleans")
+    if arr.dtype == object:  # e.g. Python integers too large for any numpy integer type
+        raise TraceError(source, "steps must be whole numbers that fit in 64-bit integers")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise TraceError(source, f"steps must be numeric, got dtype {arr.dtype}")
     if np.issubdtype(arr.dtype, np.floating):
         if not np.isfinite(arr).all():
             raise TraceError(source, "steps has NaN or inf")
         if (arr != np.round(arr)).any():
             raise TraceError(source, "steps must be whole iteration numbers")
+    if arr.dtype.kind in "uf":  # checked before the cast to int64, which would wrap around silently
+        big = (arr > np.iinfo(np.int64).max) if arr.dtype.kind == "u" else (arr >= 2.0**63) | (arr < -(2.0**63))
+        if big.any():
+            i = int(np.flatnonzero(big)[0])
+            raise TraceError(source, f"steps must fit in 64-bit signed integers; record {i} has step {arr[i]}")
     arr = np.ascontiguousarray(arr, dtype=np.int64)
     if n_records > 1:
-        bad = np.flatnonzero(np.diff(arr) <= 0)
+        bad = np.flatnonzero(arr[1:] <= arr[:-1])  # not np.diff, which overflows across the int64 range
         if bad.size:
             i = int(bad[0])
-            raise TraceError(source, f"steps must be strictly increasing; record {i + 1} has step {arr[i + 1]} after {arr[i]}")
+            raise TraceError(source, f"steps must be strictly increasing; record {i + 1} has step {arr[i + 1]} after "
+                                     f"{arr[i]}")
     return arr
 
 
@@ -143,10 +181,11 @@ def validate_arrays(counts: Any, steps: Any, card: Card | None, source: str) -> 
     """
     c = _as_counts(counts, source)
     s = _as_steps(np.arange(c.shape[0]) if steps is None else steps, c.shape[0], source)
-    totals = c.sum(axis=2)
-    if (totals == 0).any():
-        t, l = np.argwhere(totals == 0)[0]
-        raise TraceError(source, f"layer {l} routes no tokens at record {t} (step {s[t]}): its proportions are undefined")
+    silent = ~c.any(axis=2)  # counts are non-negative: a zero total is all zeros (a bool array, not int64 sums)
+    if silent.any():
+        t, l = np.argwhere(silent)[0]
+        raise TraceError(source, f"layer {l} routes no tokens at record {t} (step {s[t]}): its proportions are "
+                                 "undefined")
     if card is not None:
         T, L, E = c.shape
         m = card.model
@@ -205,7 +244,8 @@ class Trace:
             card.layer_names = [f"layer{i}" for i in range(c.shape[1])]
         fp = fingerprint(c, s)
         if card.fingerprint and card.fingerprint != fp:
-            raise TraceError(source, f"card fingerprint {card.fingerprint} does not match the arrays ({fp}): the data or the card was changed")
+            raise TraceError(source, f"card fingerprint {card.fingerprint} does not match the arrays ({fp}): the data "
+                                     "or the card was changed")
         card.fingerprint = fp
         return cls(c, s, card)
 
@@ -258,10 +298,12 @@ class Trace:
             "first_step": int(self.steps[0]),
             "last_step": int(self.steps[-1]),
             "static": self.card.static,
-            "source": self.card.source.get("url") or self.card.source.get("command") or self.card.source.get("format", ""),
+            "source": (self.card.source.get("url") or self.card.source.get("command")
+                       or self.card.source.get("format", "")),
             "licence": self.card.licence,
             "fingerprint": self.fingerprint,
         }
 
     def __repr__(self) -> str:
-        return f"Trace({self.card.id!r} v{self.card.version}, records={self.records}, layers={self.layers}, experts={self.experts})"
+        return (f"Trace({self.card.id!r} v{self.card.version}, records={self.records}, layers={self.layers}, "
+                f"experts={self.experts})")

@@ -28,33 +28,20 @@ def reference_datasets() -> list[str]:
     return [registry.DEFAULT_DATASET] + [d for d in builtin if d != registry.DEFAULT_DATASET]
 
 
-def _in_store(run_id: str | None, tracking_uri: str | None) -> bool:
-    if not run_id:
-        return False
-    from .build import _client
-
-    try:
-        run = _client(tracking_uri).get_run(run_id)
-    except Exception:
-        return False
-    return run.info.lifecycle_stage == "active"
-
-
 def refresh(tracking_uri: str | None = None, datasets: list[str] | None = None,
             say: Callable[[str], None] = lambda s: None) -> set[tuple]:
     """Run (or reuse) the reference runs; returns their leaderboard identities."""
-    import json
+    from bench import runner, tracking
 
-    from bench import runner
+    from .build import identity
 
     identities = set()
     for dataset in datasets or reference_datasets():
         for model, params in REFERENCE_MODELS:
             result = runner.run(model, dataset, params=params, track=True, tracking_uri=tracking_uri)
-            if not _in_store(result.get("mlflow_run_id"), tracking_uri):
+            if not tracking.has_run(result.mlflow_run_id, tracking_uri):
                 result = runner.log(result, tracking_uri)
-            say(f"{result['model']} on {result['dataset']}@{result['dataset_version']}: run {result['mlflow_run_id']}"
-                + (" (cached)" if result.get("cached") else ""))
-            identities.add((result["dataset"], str(result["dataset_version"]), result["task_fingerprint"], result["model"],
-                            json.dumps({k: str(v)[:6000] for k, v in result["params"].items()}, sort_keys=True)))
+            say(f"{result.model} on {result.dataset}@{result.dataset_version}: run {result.mlflow_run_id}"
+                + (" (cached)" if result.cached else ""))
+            identities.add(identity(result))
     return identities

@@ -12,8 +12,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 
-def report(folder: Path, *, metrics: dict[str, float] | None = None, curves: dict[str, list[float]] | None = None,
-           json_files: dict[str, Any] | None = None, files: dict[str, Callable[[Path], None]] | None = None) -> dict[str, Any]:
+def report(
+    folder: Path,
+    *,
+    metrics: dict[str, float] | None = None,
+    curves: dict[str, list[float]] | None = None,
+    json_files: dict[str, Any] | None = None,
+    files: dict[str, Callable[[Path], None]] | None = None,
+) -> dict[str, Any]:
     """`json_files`: name -> data written as JSON; `files`: name -> callable(path) writing it (a checkpoint)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -69,15 +69,21 @@ from typing import Any, Sequence
 import numpy as np
 
 from .base import ParamError, Predictor, record_spacing
+from .processes import die_with_parent
 
 #: status codes per series, returned by the workers
 FITTED, REUSED, CONSTANT, SHORT, FAILED = range(5)
-STATUS_NAMES = {FITTED: "series_fitted", REUSED: "series_filtered", CONSTANT: "series_constant",
-                SHORT: "series_short", FAILED: "series_failed"}
+STATUS_NAMES = {
+    FITTED: "series_fitted",
+    REUSED: "series_filtered",
+    CONSTANT: "series_constant",
+    SHORT: "series_short",
+    FAILED: "series_failed",
+}
 
 
 def parse_order(order: str) -> tuple[int, int, int] | None:
-    """"p,d,q" -> (p, d, q); "auto" -> None."""
+    """ "p,d,q" -> (p, d, q); "auto" -> None."""
     if str(order).strip().lower() == "auto":
         return None
     try:
@@ -129,8 +135,9 @@ def _portable(engine: str, model: Any) -> Any:
     return {k: v for k, v in model.items() if k not in ("x", "residuals", "fitted")}  # the data stays here
 
 
-def fit_forecast(y: np.ndarray, order: tuple[int, int, int], engine: str, horizon: int,
-                 min_points: int, state: Any = None) -> tuple[np.ndarray, Any, int]:
+def fit_forecast(
+    y: np.ndarray, order: tuple[int, int, int], engine: str, horizon: int, min_points: int, state: Any = None
+) -> tuple[np.ndarray, Any, int]:
     """Forecast one series: (forecast [horizon], model state to re-apply, status code).
 
     With `state` the coefficients are re-applied to `y` (filtering only); without, estimated.
@@ -182,8 +189,9 @@ def _one_blas_thread():
         return contextlib.nullcontext()
 
 
-def _warm_up(engine: str) -> None:
-    """Worker initializer: import the engine once per process, not once per task."""
+def _warm_up(engine: str, parent_pid: int) -> None:
+    """Worker initializer: die with the harness, import the engine once per process, not once per task."""
+    die_with_parent(parent_pid)
     warnings.simplefilter("ignore")
     _one_blas_thread()  # for the worker's lifetime
     if engine == "statsforecast":
@@ -227,7 +235,9 @@ def series_pq(y: np.ndarray, d: int, max_p: int = 2, max_q: int = 2) -> tuple[in
     return best
 
 
-def select_order(series: np.ndarray, max_d: int = 2, max_p: int = 2, max_q: int = 2) -> tuple[tuple[int, int, int], dict]:
+def select_order(
+    series: np.ndarray, max_d: int = 2, max_p: int = 2, max_q: int = 2
+) -> tuple[tuple[int, int, int], dict]:
     """The procedure of the module docstring over `series` [n, T]: (mode order, report)."""
     orders = []
     for y in np.asarray(series, dtype=np.float64):
@@ -262,7 +272,7 @@ def binned_window(p: np.ndarray, steps: np.ndarray, window: int, bin_iterations:
     n = min(len(p) // k, points) * k
     if n == 0:
         return p.mean(axis=0, keepdims=True)
-    return p[len(p) - n:].reshape(n // k, k, *p.shape[1:]).mean(axis=1)
+    return p[len(p) - n :].reshape(n // k, k, *p.shape[1:]).mean(axis=1)
 
 
 def fitted_series(p: np.ndarray, steps: np.ndarray, window: int, bin_iterations: int) -> np.ndarray:
@@ -282,9 +292,19 @@ class Arima(Predictor):
     """Per-series ARIMA on a trailing window; see the module docstring."""
 
     name = "arima"
-    defaults = {"order": "0,1,1", "window": 1000, "bin": 10, "engine": "statsforecast", "n_jobs": -1,
-                "min_points": 20, "select_series": 96}
-    search_space = {"window": ("log", 200, 4000), "order": ("cat", ["1,0,1", "1,1,1", "2,1,2", "1,0,0", "0,1,1", "2,0,2"])}
+    defaults = {
+        "order": "0,1,1",
+        "window": 1000,
+        "bin": 10,
+        "engine": "statsforecast",
+        "n_jobs": -1,
+        "min_points": 20,
+        "select_series": 96,
+    }
+    search_space = {
+        "window": ("log", 200, 4000),
+        "order": ("cat", ["1,0,1", "1,1,1", "2,1,2", "1,0,0", "0,1,1", "2,0,2"]),
+    }
     version = 2  # 2: window and bin in iterations (1: window in records, no binning)
 
     def __init__(self, **params):
@@ -293,8 +313,10 @@ class Arima(Predictor):
         if self.params["engine"] not in ENGINES:
             raise ParamError(f"arima: engine must be one of {sorted(ENGINES)}, got {self.params['engine']!r}")
         if self.params["bin"] < 1 or self.params["window"] < 2 * self.params["bin"]:
-            raise ParamError("arima: bin must be at least 1 iteration and window at least 2 bins "
-                             f"(got window={self.params['window']}, bin={self.params['bin']})")
+            raise ParamError(
+                "arima: bin must be at least 1 iteration and window at least 2 bins "
+                f"(got window={self.params['window']}, bin={self.params['bin']})"
+            )
         self._pool = None
         self.stats: Counter = Counter()
         self.selected: dict | None = None
@@ -310,8 +332,9 @@ class Arima(Predictor):
             from concurrent.futures import ProcessPoolExecutor
 
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-            self._pool = ProcessPoolExecutor(self._workers(), mp_context=ctx, initializer=_warm_up,
-                                             initargs=(self.params["engine"],))
+            self._pool = ProcessPoolExecutor(
+                self._workers(), mp_context=ctx, initializer=_warm_up, initargs=(self.params["engine"], os.getpid())
+            )
             weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
         return self._pool
 
@@ -323,10 +346,17 @@ class Arima(Predictor):
             with _one_blas_thread():
                 return _fit_chunk(Y, *args, states)
         bounds = np.linspace(0, len(Y), min(len(Y), 4 * workers) + 1).astype(int)
-        futures = [self._executor().submit(_fit_chunk, Y[a:b], *args, states[a:b] if states else None)
-                   for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        futures = [
+            self._executor().submit(_fit_chunk, Y[a:b], *args, states[a:b] if states else None)
+            for a, b in zip(bounds[:-1], bounds[1:])
+            if b > a
+        ]
         parts = [f.result() for f in futures]
-        return (np.concatenate([p[0] for p in parts]), [s for p in parts for s in p[1]], [c for p in parts for c in p[2]])
+        return (
+            np.concatenate([p[0] for p in parts]),
+            [s for p in parts for s in p[1]],
+            [c for p in parts for c in p[2]],
+        )
 
     # -- harness hooks
     def start(self, layers, experts, training=()):
@@ -374,7 +404,9 @@ class Arima(Predictor):
             self.stats["estimations"] += 1
             self._stale = False  # a series left unfitted (too short, failed) is estimated at its next forecast
         self._states = new_states
-        return self._finish((F.T / E).reshape(points, L, E))[np.arange(horizon) // k]  # a record takes its point's value
+        return self._finish((F.T / E).reshape(points, L, E))[
+            np.arange(horizon) // k
+        ]  # a record takes its point's value
 
     def _finish(self, F: np.ndarray) -> np.ndarray:
         """Clip and renormalise each forecast point's row [points, L, E] only where needed; count both."""
@@ -402,6 +434,10 @@ class Arima(Predictor):
         if self.stats["rows"]:
             metrics["arima.frac_rows_clipped"] = self.stats["rows_clipped"] / self.stats["rows"]
             metrics["arima.frac_rows_renormalised"] = self.stats["rows_renormalised"] / self.stats["rows"]
-        info = {"order": ",".join(map(str, self._order)) if self._order else None, "selected": self.selected,
-                "stats": dict(self.stats), "workers": self._workers()}
+        info = {
+            "order": ",".join(map(str, self._order)) if self._order else None,
+            "selected": self.selected,
+            "stats": dict(self.stats),
+            "workers": self._workers(),
+        }
         return report(folder, metrics=metrics, json_files={"arima_stats.json": info})

@@ -2,8 +2,8 @@
 
 A predictor is configured by keyword parameters (declared with their defaults in
 ``defaults``), may be fitted on whole training traces, receives the trace under test one chunk
-of past records at a time, and forecasts the load proportions of the next ``horizon`` records of
-every layer at once: ``phat[horizon, layers, experts]``.
+of past records at a time, and forecasts the load proportions of the next ``records`` records of
+every layer at once: ``phat[records, layers, experts]`` (their iterations are in ``target_steps``).
 
 It never sees the trace under test itself. The harness hands it *copies* of the records before
 the current origin (:meth:`Predictor.observe`), which it keeps in its own :class:`History`; there
@@ -14,8 +14,8 @@ To write one, subclass :class:`Predictor` and implement :meth:`predict` (and, wh
 
     class LastValue(Predictor):
         name = "last"
-        def predict(self, horizon):
-            return self.repeat(self.history.proportions[-1], horizon)
+        def predict(self, records):
+            return self.repeat(self.history.proportions[-1], records)
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ from __future__ import annotations
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
+
+#: The predictor interface this harness speaks. Version 2 named `predict`'s argument for its unit
+#: (`records`; it always was a number of records) and added `target_steps` (their iterations).
+INTERFACE_VERSION = 2
 
 
 class ParamError(ValueError):
@@ -112,6 +116,9 @@ class Predictor:
     #: (bench.executors, docs/scaling.md). May be a property reading the params.
     replayable: ClassVar[bool] = False
 
+    #: Set by the harness before each :meth:`predict`: the iteration numbers of the records to forecast.
+    target_steps: np.ndarray | None = None
+
     def __init__(self, **params: Any):
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
@@ -135,7 +142,9 @@ class Predictor:
                     raise ValueError
                 return out
         except (ValueError, KeyError, TypeError):
-            raise ParamError(f"{self.name}: parameter {key}={value!r} must be of type {type(default).__name__}") from None
+            raise ParamError(
+                f"{self.name}: parameter {key}={value!r} must be of type {type(default).__name__}"
+            ) from None
         return value
 
     # ---- called by the harness -------------------------------------------------------------
@@ -151,7 +160,13 @@ class Predictor:
         """New past records arrived (copies, never views of the trace under test)."""
         if len(steps):
             p = self.history.append(counts, steps)
-            self.update(p, self.history.steps[-len(steps):])
+            self.update(p, self.history.steps[-len(steps) :])
+
+    def forecast(self, target_steps: np.ndarray) -> np.ndarray:
+        """The forecast of the records at `target_steps` (their iteration numbers): sets
+        :attr:`target_steps`, then calls ``predict(len(target_steps))``."""
+        self.target_steps = np.asarray(target_steps)
+        return self.predict(len(self.target_steps))
 
     # ---- written by a contributor ----------------------------------------------------------
     def fit(self, training: Sequence[Any]) -> None:
@@ -163,15 +178,16 @@ class Predictor:
     def refit(self) -> None:
         """Re-estimate from ``self.history``; the task's refit policy says when it is called."""
 
-    def predict(self, horizon: int) -> np.ndarray:
-        """Return phat[horizon, layers, experts]: each row a distribution over experts."""
+    def predict(self, records: int) -> np.ndarray:
+        """Return phat[records, layers, experts]: one distribution over experts per record to forecast.
+
+        `records` counts records, not iterations (a horizon of 1,000 iterations is 100 records on a
+        trace recorded every 10th iteration); their iteration numbers are in :attr:`target_steps`.
+        """
         raise NotImplementedError
 
     # ---- helpers ---------------------------------------------------------------------------
     @staticmethod
-    def repeat(estimate: np.ndarray, horizon: int) -> np.ndarray:
-        """A constant forecast: `estimate[L, E]` for every record of the horizon (no copy)."""
-        return np.broadcast_to(estimate, (horizon,) + estimate.shape)
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "params": dict(self.params), "version": self.version}
+    def repeat(estimate: np.ndarray, records: int) -> np.ndarray:
+        """A constant forecast: `estimate[L, E]` for each of `records` records (no copy)."""
+        return np.broadcast_to(estimate, (records,) + estimate.shape)

@@ -13,7 +13,7 @@ iterations long: for each chunk the LSTM's last state gives every expert a logit
 distribution over the layer's experts by construction. "Mean input share" is the average over
 the last ``base_window`` iterations of the input (100, SW_Avg's default), and the correction
 head starts at zero, so the untrained model is SW_Avg and training only has to learn
-departures from it. ``predict(horizon)`` expands the chunks to records: record
+departures from it. ``predict(records)`` expands the chunks to records: record
 ``h`` (``h * spacing`` iterations ahead) takes chunk ``floor(h * spacing / chunk_iters)``,
 the last chunk also covering anything beyond ``horizon``.
 
@@ -95,12 +95,14 @@ def _build_module(layers: int, experts: int, cfg: dict):
             """x [B, bins, E] (E p), layer [B] -> [B, C, E] distributions."""
             B, W, E = x.shape
             feats = torch.stack([x, torch.log(x + 0.01)], dim=-1).permute(0, 2, 1, 3)  # [B, E, W, 2]
-            pos = torch.cat([self.layer_emb(layer)[:, None, :].expand(B, E, -1),
-                             self.expert_emb.weight[None].expand(B, E, -1)], dim=-1)  # [B, E, 2emb]
+            pos = torch.cat(
+                [self.layer_emb(layer)[:, None, :].expand(B, E, -1), self.expert_emb.weight[None].expand(B, E, -1)],
+                dim=-1,
+            )  # [B, E, 2emb]
             inp = torch.cat([feats, pos[:, :, None, :].expand(B, E, W, pos.shape[-1])], dim=-1)
             _, (h, _) = self.lstm(inp.reshape(B * E, W, inp.shape[-1]))
             delta = self.head(h[-1]).view(B, E, self.chunks)
-            base = torch.log(x[:, -cfg["base_bins"]:].mean(dim=1) / E + 1e-6)[..., None]  # [B, E, 1]
+            base = torch.log(x[:, -cfg["base_bins"] :].mean(dim=1) / E + 1e-6)[..., None]  # [B, E, 1]
             return torch.softmax(base + delta, dim=1).permute(0, 2, 1)
 
         def _loss(self, batch) -> torch.Tensor:
@@ -169,13 +171,29 @@ class LSTMPredictor(Predictor):
         "seed": 0,
         "device": "auto",  # auto | cpu | gpu
     }
-    search_space = {"window": ("log", 100, 2000), "hidden": ("cat", [16, 32, 64]), "epochs": ("int", 4, 30),
-                    "lr": ("log", 3e-4, 1e-2), "chunks": ("cat", [1, 2, 4, 8])}
+    search_space = {
+        "window": ("log", 100, 2000),
+        "hidden": ("cat", [16, 32, 64]),
+        "epochs": ("int", 4, 30),
+        "lr": ("log", 3e-4, 1e-2),
+        "chunks": ("cat", [1, 2, 4, 8]),
+    }
     version = 2
 
     def __init__(self, **params):
         super().__init__(**params)
-        for k in ("window", "bins", "horizon", "chunks", "hidden", "embed", "epochs", "batch_size", "sample_stride", "retrain_every"):
+        for k in (
+            "window",
+            "bins",
+            "horizon",
+            "chunks",
+            "hidden",
+            "embed",
+            "epochs",
+            "batch_size",
+            "sample_stride",
+            "retrain_every",
+        ):
             if self.params[k] < 1:
                 raise ParamError(f"lstm: {k} must be at least 1")
         if self.params["device"] not in ("auto", "cpu", "gpu"):
@@ -216,8 +234,10 @@ class LSTMPredictor(Predictor):
         if self._checkpoint is not None:
             ck = self._checkpoint
             if (ck["layers"], ck["experts"]) != (layers, experts):
-                raise ParamError(f"lstm: the checkpoint is for {(ck['layers'], ck['experts'])} (layers, experts); "
-                                 f"the trace under test has {(layers, experts)}")
+                raise ParamError(
+                    f"lstm: the checkpoint is for {(ck['layers'], ck['experts'])} (layers, experts); "
+                    f"the trace under test has {(layers, experts)}"
+                )
             self.module = _build_module(layers, experts, {**self.params, "base_bins": self._base_bins()})
             self.module.load_state_dict(ck["state_dict"])
             self.module.chunk_records = ck["chunk_records"]
@@ -228,8 +248,10 @@ class LSTMPredictor(Predictor):
             return  # the checkpoint's weights are final
         for t in training:
             if t.proportions.shape[1:] != (self._layers, self._experts):
-                raise ParamError(f"lstm: training trace {t.id} has {t.proportions.shape[1:]} (layers, experts); "
-                                 f"the trace under test has {(self._layers, self._experts)}")
+                raise ParamError(
+                    f"lstm: training trace {t.id} has {t.proportions.shape[1:]} (layers, experts); "
+                    f"the trace under test has {(self._layers, self._experts)}"
+                )
         self._train([(np.asarray(t.proportions), np.asarray(t.steps)) for t in training])
 
     def refit(self) -> None:
@@ -247,9 +269,11 @@ class LSTMPredictor(Predictor):
         h = self.history
         E = h.experts
         spacing = record_spacing(h.steps)
-        x = window_inputs(h.proportions * E, np.array([len(h)]), self._records(spacing), self.params["bins"])[0]  # [L, bins, E]
+        x = window_inputs(h.proportions * E, np.array([len(h)]), self._records(spacing), self.params["bins"])[
+            0
+        ]  # [L, bins, E]
         if self.module is None:
-            base = x[:, -self._base_bins():].mean(axis=1) / E  # the untrained model: the base window's average
+            base = x[:, -self._base_bins() :].mean(axis=1) / E  # the untrained model: the base window's average
             chunk_dist = np.repeat(base[:, None, :], self.params["chunks"], axis=1)
         else:
             import torch
@@ -266,13 +290,15 @@ class LSTMPredictor(Predictor):
 
     # ---- training ----------------------------------------------------------------------------
     def _accelerator(self) -> str:
-        """"gpu" or "cpu": what `device` asks for, where torch has it."""
+        """ "gpu" or "cpu": what `device` asks for, where torch has it."""
         import torch
 
         if self.params["device"] == "auto":
             return "gpu" if torch.cuda.is_available() else "cpu"
         if self.params["device"] == "gpu" and not torch.cuda.is_available():
-            raise ParamError(f"lstm: device=gpu, but torch {torch.__version__} sees no CUDA GPU; use device=auto or cpu")
+            raise ParamError(
+                f"lstm: device=gpu, but torch {torch.__version__} sees no CUDA GPU; use device=auto or cpu"
+            )
         return self.params["device"]
 
     def _base_bins(self) -> int:
@@ -316,16 +342,24 @@ class LSTMPredictor(Predictor):
         for p, steps in traces:
             x, layer, row, valid, K, n = self._samples(p, steps, offset)
             pad = K * self.params["chunks"]
-            n_val = min(n - 1, math.ceil(n * self.params["val_fraction"])) if self.params["val_fraction"] > 0 and n > 1 else 0
+            n_val = (
+                min(n - 1, math.ceil(n * self.params["val_fraction"]))
+                if self.params["val_fraction"] > 0 and n > 1
+                else 0
+            )
             split = (n - n_val) * L
             parts.append((x, layer, row, valid, split))
             stacked.append(np.concatenate([p, np.zeros((pad, L, E))]))
             offset += len(p) + pad
-        cat = lambda i, lo: np.concatenate([pt[i][: pt[4]] if lo else pt[i][pt[4]:] for pt in parts])  # noqa: E731
+        cat = lambda i, lo: np.concatenate([pt[i][: pt[4]] if lo else pt[i][pt[4] :] for pt in parts])  # noqa: E731
 
         def dataset(train: bool):
-            return TensorDataset(torch.as_tensor(cat(0, train), dtype=torch.float32), torch.as_tensor(cat(1, train)),
-                                 torch.as_tensor(cat(2, train)), torch.as_tensor(cat(3, train)))
+            return TensorDataset(
+                torch.as_tensor(cat(0, train), dtype=torch.float32),
+                torch.as_tensor(cat(1, train)),
+                torch.as_tensor(cat(2, train)),
+                torch.as_tensor(cat(3, train)),
+            )
 
         if self.module is None:
             self.module = _build_module(L, E, {**self.params, "base_bins": self._base_bins()})
@@ -343,16 +377,26 @@ class LSTMPredictor(Predictor):
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS
         self.module.losses = {"train": [], "val": []}
         self.module.targets = torch.as_tensor(np.concatenate(stacked), dtype=torch.float32)
-        trainer = pl.Trainer(max_epochs=self.params["epochs"], accelerator=accel, devices=1, deterministic=True,
-                             logger=False, enable_progress_bar=False, enable_model_summary=False,
-                             enable_checkpointing=False, num_sanity_val_steps=0, log_every_n_steps=1)
+        trainer = pl.Trainer(
+            max_epochs=self.params["epochs"],
+            accelerator=accel,
+            devices=1,
+            deterministic=True,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            enable_checkpointing=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+        )
         device = "cuda" if accel == "gpu" else "cpu"
         self.module.to(device)
         self.module.targets = self.module.targets.to(device)
         self.module.best = (math.inf, None)
         if val_dl is not None:  # the weights before this training compete with every epoch's
             self.module.keep_if_best(self.module.val_loss(val_dl))
-        self.module.train()  # `predict` left it in eval mode, which Lightning keeps and cuDNN's LSTM cannot backpropagate in
+        # `predict` left it in eval mode, which Lightning keeps and cuDNN's LSTM cannot backpropagate in
+        self.module.train()
         trainer.fit(self.module, train_dl, val_dl)
         if self.module.best[1] is not None:
             self.module.load_state_dict(self.module.best[1])
@@ -381,9 +425,16 @@ class LSTMPredictor(Predictor):
             def write(path):
                 import torch
 
-                torch.save({"state_dict": {k: v.cpu() for k, v in self.module.state_dict().items()}, "params": self.params,
-                            "layers": self._layers, "experts": self._experts,
-                            "chunk_records": self.module.chunk_records}, path)
+                torch.save(
+                    {
+                        "state_dict": {k: v.cpu() for k, v in self.module.state_dict().items()},
+                        "params": self.params,
+                        "layers": self._layers,
+                        "experts": self._experts,
+                        "chunk_records": self.module.chunk_records,
+                    },
+                    path,
+                )
 
             files["lstm.ckpt"] = write
         curves = {k: v for k, v in self.curves.items() if v}

@@ -63,6 +63,32 @@ def available() -> list[str]:
     return sorted(set(BUILTIN) | set(plugin_names()))
 
 
+def spec_kind(spec: str) -> str:
+    """What `spec` names, decided without importing or running anything it points to:
+    "builtin", "adapter" (sktime:/darts:), "entry_point" (an installed plugin) or "file" (path/file.py:Class)."""
+    if spec in BUILTIN:
+        return "builtin"
+    if ":" in spec and spec.split(":", 1)[0] in ADAPTERS:
+        return "adapter"
+    if spec in plugin_names():
+        return "entry_point"
+    if ".py:" in spec:
+        return "file"
+    raise LookupError(
+        f"unknown model {spec!r}; available: {', '.join(available())}, sktime:NAME, darts:NAME, path/to/file.py:Class"
+    )
+
+
+#: What runs in a sandboxed worker process: code that is not part of this package.
+THIRD_PARTY = ("entry_point", "file")
+
+
+def check_name(name: str, spec: str) -> None:
+    """A predictor that is not built in cannot go by a built-in's name (it would take its place on the leaderboard)."""
+    if name in BUILTIN:
+        raise LookupError(f"{spec}: the name {name!r} belongs to a built-in predictor; give the class another `name`")
+
+
 def predictor_class(spec: str) -> type[Predictor]:
     """The predictor class that `spec` names (see the module docstring)."""
     if spec in BUILTIN:
@@ -76,7 +102,10 @@ def predictor_class(spec: str) -> type[Predictor]:
         path, _, cls_name = spec.rpartition(":")
         cls = _from_file(Path(path), cls_name)
     else:
-        raise LookupError(f"unknown model {spec!r}; available: {', '.join(available())}, sktime:NAME, darts:NAME, path/to/file.py:Class")
+        raise LookupError(
+            f"unknown model {spec!r}; available: {', '.join(available())}, sktime:NAME, darts:NAME, "
+            f"path/to/file.py:Class"
+        )
     if not (isinstance(cls, type) and issubclass(cls, Predictor)):
         raise LookupError(f"{spec!r} is not a moe-load-bench Predictor subclass")
     if not cls.name:

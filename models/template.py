@@ -13,10 +13,12 @@ The rules (docs/contributing-a-predictor.md has the walk-through):
   low, high)`` or ``("cat", [choices])``;
 - the harness calls ``start`` (then ``fit`` with training traces, if the task has any), then at
   every origin ``observe`` (which appends the new past records to ``self.history`` and calls
-  ``update``), ``refit`` when the task's refit policy says so, and ``predict(horizon)``;
-- ``predict`` returns ``phat[horizon, layers, experts]``, every row finite, >= 0 and summing to
-  1 (``to_distribution`` below clips and renormalises for you). Anything else is a failed
-  forecast;
+  ``update``), ``refit`` when the task's refit policy says so, and ``predict(records)``;
+- ``predict(records)`` gets the number of *records* to forecast (a horizon of 1,000 iterations is
+  100 records on a trace recorded every 10th iteration); their iteration numbers are in
+  ``self.target_steps``. It returns ``phat[records, layers, experts]``, every row finite, >= 0
+  and summing to 1 (``to_distribution`` below clips and renormalises for you). Anything else is
+  a failed forecast;
 - ``self.history`` holds only records before the origin: ``.proportions`` ``[n, L, E]``,
   ``.counts``, ``.steps`` (iteration numbers; records may be every 10th iteration) and
   ``.since(iterations)``, a slice of the last that many iterations. Work in iterations, not
@@ -59,11 +61,10 @@ class DampedTrend(Predictor):
             self._slope = np.zeros_like(self._level)
         self._t_mid = t.mean()
 
-    def predict(self, horizon):
+    def predict(self, records):
         if self._level is None:
             self.refit()
         h = self.history
-        spacing = float(np.median(np.diff(h.steps))) if len(h) > 1 else 1.0
-        ahead = h.steps[-1] + spacing * np.arange(1, horizon + 1) - self._t_mid  # iterations from the window's centre
+        ahead = self.target_steps - self._t_mid  # iterations from the window's centre to each record to forecast
         raw = self._level + self.params["damping"] * ahead[:, None, None] * self._slope
-        return to_distribution(raw.reshape(horizon, -1), h.layers, h.experts)
+        return to_distribution(raw.reshape(records, -1), h.layers, h.experts)

@@ -16,7 +16,10 @@ SOURCES = next((p for p in (REPO.parent / "shared" / "datasets", REPO / "shared"
 def _data_home(tmp_path_factory):
     """Every test session gets an empty data home and MLflow store; built public datasets are shared."""
     home = tmp_path_factory.mktemp("data-home")
-    old = {k: os.environ.get(k) for k in ("MOE_LOAD_BENCH_HOME", "MOE_LOAD_BENCH_SOURCES", "MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY")}
+    old = {
+        k: os.environ.get(k)
+        for k in ("MOE_LOAD_BENCH_HOME", "MOE_LOAD_BENCH_SOURCES", "MLFLOW_TRACKING_URI", "MLFLOW_DISABLE_TELEMETRY")
+    }
     os.environ["MOE_LOAD_BENCH_HOME"] = str(home)
     os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
     os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from .common import parse_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("datasets", help="list, show, import and validate expert-load traces")
@@ -48,44 +50,58 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_fetch)
 
 
-def parse_options(pairs: list[str]) -> dict:
-    """KEY=VALUE strings -> dict, values parsed as JSON where they parse (numbers, booleans)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def cmd_list(args) -> int:
     from datasets_registry import registry
     from datasets_registry.sources import PUBLIC
 
-    rows = [registry.summary(e) for e in registry.entries()]
+    rows = registry.listing()
     have = {r["id"] for r in rows}
     for src in PUBLIC.values():
         if src.id not in have:
-            rows.append({"id": src.id, "version": src.card.version, "kind": "public (not built)", "layers": src.card.model.moe_layers,
-                         "experts": src.card.model.experts, "records": None, "first_step": None, "last_step": None,
-                         "static": False, "source": src.url, "licence": src.licence, "fingerprint": None})
+            rows.append(
+                {
+                    "id": src.id,
+                    "version": src.card.version,
+                    "kind": "public (not built)",
+                    "layers": src.card.model.moe_layers,
+                    "experts": src.card.model.experts,
+                    "records": None,
+                    "first_step": None,
+                    "last_step": None,
+                    "static": False,
+                    "source": src.url,
+                    "licence": src.licence,
+                    "fingerprint": None,
+                    "error": None,
+                }
+            )
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()
         return 0
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="datasets")
-    for col in ("id", "version", "kind", "layers", "experts", "records", "steps", "licence"):
+    columns = ["id", "version", "kind", "layers", "experts", "records", "steps", "licence"]
+    broken = any(r["error"] for r in rows)
+    for col in columns + ["problem"] * broken:
         table.add_column(col, no_wrap=col == "id")
     for r in rows:
         steps = f"{r['first_step']}..{r['last_step']}" if r["records"] else "-"
-        table.add_row(r["id"], str(r["version"]), r["kind"], str(r["layers"]), str(r["experts"]), str(r["records"] or "-"), steps, r["licence"])
+        shown_id = r["id"].encode("unicode_escape").decode()  # a folder name may hold a newline
+        cells = [
+            shown_id,
+            str(r["version"]),
+            r["kind"],
+            str(r["layers"] or "-"),
+            str(r["experts"] or "-"),
+            str(r["records"] or "-"),
+            steps,
+            r["licence"] or "-",
+        ]
+        table.add_row(*map(escape, cells + [r["error"] or ""] * broken))
     Console().print(table)
     return 0
 
@@ -119,6 +135,7 @@ def cmd_import(args) -> int:
     from datasets_registry import registry
     from datasets_registry.importers import import_path
 
+    registry.check_user_id(args.id, args.version)  # before the import's work
     trace = import_path(args.path, args.format, **parse_options(args.option))
     entry = registry.add(trace, args.id, args.version)
     info = registry.summary(entry)
@@ -126,7 +143,10 @@ def cmd_import(args) -> int:
         json.dump(info, sys.stdout, indent=2)
         print()
     else:
-        print(f"imported {args.path} as {entry.ref}: {info['records']} records x {info['layers']} layers x {info['experts']} experts ({info['fingerprint']})")
+        print(
+            f"imported {args.path} as {entry.ref}: {info['records']} records x {info['layers']} layers x "
+            f"{info['experts']} experts ({info['fingerprint']})"
+        )
     return 0
 
 
@@ -139,7 +159,10 @@ def cmd_validate(args) -> int:
     else:
         trace = import_path(args.path, args.format or args.path.suffix.lstrip(".").lower() or "npz")
     s = trace.summary()
-    print(f"{args.path}: valid, {s['records']} records x {s['layers']} layers x {s['experts']} experts, steps {s['first_step']}..{s['last_step']}, {s['fingerprint']}")
+    print(
+        f"{args.path}: valid, {s['records']} records x {s['layers']} layers x {s['experts']} experts, steps "
+        f"{s['first_step']}..{s['last_step']}, {s['fingerprint']}"
+    )
     return 0
 
 
@@ -152,11 +175,9 @@ def cmd_formats(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from datasets_registry.sources import PUBLIC
+    from datasets_registry import registry
 
-    if args.id not in PUBLIC:
-        raise LookupError(f"{args.id!r} is not a declared public dataset; declared: {', '.join(PUBLIC)}")
-    entry = PUBLIC[args.id].build(args.source)
+    entry = registry.build_public(args.id, args.source)
     print(f"built {entry.ref} at {entry.folder}")
     return 0
 

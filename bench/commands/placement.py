@@ -15,55 +15,57 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     from datasets_registry.registry import DEFAULT_DATASET
 
-    p = sub.add_parser("placement", help="place a dataset's experts on devices (EPLB-like) and compare with static",
-                       description="Place experts plus replicas on devices from a dataset's mean load (EPLB-like: replicate "
-                                   "the hottest, then longest-processing-time packing) and score it against round-robin.")
+    p = sub.add_parser(
+        "placement",
+        help="place a dataset's experts on devices (EPLB-like) and compare with static",
+        description="Place experts plus replicas on devices from a dataset's mean load (EPLB-like: replicate "
+        "the hottest, then longest-processing-time packing) and score it against round-robin.",
+    )
     p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"dataset id (default {DEFAULT_DATASET})")
     p.add_argument("--devices", "-G", type=int, default=8, help="devices (GPUs), G (default 8)")
     p.add_argument("--replicas", "-R", type=int, default=8, help="redundant expert replicas per layer, R (default 8)")
     p.add_argument("--nodes", "-N", type=int, default=1, help="nodes, for the hierarchical policy (default 1)")
-    p.add_argument("--groups", "-K", type=int, default=None, help="expert groups packed onto nodes (default: one per expert)")
+    p.add_argument(
+        "--groups", "-K", type=int, default=None, help="expert groups packed onto nodes (default: one per expert)"
+    )
     p.add_argument("--cf", type=float, default=1.25, help="capacity factor for the drop rate (default 1.25)")
-    p.add_argument("--hw", action="append", default=[], metavar="KEY=VALUE",
-                   help="step-time model setting: link=nvlink|pcie|pcie4, net=ib|roce, bw, net_bw, hidden, ffn, mats, bytes, tflops")
-    p.add_argument("--layer", default=None, help="layer (index or name) whose placement to print (default: the most imbalanced under static)")
+    p.add_argument(
+        "--hw",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="step-time model setting: link=nvlink|pcie|pcie4, net=ib|roce, bw, net_bw, hidden, ffn, mats, bytes, "
+             "tflops",
+    )
+    p.add_argument(
+        "--layer",
+        default=None,
+        help="layer (index or name) whose placement to print (default: the most imbalanced under static)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=cmd_placement)
 
 
 def cmd_placement(args) -> int:
-    import numpy as np
-
-    from bench.placement import PlacementSpec, derive, place, score, static_placement
+    from bench.placement import PlacementSpec, dataset_placement
     from datasets_registry import registry
 
     trace = registry.load(args.dataset)
-    text = f"G={args.devices},R={args.replicas},N={args.nodes},cf={args.cf}" + (f",K={args.groups}" if args.groups else "")
+    text = f"G={args.devices},R={args.replicas},N={args.nodes},cf={args.cf}" + (
+        f",K={args.groups}" if args.groups else ""
+    )
     spec = PlacementSpec.parse(",".join([text, *args.hw])).check(trace.experts)
-    L, E, G = trace.layers, trace.experts, spec.devices
-    mean = trace.proportions.mean(axis=0)  # [L, E]
-    placement = place(mean, spec)
-    s = score(mean, trace.counts, spec, static_placement(L, E, G, spec.nodes), oracle=mean)
-    names = list(trace.card.layer_names)
-    overall = {k: {"all": float(v.mean())} for k, v in s.items() if not k.endswith("_oracle") and "oracle_" not in k}
-    derive(overall, states=("all",))
-    overall = {k: v["all"] for k, v in overall.items() if "oracle" not in k and k != "gap_closed"}
-    if args.layer is None:
-        layer = int(np.argmax(s["imbalance_static"]))
-    else:
-        layer = names.index(args.layer) if args.layer in names else int(args.layer)
-    devices = [[int(e) for e in placement.slots[l][placement.slot_device[l] == g]] for l in range(L) for g in range(G)]
-    out = {
-        "dataset": trace.id, "version": trace.card.version, "static_dataset": trace.card.static, "records": trace.records,
-        "spec": spec.describe(), "hardware": spec.hardware.__dict__, "mean": overall,
-        "layers": [{"layer": l, "name": names[l], **{k: float(v[l]) for k, v in s.items() if "oracle" not in k},
-                    "replicas": placement.replicas[l].tolist(), "devices": devices[l * G:(l + 1) * G]} for l in range(L)],
-    }
+    out = dataset_placement(trace, spec)
     if args.json:
         json.dump(out, sys.stdout, indent=2)
         print()
         return 0
-    _print(out, layer, mean[layer] @ placement.share[layer])
+    names = [r["name"] for r in out["layers"]]
+    if args.layer is None:
+        layer = max(range(len(names)), key=lambda i: out["layers"][i]["imbalance_static"])
+    else:
+        layer = names.index(args.layer) if args.layer in names else int(args.layer)
+    _print(out, layer, out["layers"][layer]["device_share"])
     return 0
 
 
@@ -77,16 +79,33 @@ def _print(out: dict, layer: int, device_share) -> None:
     for col in ("layer", "imbalance", "static", "drop", "drop static", "time µs", "static µs", "faster"):
         table.add_column(col, justify="right")
     for r in out["layers"]:
-        table.add_row(r["name"], f"{r['imbalance']:.4f}", f"{r['imbalance_static']:.4f}", f"{100 * r['drop_rate']:.2f}%",
-                      f"{100 * r['drop_rate_static']:.2f}%", f"{r['layer_time_us']:.1f}", f"{r['layer_time_static_us']:.1f}",
-                      f"{100 * (r['layer_time_static_us'] / r['layer_time_us'] - 1):.1f}%")
+        table.add_row(
+            r["name"],
+            f"{r['imbalance']:.4f}",
+            f"{r['imbalance_static']:.4f}",
+            f"{100 * r['drop_rate']:.2f}%",
+            f"{100 * r['drop_rate_static']:.2f}%",
+            f"{r['layer_time_us']:.1f}",
+            f"{r['layer_time_static_us']:.1f}",
+            f"{100 * (r['layer_time_static_us'] / r['layer_time_us'] - 1):.1f}%",
+        )
     m = out["mean"]
-    table.add_row("mean", f"{m['imbalance']:.4f}", f"{m['imbalance_static']:.4f}", f"{100 * m['drop_rate']:.2f}%",
-                  f"{100 * m['drop_rate_static']:.2f}%", f"{m['layer_time_us']:.1f}", f"{m['layer_time_static_us']:.1f}",
-                  f"{100 * m['layer_time_gain']:.1f}%")
+    table.add_row(
+        "mean",
+        f"{m['imbalance']:.4f}",
+        f"{m['imbalance_static']:.4f}",
+        f"{100 * m['drop_rate']:.2f}%",
+        f"{100 * m['drop_rate_static']:.2f}%",
+        f"{m['layer_time_us']:.1f}",
+        f"{m['layer_time_static_us']:.1f}",
+        f"{100 * m['layer_time_gain']:.1f}%",
+    )
     con.print(table)
     r = out["layers"][layer]
     con.print(f"layer {r['name']}: device -> experts (load share)")
     for g, experts in enumerate(r["devices"]):
-        con.print(f"  gpu{g}: {' '.join(str(e) + ('*' if r['replicas'][e] > 1 else '') for e in experts):<40} {100 * device_share[g]:6.2f}%")
+        con.print(
+            f"  gpu{g}: {' '.join(str(e) + ('*' if r['replicas'][e] > 1 else '') for e in experts):<40} "
+            f"{100 * device_share[g]:6.2f}%"
+        )
     con.print("* replicated expert; imbalance = mean over records of max/mean device load")

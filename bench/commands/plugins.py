@@ -6,17 +6,23 @@ import argparse
 import json
 import sys
 
+from .common import add_limit_arguments, limits_from_args, parse_options
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("check-predictor", help="run the conformance suite on a predictor (yours before you submit it)",
-                       description="Check a predictor on a small real slice: interface, forecast shapes and distributions, "
-                                   "determinism, no look-ahead, speed. Exit code 1 when a check fails. "
-                                   "See docs/contributing-a-predictor.md.")
+    p = sub.add_parser(
+        "check-predictor",
+        help="run the conformance suite on a predictor (yours before you submit it)",
+        description="Check a predictor on a small real slice: interface, forecast shapes and distributions, "
+        "determinism, no look-ahead, speed. Exit code 1 when a check fails. "
+        "See docs/contributing-a-predictor.md.",
+    )
     p.add_argument("spec", help="built-in or plugin name, path/to/file.py:Class, sktime:NAME or darts:NAME")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="model parameter; repeatable")
-    p.add_argument("--dataset", default=None, help="dataset to slice (default smartmoe-ae, else a SYNTHETIC trace)")
+    p.add_argument("--dataset", default=None, help="dataset to slice (default: the built-in default trace)")
     p.add_argument("--records", type=int, default=150, help="records of the slice (default 150)")
     p.add_argument("--layers", type=int, default=4, help="layers of the slice (default 4)")
+    add_limit_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_check)
 
@@ -28,9 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_check(args) -> int:
     from bench.conformance import check_predictor
 
-    from .datasets import parse_options
-
-    report = check_predictor(args.spec, parse_options(args.param), dataset=args.dataset, records=args.records, layers=args.layers)
+    report = check_predictor(
+        args.spec,
+        parse_options(args.param),
+        dataset=args.dataset,
+        records=args.records,
+        layers=args.layers,
+        limits=limits_from_args(args),
+    )
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
         print()
@@ -44,7 +55,11 @@ def cmd_list(args) -> int:
 
     plugins = {name: ep.value for name, ep in plugin_names().items()}
     if args.json:
-        json.dump({"builtin": BUILTIN, "plugins": plugins, "adapters": sorted(f"{k}:NAME" for k in ADAPTERS)}, sys.stdout, indent=2)
+        json.dump(
+            {"builtin": BUILTIN, "plugins": plugins, "adapters": sorted(f"{k}:NAME" for k in ADAPTERS)},
+            sys.stdout,
+            indent=2,
+        )
         print()
         return 0
     for name, target in BUILTIN.items():

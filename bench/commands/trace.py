@@ -19,11 +19,18 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("trace", help="train an MoE model and record its expert load (the tracer); plot traces",
-                       description="Train a GPT-style MoE language model on the Python standard library and record, every "
-                                   "iteration and MoE layer, the tokens routed to each expert. Sub-commands: plot, presets.")
-    p.add_argument("--preset", default="tiny-cpu", help="tiny-cpu, gpt3-125m-16e or gpt3-350m-128e (see `trace presets`)")
-    p.add_argument("--steps", type=int, default=None, help="train until this many iterations (default: the preset's decay_steps)")
+    p = sub.add_parser(
+        "trace",
+        help="train an MoE model and record its expert load (the tracer); plot traces",
+        description="Train a GPT-style MoE language model on the Python standard library and record, every "
+        "iteration and MoE layer, the tokens routed to each expert. Sub-commands: plot, presets.",
+    )
+    p.add_argument(
+        "--preset", default="tiny-cpu", help="tiny-cpu, gpt3-125m-16e or gpt3-350m-128e (see `trace presets`)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="train until this many iterations (default: the preset's decay_steps)"
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
     p.add_argument("--router", default=None, choices=["softmax-topk", "switch", "hash", "expert-choice"])
@@ -38,17 +45,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--id", default=None, help="dataset id (default: PRESET-ROUTER-sSEED)")
-    p.add_argument("--out", type=Path, default=None, help="run folder for checkpoints and the trace (default: <data home>/tracer-runs/ID)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="iterations between checkpoints (default 1000 on CPU, 0 = only at the end on GPU)")
-    p.add_argument("--no-state", action="store_true", help="checkpoint only the records, not model/optimiser (the run cannot be continued)")
-    p.add_argument("--fresh", action="store_true", help="ignore (delete) an earlier run in --out instead of continuing it")
-    p.add_argument("--time-limit", type=float, default=None, help="stop after this many seconds of training, keeping what was recorded")
-    p.add_argument("--flush-every", type=int, default=100, help="iterations kept on the device before copying records to the host")
-    p.add_argument("--compile", default=None, choices=["blocks", "full", "cudagraphs", "none"],
-                   help="torch.compile mode: cudagraphs (whole model with CUDA graphs; default on CUDA), full (whole model), "
-                        "blocks (one graph per block kind, fastest to compile), none (default on CPU)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="run folder for checkpoints and the trace (default: <data home>/tracer-runs/ID)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=None,
+        help="iterations between checkpoints (default 1000 on CPU, 0 = only at the end on GPU)",
+    )
+    p.add_argument(
+        "--no-state",
+        action="store_true",
+        help="checkpoint only the records, not model/optimiser (the run cannot be continued)",
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="ignore (delete) an earlier run in --out instead of continuing it"
+    )
+    p.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        help="stop after this many seconds of training, keeping what was recorded",
+    )
+    p.add_argument(
+        "--flush-every", type=int, default=100, help="iterations kept on the device before copying records to the host"
+    )
+    p.add_argument(
+        "--compile",
+        default=None,
+        choices=["blocks", "full", "cudagraphs", "none"],
+        help="torch.compile mode: cudagraphs (whole model with CUDA graphs; default on CUDA), full (whole model), "
+        "blocks (one graph per block kind, fastest to compile), none (default on CPU)",
+    )
     p.add_argument("--corpus", type=Path, default=None, help="corpus root (default: this Python's standard library)")
-    p.add_argument("--no-register", action="store_true", help="do not store the trace in the registry (it stays in --out/trace)")
+    p.add_argument(
+        "--no-register", action="store_true", help="do not store the trace in the registry (it stays in --out/trace)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_trace)
@@ -75,8 +111,12 @@ def cmd_presets(args) -> int:
         print()
         return 0
     for name, c in PRESETS.items():
-        print(f"{name:16s} {c.n_layers} layers ({len(c.moe_layer_ids)} MoE), d_model {c.d_model}, {c.n_experts} experts, top-{c.top_k} "
-              f"{c.router}, aux {c.aux_loss}, capacity {c.capacity_factor}, {c.tokens_per_step} tokens/step ({c.batch_size}x{c.seq_len})")
+        print(
+            f"{name:16s} {c.n_layers} layers ({len(c.moe_layer_ids)} MoE), d_model {c.d_model}, {c.n_experts} "
+            f"experts, top-{c.top_k} "
+            f"{c.router}, aux {c.aux_loss}, capacity {c.capacity_factor}, {c.tokens_per_step} tokens/step "
+            f"({c.batch_size}x{c.seq_len})"
+        )
         if c.notes:
             print(f"{'':16s} {c.notes}")
     return 0
@@ -105,90 +145,131 @@ def _device(name: str) -> str:
     return name
 
 
-def cmd_trace(args) -> int:
-    import shutil
-    import signal
+def _progress(trace_id: str, steps: int, tokens_per_step: int, quiet: bool):
+    """(callback(step, first_step), bar or None): a rich bar under a terminal, else a line every 5%."""
     import time
+
+    if quiet:
+        return None, None
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    t0 = time.monotonic()
+
+    def rate(step: int, first: int) -> str:
+        return f"{(step - first) * tokens_per_step / max(time.monotonic() - t0, 1e-9):,.0f} tok/s"
+
+    if console.is_terminal:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        bar = Progress(
+            TextColumn(f"[bold]{trace_id}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+        task = bar.add_task("train", total=steps, completed=0, rate="")
+
+        def update(step: int, first: int) -> None:
+            if step % 10 == 0 or step == steps:
+                bar.update(task, completed=step, rate=rate(step, first))
+
+        return update, bar
+    every = max(1, steps // 20)
+
+    def say(step: int, first: int) -> None:
+        if step % every == 0 or step == steps:
+            print(
+                f"{trace_id}: step {step}/{steps}, {time.monotonic() - t0:.0f}s, {rate(step, first)}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    return say, None
+
+
+def cmd_trace(args) -> int:
+    import contextlib
+    import signal
 
     from datasets_registry import registry
     from datasets_registry.tracer.config import get_preset
-    from datasets_registry.tracer.train import TRACE_DIR, Tracer, config_from_args, default_run_dir, write_trace
+    from datasets_registry.tracer.train import config_from_args, record_trace
 
     get_preset(args.preset)  # a clear error for an unknown preset
-    cfg = config_from_args(args.preset, seed=args.seed, router=args.router, top_k=args.top_k, aux_loss=args.aux_loss,
-                           capacity_factor=args.capacity_factor, n_experts=args.experts, n_layers=args.layers, d_model=args.d_model,
-                           n_heads=args.heads, seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr)
+    cfg = config_from_args(
+        args.preset,
+        seed=args.seed,
+        router=args.router,
+        top_k=args.top_k,
+        aux_loss=args.aux_loss,
+        capacity_factor=args.capacity_factor,
+        n_experts=args.experts,
+        n_layers=args.layers,
+        d_model=args.d_model,
+        n_heads=args.heads,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        lr=args.lr,
+    )
     steps = args.steps if args.steps is not None else cfg.decay_steps
     if steps < 1:
         raise ValueError("--steps must be >= 1")
     trace_id = args.id or f"{cfg.preset}-{cfg.router_tag()}-s{cfg.seed}"
     registry.parse_id(trace_id)
-    device = _device(args.device)
-    out = args.out or default_run_dir(trace_id)
-    if args.fresh and out.exists():
-        shutil.rmtree(out)
-    checkpoint_every = args.checkpoint_every if args.checkpoint_every is not None else (1000 if device == "cpu" else 0)
-
-    tracer = Tracer(cfg, device=device, compile=False if args.compile == "none" else args.compile, flush_every=args.flush_every, corpus_root=args.corpus)
-    resumed = tracer.load_checkpoint(out)
-    if tracer.step >= steps and resumed:
-        print(f"{out} already holds {tracer.step} iterations (>= --steps {steps}); writing its trace", file=sys.stderr)
+    progress, bar = _progress(trace_id, steps, cfg.tokens_per_step, args.quiet)
 
     # SIGTERM (a job scheduler, `timeout`) ends the run like Ctrl-C: records and state are kept.
     def _term(signum, frame):
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, _term)
-    progress = None
-    bar = None
-    t0 = time.monotonic()
     try:
-        if not args.quiet and tracer.step < steps:
-            from rich.console import Console
-
-            console = Console(stderr=True)
-            if console.is_terminal:
-                from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-                bar = Progress(TextColumn(f"[bold]{trace_id}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                               TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-                task = bar.add_task("train", total=steps, completed=tracer.step, rate="")
-                bar.start()
-
-                def progress(step, _info):
-                    if step % 10 == 0 or step == steps:
-                        el = time.monotonic() - t0
-                        bar.update(task, completed=step, rate=f"{(step - start) * cfg.tokens_per_step / max(el, 1e-9):,.0f} tok/s")
-            else:
-                every = max(1, steps // 20)
-
-                def progress(step, _info):
-                    if step % every == 0 or step == steps:
-                        el = time.monotonic() - t0
-                        print(f"{trace_id}: step {step}/{steps}, {el:.0f}s, {(step - start) * cfg.tokens_per_step / max(el, 1e-9):,.0f} tok/s",
-                              file=sys.stderr, flush=True)
-            start = tracer.step
-        stats = tracer.run(steps, out=out, checkpoint_every=checkpoint_every, save_state=not args.no_state,
-                           time_limit=args.time_limit, progress=progress)
+        with bar if bar is not None else contextlib.nullcontext():
+            result = record_trace(
+                cfg,
+                steps,
+                trace_id,
+                device=_device(args.device),
+                out=args.out,
+                compile=False if args.compile == "none" else args.compile,
+                flush_every=args.flush_every,
+                corpus_root=args.corpus,
+                checkpoint_every=args.checkpoint_every,
+                save_state=not args.no_state,
+                time_limit=args.time_limit,
+                fresh=args.fresh,
+                register=not args.no_register,
+                progress=progress,
+            )
     finally:
-        if bar is not None:
-            bar.stop()
         signal.signal(signal.SIGTERM, old)
-    stats["resumed_from"] = None if not resumed else int(tracer.first_step + (tracer.prev["counts"].shape[0] if tracer.prev is not None else 0))
-    trace, extras = tracer.trace(trace_id, stats=stats, steps_asked=steps)
-    folder = write_trace(trace, extras, out / TRACE_DIR)
-    result = {"id": trace_id, "shape": list(trace.shape), "run_folder": str(out), "trace_folder": str(folder), **stats,
-              "final_loss": round(float(extras["loss"][-100:].mean()), 4), "fingerprint": trace.fingerprint}
-    if not args.no_register:
-        entry = registry.add(trace, trace_id)
-        shutil.copy2(folder / "extras.npz", entry.folder / "extras.npz")
-        result["dataset"] = entry.ref
+    if result["already_complete"]:
+        print(
+            f"{result['run_folder']} already holds {steps} iterations or more; its trace was written again",
+            file=sys.stderr,
+        )
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         print()
     else:
-        where = f"stored as dataset {result['dataset']}" if "dataset" in result else f"written to {folder}"
-        print(f"{trace_id}: {trace.records} iterations x {trace.layers} MoE layers x {trace.experts} experts, {where}"
-              f"{' (stopped early by --time-limit)' if stats['stopped_early'] else ''}; {stats['tokens_per_second']} tokens/s, "
-              f"final loss {result['final_loss']}")
+        where = (
+            f"stored as dataset {result['dataset']}" if "dataset" in result else f"written to {result['trace_folder']}"
+        )
+        T, L, E = result["shape"]
+        print(
+            f"{trace_id}: {T} iterations x {L} MoE layers x {E} experts, {where}"
+            f"{' (stopped early by --time-limit)' if result['stopped_early'] else ''}; "
+            f"{result['tokens_per_second']} tokens/s, final loss {result['final_loss']}"
+        )
     return 0

@@ -6,22 +6,33 @@ import argparse
 import json
 import sys
 
-from .run import add_task_arguments, task_from_args
+from .common import add_task_arguments, parse_options, task_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tune", help="tune a model's parameters with Optuna on the early part of a trace",
-                       description="Tune a predictor's declared search space with Optuna on the origins before a split "
-                                   "step; the origins after it are the test task (`run --params best` uses them). "
-                                   "The study lives in sqlite under the data home and resumes; every trial is an MLflow "
-                                   "run nested under the study's.")
-    p.add_argument("--model", required=True, help="built-in name, plugin name, sktime:NAME, darts:NAME or path/file.py:Class")
+    p = sub.add_parser(
+        "tune",
+        help="tune a model's parameters with Optuna on the early part of a trace",
+        description="Tune a predictor's declared search space with Optuna on the origins before a split "
+        "step; the origins after it are the test task (`run --params best` uses them). "
+        "The study lives in sqlite under the data home and resumes; every trial is an MLflow "
+        "run nested under the study's.",
+    )
+    p.add_argument(
+        "--model", required=True, help="built-in name, plugin name, sktime:NAME, darts:NAME or path/file.py:Class"
+    )
     p.add_argument("--dataset", default=None, help="dataset id (default smartmoe-ae)")
     p.add_argument("--trials", type=int, default=20, help="completed trials wanted in the study, in all (default 20)")
-    p.add_argument("--split", type=float, default=0.5,
-                   help="fraction of the origin range used for validation; the test task starts after it (default 0.5)")
+    p.add_argument(
+        "--split",
+        type=float,
+        default=0.5,
+        help="fraction of the origin range used for validation; the test task starts after it (default 0.5)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
-    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a parameter held fixed; repeatable")
+    p.add_argument(
+        "--param", action="append", default=[], metavar="KEY=VALUE", help="a parameter held fixed; repeatable"
+    )
     add_task_arguments(p)
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
@@ -33,16 +44,24 @@ def cmd_tune(args) -> int:
     from bench.tune import tune
     from datasets_registry.registry import DEFAULT_DATASET
 
-    from .datasets import parse_options
-
     dataset = args.dataset or DEFAULT_DATASET
 
     def report(t: dict) -> None:
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
         print(f"trial {t['trial']}: {params} -> {100 * t['value']:.3f}% ({t['seconds']:.1f} s)", file=sys.stderr)
 
-    record = tune(args.model, dataset, args.trials, params=parse_options(args.param), task=task_from_args(args, dataset),
-                  split=args.split, seed=args.seed, track=not args.no_track, tracking_uri=args.tracking_uri, on_trial=report)
+    record = tune(
+        args.model,
+        dataset,
+        args.trials,
+        params=parse_options(args.param),
+        task=task_from_args(args, dataset),
+        split=args.split,
+        seed=args.seed,
+        track=not args.no_track,
+        tracking_uri=args.tracking_uri,
+        on_trial=report,
+    )
     if args.json:
         json.dump(record, sys.stdout, indent=2, default=str)
         print()
@@ -51,9 +70,13 @@ def cmd_tune(args) -> int:
         print(f"no trial completed in study {record['study']}", file=sys.stderr)
         return 1
     default = f"; defaults {100 * record['default_value']:.3f}%" if record["default_value"] is not None else ""
-    print(f"best of {record['trials_complete']} trials: {json.dumps(record['params'])} -> validation error_rate "
-          f"{100 * record['value']:.3f}%{default}")
+    print(
+        f"best of {record['trials_complete']} trials: {json.dumps(record['params'])} -> validation error_rate "
+        f"{100 * record['value']:.3f}%{default}"
+    )
     print(f"validation: steps < {record['split_step']}; test task: origins from step {record['test_first_origin']}")
-    print(f"test it:  python -m bench run --model {args.model} --dataset {dataset} --params best   "
-          f"(vs defaults: --first-origin {record['test_first_origin']})")
+    print(
+        f"test it:  python -m bench run --model {args.model} --dataset {dataset} --params best   "
+        f"(vs defaults: --first-origin {record['test_first_origin']})"
+    )
     return 0

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from ..guards import check_path
 from ..trace import Trace
 
 #: format name -> "module:function" (relative to this package), with a one-line description.
@@ -21,14 +22,22 @@ FORMATS: dict[str, tuple[str, str]] = {
     "npz": ("generic:read_npz", "numpy .npz with counts [T, L, E] and optional steps [T], layer_names [L]"),
     "csv": ("generic:read_long", "long table (CSV or parquet) with columns step, layer, expert, tokens"),
     "parquet": ("generic:read_long", "same as csv, read from parquet"),
-    "fastmoe": ("fastmoe:read_fastmoe", "FastMoE/SmartMoE FileGate tables table_iter{I}_rank{R}.log (folder or .tar archive)"),
-    "sglang-stat": ("sglang:read_stat", "SGLang stat/stat_approx recorder .pt, logical_count [passes, layers, experts]; option ring_start=K"),
-    "sglang-per-pass": ("sglang:read_per_pass", "SGLang per_pass/per_token recorder .pt per rank (folder or file), physical -> logical; option experts=N"),
-    "eplb-json": ("eplb:read_eplb_json", 'EPLB statistics JSON {"logical_count": [layers, experts] (static) or [T, layers, experts]}'),
-    "trtllm": ("trtllm:read_trtllm", "TensorRT-LLM EXPERT_STATISTIC_PATH folder: meta_info.json + rank{r}.safetensors keyed {iter}_{layer}"),
-    "megatron-router-trace": ("megatron:read_megatron", "Megatron-Core router trace JSONL per rank (folder or file); option experts=N (required)"),
-    "vllm-routed-experts": ("vllm:read_vllm", "vLLM routed experts [tokens, layers, top_k] .npy/.npz/.pt; options step_tokens=N, experts=N (required)"),
-    "mindspeed-json": ("mindspeed:read_mindspeed_json", 'MindSpeed EPLB JSON {"<layer>": {"<expert>": count}} (static); option experts=N'),
+    "fastmoe": ("fastmoe:read_fastmoe",
+                "FastMoE/SmartMoE FileGate tables table_iter{I}_rank{R}.log (folder or .tar archive)"),
+    "sglang-stat": ("sglang:read_stat", "SGLang stat/stat_approx recorder .pt, logical_count [passes, layers, "
+                                        "experts]; option ring_start=K"),
+    "sglang-per-pass": ("sglang:read_per_pass", "SGLang per_pass/per_token recorder .pt per rank (folder or file), "
+                                                "physical -> logical; option experts=N"),
+    "eplb-json": ("eplb:read_eplb_json",
+                  'EPLB statistics JSON {"logical_count": [layers, experts] (static) or [T, layers, experts]}'),
+    "trtllm": ("trtllm:read_trtllm", "TensorRT-LLM EXPERT_STATISTIC_PATH folder: meta_info.json + rank{r}.safetensors "
+                                     "keyed {iter}_{layer}"),
+    "megatron-router-trace": ("megatron:read_megatron", "Megatron-Core router trace JSONL per rank (folder or file); "
+                                                        "option experts=N (required)"),
+    "vllm-routed-experts": ("vllm:read_vllm", "vLLM routed experts [tokens, layers, top_k] .npy/.npz/.pt; options "
+                                              "step_tokens=N, experts=N (required)"),
+    "mindspeed-json": ("mindspeed:read_mindspeed_json",
+                       'MindSpeed EPLB JSON {"<layer>": {"<expert>": count}} (static); option experts=N'),
 }
 
 
@@ -42,8 +51,7 @@ def importer(fmt: str) -> Callable[..., Trace]:
 def import_path(path: str | os.PathLike, fmt: str, **options: Any) -> Trace:
     """Read `path` in format `fmt` into a validated trace (not stored)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or folder")
+    check_path(path)
     func = importer(fmt)
     params = inspect.signature(func).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):

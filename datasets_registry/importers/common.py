@@ -8,12 +8,13 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..guards import open_regular
 from ..trace import Card, ModelInfo, Trace
 
 
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()

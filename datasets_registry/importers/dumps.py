@@ -1,6 +1,7 @@
 """What the importers of real systems' dumps share: safe loading, checked arrays, tidying.
 
-Nothing here executes code from a data file: ``.pt`` files go through
+Files are opened through :mod:`datasets_registry.guards` (regular files only, within the size
+limits). Nothing here executes code from a data file: ``.pt`` files go through
 ``torch.load(weights_only=True)``, which unpickles only tensors, lists, dicts, tuples, strings
 and numbers; anything else is refused with a :class:`TraceError` naming the file. Every check
 names the file (the error's source) and the key or record that is wrong.
@@ -8,16 +9,25 @@ names the file (the error's source) and the key or record that is wrong.
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..trace import TraceError
+from ..guards import (
+    TraceError,
+    check_bytes,
+    check_dims,
+    open_regular,
+    parse_json,
+    read_regular,
+    short,
+    zip_declared_size,
+)
 
 
 class DumpWarning(UserWarning):
@@ -34,42 +44,52 @@ def warn(notes: list[str], message: str) -> None:
 
 
 def load_pt(path: Path) -> Any:
-    """``torch.load(path, weights_only=True, map_location="cpu")``, refusing anything else cleanly."""
+    """``torch.load(path, weights_only=True, map_location="cpu")``, refusing anything else cleanly.
+
+    A zip-format ``.pt`` is first checked against the ``bytes`` limit from the sizes its zip declares.
+    """
     import pickle
 
     import torch
 
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        if m:
-            raise TraceError(str(path), f"refused: it needs pickle to build {m.group(1)}, and only tensors, lists, dicts and "
-                                        "numbers are read (weights_only; no code is run from data files)") from None
-        m = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n|$)", text)
-        detail = m.group(1) if m and m.group(1).strip() else text.splitlines()[0]
-        raise TraceError(str(path), f"not a readable torch .pt file ({detail})") from None
-    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError) as exc:
-        raise TraceError(str(path), f"not a readable torch .pt file ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    with open_regular(path) as f:
+        if zipfile.is_zipfile(f):
+            with zipfile.ZipFile(f) as zf:
+                zip_declared_size(zf, path)
+        f.seek(0)
+        try:
+            return torch.load(f, weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as exc:
+            text = str(exc)
+            m = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+            if m:
+                raise TraceError(str(path), f"refused: it needs pickle to build {m.group(1)}, and only tensors, lists, "
+                                            "dicts and numbers are read (weights_only; no code is run from data files)"
+                                 ) from None
+            m = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:\n|$)", text)
+            detail = m.group(1) if m and m.group(1).strip() else text.splitlines()[0]
+            raise TraceError(str(path), f"not a readable torch .pt file ({detail})") from None
+        except (RuntimeError, EOFError, OSError, ValueError, AttributeError, TypeError, zipfile.BadZipFile) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise TraceError(str(path), f"not a readable torch .pt file ({type(exc).__name__}: {first})") from None
 
 
 def load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise TraceError(str(path), "not a UTF-8 text file") from None
-    except json.JSONDecodeError as exc:
-        raise TraceError(str(path), f"invalid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg})") from None
+    return parse_json(read_regular(path), path)
 
 
 def dump_files(path: Path, pattern: str, what: str) -> list[Path]:
-    """The files of a dump: `path` itself, or those in folder `path` matching `pattern`, by name."""
-    if path.is_file():
+    """The files of a dump: `path` itself, or those in folder `path` matching `pattern`, by name.
+
+    Special files (FIFOs, devices) that match are kept, so that reading them refuses them by name
+    rather than skipping them silently; the files' total size must be within the ``bytes`` limit.
+    """
+    if not path.is_dir():
         return [path]
-    files = sorted((p for p in path.glob(pattern) if p.is_file()), key=natural_key)
+    files = sorted((p for p in path.glob(pattern) if not p.is_dir()), key=natural_key)
     if not files:
         raise TraceError(str(path), f"no {what} ({pattern}) in this folder")
+    check_bytes(path, sum(p.stat().st_size for p in files if p.exists()), f"the {len(files)} {what}")
     return files
 
 
@@ -83,24 +103,43 @@ def require_keys(obj: Any, keys: Sequence[str], source: Path, what: str) -> dict
         raise TraceError(str(source), f"{what} must be a dict with keys {list(keys)}, got {type(obj).__name__}")
     missing = [k for k in keys if k not in obj]
     if missing:
-        raise TraceError(str(source), f"{what} is missing key(s) {missing}; it has {sorted(map(str, obj))}")
+        raise TraceError(str(source), f"{what} is missing key(s) {missing}; it has {short(sorted(map(str, obj)))}")
     return obj
 
 
+INT64_MAX = 2**63 - 1
+
+
 def whole(value: Any, source: Path, what: str, minimum: int = 0) -> int:
-    """A single whole number (a record's step, rank, a count of experts) of at least `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise TraceError(str(source), f"{what} must be a whole number >= {minimum}, got {value!r}")
+    """A single whole number (a record's step, rank, a count of experts) of at least `minimum`, within 64 bits."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not minimum <= value <= INT64_MAX:
+        raise TraceError(str(source), f"{what} must be a whole number from {minimum} to 2^63-1, got {short(value)}")
     return int(value)
 
 
-def int_option(value: Any, name: str, source: Path, fmt: str, why: str, required: bool = True, minimum: int = 1) -> int | None:
-    """A whole-number importer option, e.g. ``--option experts=64``."""
+ASCII_INT = re.compile(r"[0-9]{1,18}")
+
+
+def key_number(key: Any, source: Path, what: str) -> int:
+    """A non-negative number written as a key (a layer or expert id): ASCII digits only, so that
+    keys such as '1' and the Arabic-Indic '١' cannot both mean layer 1."""
+    if not (isinstance(key, str) and ASCII_INT.fullmatch(key)):
+        raise TraceError(str(source), f"{what} key {short(key)} is not a non-negative integer (ASCII digits)")
+    return int(key)
+
+
+def int_option(value: Any, name: str, source: Path, fmt: str, why: str, required: bool = True, minimum: int = 1,
+               dimension: str | None = None) -> int | None:
+    """A whole-number importer option, e.g. ``--option experts=64``; `dimension` names the trace limit it is
+    checked against (see :func:`datasets_registry.guards.check_dims`)."""
     if value is None:
         if required:
             raise TraceError(str(source), f"format {fmt!r} needs --option {name}=N: {why}")
         return None
-    return whole(value, source, f"option {name}", minimum)
+    value = whole(value, source, f"option {name}", minimum)
+    if dimension is not None:
+        check_dims(source, **{dimension: value})
+    return value
 
 
 # --------------------------------------------------------------------------- arrays
@@ -110,19 +149,41 @@ def as_numpy(value: Any, source: Path, what: str) -> np.ndarray:
     """A tensor, numpy array or nested list of numbers -> a numeric numpy array."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
-        t = value.detach().cpu()
-        if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
-            t = t.double()
-        value = t.numpy()
+        if value.layout != torch.strided or value.is_quantized or value.is_nested:
+            kind = f"{value.layout} tensor" + (" (quantized)" if value.is_quantized else "")
+            raise TraceError(str(source), f"{what} is a {kind}: only dense tensors are read")
+        try:
+            t = value.detach().cpu()
+            if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+                t = t.double()
+            value = t.numpy()
+        except (TypeError, RuntimeError) as exc:
+            raise TraceError(str(source), f"{what}: unreadable tensor ({exc})") from None
     if isinstance(value, (str, bytes, dict)) or value is None:
         raise TraceError(str(source), f"{what} must be an array of numbers, got {type(value).__name__}")
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError):
-        raise TraceError(str(source), f"{what} is ragged: its lists have different lengths") from None
+        raise TraceError(str(source), f"{what} is ragged (its lists have different lengths) or nested too deeply"
+                         ) from None
     if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise TraceError(str(source), f"{what} must hold numbers, got dtype {arr.dtype}")
+    if isinstance(value, (list, tuple)) and _holds_bool(value):
+        raise TraceError(str(source), f"{what} must hold numbers, not booleans (true/false)")
     return arr
+
+
+def _holds_bool(value: list | tuple) -> bool:
+    """Whether nested lists hold a boolean, which numpy would silently turn into 1 or 0 among numbers."""
+    stack = [value]
+    while stack:  # no recursion: the nesting depth comes from the file
+        for x in stack.pop():
+            kind = type(x)
+            if kind is bool:
+                return True
+            if kind is list or kind is tuple:
+                stack.append(x)
+    return False
 
 
 def _at(what: str, arr: np.ndarray, mask: np.ndarray) -> str:
@@ -204,7 +265,8 @@ def ranges(idx: Sequence[int]) -> str:
     return ", ".join(out)
 
 
-def drop_dense_layers(counts: np.ndarray, labels: list[str], source: Path, notes: list[str], extra: dict) -> tuple[np.ndarray, list[str]]:
+def drop_dense_layers(counts: np.ndarray, labels: list[str], source: Path, notes: list[str],
+                      extra: dict) -> tuple[np.ndarray, list[str]]:
     """Drop layers with no tokens at any record (dense layers in a whole-model array), naming them."""
     empty = counts.sum(axis=(0, 2)) == 0
     if empty.all():
@@ -212,12 +274,14 @@ def drop_dense_layers(counts: np.ndarray, labels: list[str], source: Path, notes
     if not empty.any():
         return counts, labels
     dropped = [labels[i] for i in np.flatnonzero(empty)]
-    notes.append(f"dropped {len(dropped)} layer(s) with no routed tokens at any record (dense layers): {', '.join(dropped)}")
+    notes.append(f"dropped {len(dropped)} layer(s) with no routed tokens at any record (dense layers): "
+                 f"{', '.join(dropped)}")
     extra["dropped_layers"] = dropped
     return counts[:, ~empty], [x for x, e in zip(labels, empty) if not e]
 
 
-def drop_empty_records(counts: np.ndarray, steps: np.ndarray, notes: list[str], extra: dict, unit: str) -> tuple[np.ndarray, np.ndarray]:
+def drop_empty_records(counts: np.ndarray, steps: np.ndarray, notes: list[str], extra: dict,
+                       unit: str) -> tuple[np.ndarray, np.ndarray]:
     """Drop records where no layer routes any token (idle passes), with a warning naming them."""
     empty = counts.reshape(counts.shape[0], -1).sum(axis=1) == 0
     if not empty.any():

@@ -18,7 +18,8 @@ from .common import build_trace, file_hashes
 from .dumps import counts_array, drop_dense_layers, finish_notes, load_json, require_keys
 
 
-def build_totals(counts: np.ndarray, labels: list[str], *, path: Path, fmt: str, notes: list[str], extra: dict | None = None) -> "Trace":  # noqa: F821
+def build_totals(counts: np.ndarray, labels: list[str], *, path: Path, fmt: str, notes: list[str],
+                 extra: dict | None = None) -> "Trace":  # noqa: F821
     """A trace from `counts` [L, E] (a run's totals: static) or [T, L, E], dense layers dropped."""
     extra = dict(extra or {})
     static = counts.ndim == 2
@@ -26,7 +27,8 @@ def build_totals(counts: np.ndarray, labels: list[str], *, path: Path, fmt: str,
         counts = counts[None]
         notes.append("a run's totals with no time axis: a static dataset (one record, step 0)")
     counts, labels = drop_dense_layers(counts, labels, path, notes, extra)
-    return build_trace(counts, np.arange(counts.shape[0]), path=path, fmt=fmt, files=file_hashes([path]), layer_names=labels,
+    return build_trace(counts, np.arange(counts.shape[0]), path=path, fmt=fmt, files=file_hashes([path]),
+                       layer_names=labels,
                        static=static, model=ModelInfo(experts=counts.shape[2]), step_unit="forward pass",
                        notes=finish_notes(notes), extra=extra)
 
@@ -34,5 +36,6 @@ def build_totals(counts: np.ndarray, labels: list[str], *, path: Path, fmt: str,
 def read_eplb_json(path: Path) -> "Trace":  # noqa: F821
     data = require_keys(load_json(path), ["logical_count"], path, "the JSON document")
     counts = counts_array(data["logical_count"], path, "logical_count", (2, 3))
-    notes = [f"EPLB statistics JSON: logical_count {'[layers, experts]' if counts.ndim == 2 else '[T, layers, experts]'} read as is"]
+    shape = "[layers, experts]" if counts.ndim == 2 else "[T, layers, experts]"
+    notes = [f"EPLB statistics JSON: logical_count {shape} read as is"]
     return build_totals(counts, [f"layer{i}" for i in range(counts.shape[-2])], path=path, fmt="eplb-json", notes=notes)

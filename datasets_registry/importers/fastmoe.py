@@ -9,33 +9,42 @@ The tables are read straight from a folder or from a ``.tar``/``.tar.gz``/``.tar
 from __future__ import annotations
 
 import hashlib
-import json
+import lzma
 import re
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from ..trace import TraceError
+from ..guards import TraceError, check_bytes, open_regular, parse_json, read_regular
 from .common import build_trace, sha256_file
+from .dumps import as_numpy
 
-TABLE_NAME = re.compile(r"(?:^|/)table_iter(\d+)_rank(\d+)\.log$")
+TABLE_NAME = re.compile(r"(?:^|/)table_iter([0-9]+)_rank([0-9]+)\.log$")
 
 
 def _members(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of every table file in a folder or tar archive."""
+    """(name, bytes) of every table file in a folder or tar archive, within the ``bytes`` limit in all."""
+    total = 0
     if path.is_dir():
-        for f in sorted(path.rglob("table_iter*_rank*.log")):
-            yield str(f), f.read_bytes()
+        for f in sorted(p for p in path.rglob("table_iter*_rank*.log") if TABLE_NAME.search(p.as_posix())):
+            data = read_regular(f)
+            total += len(data)
+            check_bytes(path, total, "the tables")
+            yield str(f), data
         return
-    try:
-        with tarfile.open(path, mode="r|*") as tar:
-            for m in tar:
-                if m.isfile() and TABLE_NAME.search(m.name):
-                    yield f"{path}:{m.name}", tar.extractfile(m).read()
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise TraceError(str(path), f"not a readable folder or tar archive of FileGate tables ({exc})") from None
+    with open_regular(path) as fileobj:
+        try:
+            with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+                for m in tar:
+                    total += m.size
+                    check_bytes(path, total, "the archive (decompressed)")
+                    if m.isfile() and TABLE_NAME.search(m.name):
+                        yield f"{path}:{m.name}", tar.extractfile(m).read()
+        except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as exc:
+            raise TraceError(str(path), f"not a readable folder or tar archive of FileGate tables ({exc})") from None
 
 
 def _parse_table(name: str, text: bytes) -> tuple[list[str], np.ndarray]:
@@ -51,24 +60,18 @@ def _parse_table(name: str, text: bytes) -> tuple[list[str], np.ndarray]:
         label, sep, body = line.partition(":")
         if not sep:
             raise TraceError(name, f"line {lineno}: expected '<layer>:<json list>'")
-        try:
-            mb = json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise TraceError(name, f"line {lineno} (layer {label.strip()}): invalid JSON ({exc.msg})") from None
-        try:
-            arr = np.asarray(mb, dtype=np.float64)
-        except (ValueError, TypeError):
-            raise TraceError(name, f"line {lineno} (layer {label.strip()}): micro-batches must be equal-length lists of numbers") from None
+        where = f"line {lineno} (layer {label.strip()[:40]})"
+        arr = as_numpy(parse_json(body, name, where), name, where).astype(np.float64)
         if arr.ndim == 1:
             arr = arr[None, :]
         if arr.ndim != 2 or arr.shape[1] == 0:
-            raise TraceError(name, f"line {lineno} (layer {label.strip()}): expected [micro-batch][expert] counts, got shape {arr.shape}")
+            raise TraceError(name, f"{where}: expected [micro-batch][expert] counts, got shape {arr.shape}")
         if not np.isfinite(arr).all():
-            raise TraceError(name, f"line {lineno} (layer {label.strip()}): NaN or inf count")
+            raise TraceError(name, f"{where}: NaN or inf count")
         if (arr < 0).any():
-            raise TraceError(name, f"line {lineno} (layer {label.strip()}): negative count")
+            raise TraceError(name, f"{where}: negative count")
         if (arr != np.round(arr)).any():
-            raise TraceError(name, f"line {lineno} (layer {label.strip()}): non-integer count")
+            raise TraceError(name, f"{where}: non-integer count")
         labels.append(label.strip())
         rows.append(arr.sum(axis=0))
     if not rows:

@@ -34,10 +34,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ..trace import ModelInfo, TraceError
+from ..guards import TraceError, check_dims
+from ..trace import ModelInfo
 from .common import build_trace, file_hashes
-from .dumps import (counts_array, drop_dense_layers, drop_empty_records, dump_files, expert_ids, finish_notes, int_option,
-                    load_pt, physical_to_logical, ranges, require_keys, warn, whole)
+from .dumps import (
+    counts_array,
+    drop_dense_layers,
+    drop_empty_records,
+    dump_files,
+    expert_ids,
+    finish_notes,
+    int_option,
+    load_pt,
+    physical_to_logical,
+    ranges,
+    require_keys,
+    warn,
+    whole,
+)
 
 SOURCE_FILE = "python/sglang/srt/eplb/expert_distribution.py"
 
@@ -46,7 +60,8 @@ def _single_file(path: Path, fmt: str) -> Path:
     if path.is_dir():
         files = sorted(path.glob("*.pt"))
         if len(files) != 1:
-            raise TraceError(str(path), f"format {fmt!r} reads one .pt file; this folder has {len(files)}: name the file")
+            raise TraceError(str(path), f"format {fmt!r} reads one .pt file; this folder has {len(files)}: name the "
+                                        "file")
         return files[0]
     return path
 
@@ -57,23 +72,28 @@ def _ring_order(zero: np.ndarray, ring_start: int | None, notes: list[str]) -> t
     if ring_start is not None:
         start, reason = ring_start, "option ring_start"
     elif not zero.any():
-        warn(notes, f"all {n} buffer rows are filled and SGLang's dump does not record the circular buffer's write position: rows "
-                    "kept in buffer order, which is pass order only if the buffer did not wrap (buffer size -1, or exactly "
-                    f"{n} passes recorded); pass --option ring_start=K (the oldest row) to rotate them")
+        warn(notes, f"all {n} buffer rows are filled and SGLang's dump does not record the circular buffer's write "
+                    "position: rows kept in buffer order, which is pass order only if the buffer did not wrap (buffer "
+                    f"size -1, or exactly {n} passes recorded); pass --option ring_start=K (the oldest row) to rotate "
+                    "them")
         return np.arange(n), None
     else:
         zero_runs = [int(i) for i in np.flatnonzero(zero != np.roll(zero, 1)) if zero[i]]  # cyclic runs of zero rows
         if len(zero_runs) > 1:
-            warn(notes, f"dropped {int(zero.sum())} all-zero rows at buffer positions {ranges(np.flatnonzero(zero))}: they form "
-                        f"{len(zero_runs)} separate runs (unfilled rows and passes without tokens look alike), so the buffer's "
-                        "write position cannot be told: the other rows are kept in buffer order, which may be a rotation of "
-                        "pass order")
+            warn(notes, f"dropped {int(zero.sum())} all-zero rows at buffer positions {ranges(np.flatnonzero(zero))}: "
+                        f"they form {len(zero_runs)} separate runs (unfilled rows and passes without tokens look "
+                        "alike), so the buffer's write position cannot be told: the other rows are kept in buffer "
+                        "order, which may be a rotation of pass order")
             return np.flatnonzero(~zero), None
         start = (zero_runs[0] + int(np.flatnonzero(~np.roll(zero, -zero_runs[0]))[0])) % n
         reason = "the write position: the row after the run of unfilled rows"
     order = np.roll(np.arange(n), -start)
-    parts = [f"dropped {int(zero.sum())} unfilled (all-zero) rows {ranges(np.flatnonzero(zero))} of the {n}-row buffer"] if zero.any() else []
-    parts.append(f"rows rotated so that buffer row {start} ({reason}) comes first" if start else f"rows kept in buffer order ({reason})")
+    parts = []
+    if zero.any():
+        parts.append(f"dropped {int(zero.sum())} unfilled (all-zero) rows {ranges(np.flatnonzero(zero))} of the "
+                     f"{n}-row buffer")
+    parts.append(f"rows rotated so that buffer row {start} ({reason}) comes first" if start
+                 else f"rows kept in buffer order ({reason})")
     if start or zero.any():
         warn(notes, "; ".join(parts))
     else:
@@ -102,10 +122,11 @@ def read_stat(path: Path, ring_start: int | None = None) -> "Trace":  # noqa: F8
         extra["average_utilization_rate_over_window"] = float(rate)
     labels = [f"layer{i}" for i in range(counts.shape[1])]
     counts, labels = drop_dense_layers(counts[rows], labels, path, notes, extra)
-    notes.insert(0, f"SGLang stat recorder ({SOURCE_FILE}): logical_count is already summed over ranks and mapped to logical "
-                    "experts; steps are pass positions 0..T-1 (the dump holds no forward-pass ids)")
-    return build_trace(counts, np.arange(counts.shape[0]), path=path, fmt=fmt, files=file_hashes([path]), layer_names=labels,
-                       model=ModelInfo(experts=counts.shape[2]), step_unit="forward pass", notes=finish_notes(notes), extra=extra)
+    notes.insert(0, f"SGLang stat recorder ({SOURCE_FILE}): logical_count is already summed over ranks and mapped to "
+                    "logical experts; steps are pass positions 0..T-1 (the dump holds no forward-pass ids)")
+    return build_trace(counts, np.arange(counts.shape[0]), path=path, fmt=fmt, files=file_hashes([path]),
+                       layer_names=labels, model=ModelInfo(experts=counts.shape[2]), step_unit="forward pass",
+                       notes=finish_notes(notes), extra=extra)
 
 
 def _read_rank_file(f: Path, experts: int | None) -> tuple[dict, np.ndarray]:
@@ -121,8 +142,8 @@ def _read_rank_file(f: Path, experts: int | None) -> tuple[dict, np.ndarray]:
         ids = [whole(rec[key], f, f"{what}.{key}") for key in ("forward_pass_id", "rank")]
         phys = counts_array(rec["global_physical_count"], f, f"{what}.global_physical_count", 2)
         if phys.shape != mapping.shape:
-            raise TraceError(str(f), f"{what}.global_physical_count has shape {phys.shape} but last_physical_to_logical_map "
-                                     f"has {mapping.shape} [layers, physical experts]")
+            raise TraceError(str(f), f"{what}.global_physical_count has shape {phys.shape} but "
+                                     f"last_physical_to_logical_map has {mapping.shape} [layers, physical experts]")
         key = (*ids, str(rec.get("gatherer_key", "primary")))
         if key in out:
             raise TraceError(str(f), f"{what} repeats forward pass {key[0]} of rank {key[1]}")
@@ -135,7 +156,7 @@ def _read_rank_file(f: Path, experts: int | None) -> tuple[dict, np.ndarray]:
 def read_per_pass(path: Path, experts: int | None = None) -> "Trace":  # noqa: F821
     """``per_pass`` / ``per_token`` dump: a folder of per-rank ``.pt`` files (or one of them)."""
     fmt = "sglang-per-pass"
-    experts = int_option(experts, "experts", path, fmt, "", required=False)
+    experts = int_option(experts, "experts", path, fmt, "", required=False, dimension="experts")
     files = dump_files(path, "*.pt", "SGLang per-pass recorder files")
     records: dict = {}
     rank_file: dict[int, Path] = {}
@@ -155,17 +176,19 @@ def read_per_pass(path: Path, experts: int | None = None) -> "Trace":  # noqa: F
     for pass_id in steps.tolist():
         missing = sorted(set(ranks) - set(records[pass_id]))
         if missing:
-            raise TraceError(str(rank_file[missing[0]]), f"forward pass {pass_id} has no record from rank(s) {missing}, which "
-                                                         "recorded other passes")
-    physical = np.stack([np.sum([p for r in ranks for p in records[s][r]], axis=0) for s in steps.tolist()])
+            raise TraceError(str(rank_file[missing[0]]), f"forward pass {pass_id} has no record from rank(s) "
+                                                         f"{missing}, which recorded other passes")
     E = experts if experts is not None else int(mapping.max()) + 1
-    notes = [f"SGLang per-pass recorder ({SOURCE_FILE}): global_physical_count summed over {len(ranks)} rank(s) per forward "
-             f"pass and mapped from {mapping.shape[1]} physical to {E} logical experts with last_physical_to_logical_map (the map "
-             "at dump time; passes recorded before an EPLB rebalance are mapped with it too)"]
+    check_dims(path, records=len(steps), layers=mapping.shape[0], experts=E)  # before the [T, L, E] array is allocated
+    physical = np.stack([np.sum([p for r in ranks for p in records[s][r]], axis=0) for s in steps.tolist()])
+    notes = [f"SGLang per-pass recorder ({SOURCE_FILE}): global_physical_count summed over {len(ranks)} rank(s) per "
+             f"forward pass and mapped from {mapping.shape[1]} physical to {E} logical experts with "
+             "last_physical_to_logical_map (the map at dump time; passes recorded before an EPLB rebalance are mapped "
+             "with it too)"]
     extra: dict = {"ranks": ranks, "physical_experts": int(mapping.shape[1])}
     counts = physical_to_logical(physical, mapping, E)
     counts, steps = drop_empty_records(counts, steps, notes, extra, "forward pass")
     counts, labels = drop_dense_layers(counts, [f"layer{i}" for i in range(counts.shape[1])], path, notes, extra)
     return build_trace(counts, steps, path=path, fmt=fmt, files=file_hashes(files, path if path.is_dir() else None),
-                       layer_names=labels, model=ModelInfo(experts=E), step_unit="forward pass", notes=finish_notes(notes),
-                       extra=extra)
+                       layer_names=labels, model=ModelInfo(experts=E), step_unit="forward pass",
+                       notes=finish_notes(notes), extra=extra)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..storage import read_npz_arrays
-from ..trace import ModelInfo, TraceError
+from ..guards import TraceError, check_dims
+from ..storage import read_npy, read_npz_arrays
+from ..trace import ModelInfo
 from .common import build_trace, file_hashes
 from .dumps import bincount_last, dump_files, expert_ids, finish_notes, int_option, load_pt, warn
 
@@ -29,10 +30,7 @@ SUFFIXES = (".npy", ".npz", ".pt", ".pth")
 def _load_one(f: Path):
     suffix = f.suffix.lower()
     if suffix == ".npy":
-        try:
-            return np.load(f, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            raise TraceError(str(f), f"unreadable .npy ({exc})") from None
+        return read_npy(f)
     if suffix == ".npz":
         arrays = read_npz_arrays(f, required=())
         if KEY in arrays or len(arrays) != 1:
@@ -52,8 +50,10 @@ def _load_one(f: Path):
 
 def read_vllm(path: Path, step_tokens: int | None = None, experts: int | None = None) -> "Trace":  # noqa: F821
     fmt = "vllm-routed-experts"
-    step_tokens = int_option(step_tokens, "step_tokens", path, fmt, "the routed ids carry no step; give the tokens per record")
-    experts = int_option(experts, "experts", path, fmt, "the routed ids do not say how many experts there are")
+    step_tokens = int_option(step_tokens, "step_tokens", path, fmt, "the routed ids carry no step; give the tokens per "
+                             "record")
+    experts = int_option(experts, "experts", path, fmt, "the routed ids do not say how many experts there are",
+                         dimension="experts")
     files = [f for f in dump_files(path, "*", "routed-expert files") if f.suffix.lower() in SUFFIXES]
     if not files:
         raise TraceError(str(path), f"no {', '.join(SUFFIXES)} files in this folder")
@@ -67,13 +67,17 @@ def read_vllm(path: Path, step_tokens: int | None = None, experts: int | None = 
     ids = np.concatenate(parts)
     T, rest = divmod(ids.shape[0], step_tokens)
     if T == 0:
-        raise TraceError(str(path), f"{ids.shape[0]} tokens are fewer than one record (option step_tokens={step_tokens})")
-    notes = [f"vLLM routed experts: {ids.shape[0]} tokens from {len(files)} file(s), grouped into records of {step_tokens} "
-             f"consecutive tokens and counted per layer over {experts} experts (top_k={ids.shape[2]}); steps are group numbers"]
+        raise TraceError(str(path), f"{ids.shape[0]} tokens are fewer than one record "
+                                    f"(option step_tokens={step_tokens})")
+    check_dims(path, records=T, layers=ids.shape[1], experts=experts)  # before the [T, L, E] counts are allocated
+    notes = [f"vLLM routed experts: {ids.shape[0]} tokens from {len(files)} file(s), grouped into records of "
+             f"{step_tokens} consecutive tokens and counted per layer over {experts} experts (top_k={ids.shape[2]}); "
+             "steps are group numbers"]
     if rest:
         warn(notes, f"dropped the last {rest} token(s): fewer than step_tokens={step_tokens}")
     counts = bincount_last(ids[: T * step_tokens].reshape(T, step_tokens, *ids.shape[1:]).swapaxes(0, 1), experts)
-    return build_trace(counts, np.arange(T), path=path, fmt=fmt, files=file_hashes(files, path if path.is_dir() else None),
+    return build_trace(counts, np.arange(T), path=path, fmt=fmt,
+                       files=file_hashes(files, path if path.is_dir() else None),
                        model=ModelInfo(experts=experts, top_k=int(ids.shape[2]), tokens_per_step=step_tokens),
                        step_unit=f"{step_tokens} tokens", notes=finish_notes(notes),
                        extra={"tokens": int(ids.shape[0]), "dropped_tokens": rest})

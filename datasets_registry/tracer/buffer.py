@@ -21,9 +21,15 @@ class StepBuffer:
         self.rows = rows
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
-        self.dev = [{k: torch.zeros((rows, *shape), dtype=dt, device=self.device) for k, (shape, dt) in self.fields.items()} for _ in range(2)]
+        self.dev = [
+            {k: torch.zeros((rows, *shape), dtype=dt, device=self.device) for k, (shape, dt) in self.fields.items()}
+            for _ in range(2)
+        ]
         self.pinned = (
-            [{k: torch.empty((rows, *shape), dtype=dt, pin_memory=True) for k, (shape, dt) in self.fields.items()} for _ in range(2)]
+            [
+                {k: torch.empty((rows, *shape), dtype=dt, pin_memory=True) for k, (shape, dt) in self.fields.items()}
+                for _ in range(2)
+            ]
             if self.cuda
             else None
         )

@@ -17,8 +17,22 @@ ROUTERS = ("softmax-topk", "switch", "hash", "expert-choice")
 
 #: GPT-3 paper shapes (Brown et al. 2020, table 2.1) of the dense models the MoE presets follow.
 GPT3_REFERENCE = {
-    "gpt3-125m-16e": {"n_layers": 12, "d_model": 768, "n_heads": 12, "seq_len": 2048, "batch_tokens": 524288, "lr": 6e-4},
-    "gpt3-350m-128e": {"n_layers": 24, "d_model": 1024, "n_heads": 16, "seq_len": 2048, "batch_tokens": 524288, "lr": 3e-4},
+    "gpt3-125m-16e": {
+        "n_layers": 12,
+        "d_model": 768,
+        "n_heads": 12,
+        "seq_len": 2048,
+        "batch_tokens": 524288,
+        "lr": 6e-4,
+    },
+    "gpt3-350m-128e": {
+        "n_layers": 24,
+        "d_model": 1024,
+        "n_heads": 16,
+        "seq_len": 2048,
+        "batch_tokens": 524288,
+        "lr": 3e-4,
+    },
 }
 
 
@@ -103,7 +117,12 @@ class TracerConfig:
 
     def router_tag(self) -> str:
         """Short name used in default dataset ids: top2, switch, hash, ec2 (+ -noaux)."""
-        tag = {"softmax-topk": f"top{self.top_k}", "switch": "switch", "hash": f"hash{self.top_k}", "expert-choice": f"ec{self.top_k}"}[self.router]
+        tag = {
+            "softmax-topk": f"top{self.top_k}",
+            "switch": "switch",
+            "hash": f"hash{self.top_k}",
+            "expert-choice": f"ec{self.top_k}",
+        }[self.router]
         if self.aux_loss == 0 and self.router in ("softmax-topk", "switch"):
             tag += "-noaux"
         return tag
@@ -112,26 +131,62 @@ class TracerConfig:
 PRESETS: dict[str, TracerConfig] = {
     "tiny-cpu": TracerConfig(
         preset="tiny-cpu",
-        n_layers=4, d_model=64, n_heads=4, n_experts=8, top_k=2,
-        seq_len=64, batch_size=8, lr=3e-3, warmup_steps=100, decay_steps=5000,
+        n_layers=4,
+        d_model=64,
+        n_heads=4,
+        n_experts=8,
+        top_k=2,
+        seq_len=64,
+        batch_size=8,
+        lr=3e-3,
+        warmup_steps=100,
+        decay_steps=5000,
         notes="a toy that trains on 2 CPU cores in seconds; for CI and examples",
     ),
     "gpt3-125m-16e": TracerConfig(
         preset="gpt3-125m-16e",
-        n_layers=12, d_model=512, n_heads=8, n_experts=16, top_k=2,
-        seq_len=512, batch_size=8, lr=6e-4, warmup_steps=375, decay_steps=10000,
+        n_layers=12,
+        d_model=512,
+        n_heads=8,
+        n_experts=16,
+        top_k=2,
+        seq_len=512,
+        batch_size=8,
+        lr=6e-4,
+        warmup_steps=375,
+        decay_steps=10000,
         notes="GPT-3 125M depth (12 layers, MoE every other layer: 6 MoE layers), 16 experts, top-2",
-        scaled={"d_model": "768 -> 512", "n_heads": "12 -> 8", "seq_len": "2048 -> 512", "batch_tokens": "524288 -> 4096",
-                "why": "to fit 4 runs of 10,000 iterations into one 10-minute call on one H100 (the project had 30 minutes of GPU time in all)"},
+        scaled={
+            "d_model": "768 -> 512",
+            "n_heads": "12 -> 8",
+            "seq_len": "2048 -> 512",
+            "batch_tokens": "524288 -> 4096",
+            "why": "to fit 4 runs of 10,000 iterations into one 10-minute call on one H100 (the project had 30 "
+            "minutes of GPU time in all)",
+        },
     ),
     "gpt3-350m-128e": TracerConfig(
         preset="gpt3-350m-128e",
-        n_layers=24, d_model=320, n_heads=5, n_experts=128, top_k=2,
-        seq_len=512, batch_size=16, lr=3e-4, warmup_steps=375, decay_steps=5000,
+        n_layers=24,
+        d_model=320,
+        n_heads=5,
+        n_experts=128,
+        top_k=2,
+        seq_len=512,
+        batch_size=16,
+        lr=3e-4,
+        warmup_steps=375,
+        decay_steps=5000,
         notes="GPT-3 350M depth (24 layers, MoE every other layer: 12 MoE layers), 128 experts, top-2",
-        scaled={"d_model": "1024 -> 320", "n_heads": "16 -> 5", "seq_len": "2048 -> 512", "batch_tokens": "524288 -> 8192",
-                "why": "128 experts at full width are 12.9B parameters; scaled (1.3B parameters) to fit 2 runs of 5,000 iterations "
-                       "into one 10-minute call on one GPU"},
+        scaled={
+            "d_model": "1024 -> 320",
+            "n_heads": "16 -> 5",
+            "seq_len": "2048 -> 512",
+            "batch_tokens": "524288 -> 8192",
+            "why": "128 experts at full width are 12.9B parameters; scaled (1.3B parameters) to fit 2 runs of 5,000 "
+            "iterations "
+            "into one 10-minute call on one GPU",
+        },
     ),
 }
 

@@ -106,7 +106,11 @@ class MoE(nn.Module):
         counts = onehot.sum(dim=0, dtype=torch.int64)  # [E]: slots per expert BEFORE capacity drops
 
         if self.router == "expert-choice":
-            Cx = min(N, max(self.min_capacity, math.ceil(max(self.capacity_factor, 1e-9) * N * k / E))) if self.capacity_factor > 0 else N
+            Cx = (
+                min(N, max(self.min_capacity, math.ceil(max(self.capacity_factor, 1e-9) * N * k / E)))
+                if self.capacity_factor > 0
+                else N
+            )
             gv, tok = probs.t().topk(Cx, dim=-1)  # [E, Cx]: each expert picks its Cx best tokens
             h = x[tok.reshape(-1)].view(E, Cx, d)
             y = self._experts(h) * gv[..., None].to(h.dtype)
@@ -221,4 +225,9 @@ def flops_per_token(cfg: TracerConfig) -> dict[str, float]:
     active = attn + dense + moe + head
     matmul = 6 * active
     scores = 12 * L * d * cfg.seq_len
-    return {"active_params": float(active), "matmul": float(matmul), "attention_scores": float(scores), "total": float(matmul + scores)}
+    return {
+        "active_params": float(active),
+        "matmul": float(matmul),
+        "attention_scores": float(scores),
+        "total": float(matmul + scores),
+    }

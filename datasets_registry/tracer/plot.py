@@ -22,7 +22,9 @@ def binned(trace: Trace, max_points: int = 400) -> tuple[np.ndarray, np.ndarray]
     return steps, p
 
 
-def plot_trace(trace: Trace, path: str | os.PathLike, max_points: int = 400, dpi: int = 72, max_layers: int = 12) -> Path:
+def plot_trace(
+    trace: Trace, path: str | os.PathLike, max_points: int = 400, dpi: int = 72, max_layers: int = 12
+) -> Path:
     """Draw each layer's per-expert load proportion (binned means) with the uniform share 1/E."""
     import matplotlib
 
@@ -42,7 +44,13 @@ def plot_trace(trace: Trace, path: str | os.PathLike, max_points: int = 400, dpi
             ax.axis("off")
             continue
         for e in range(E):
-            ax.plot(steps, p[:, li, e], lw=0.8 if E <= 32 else 0.4, color=cmap(e % 20 if E <= 20 else e / max(1, E - 1)), alpha=0.9 if E <= 32 else 0.6)
+            ax.plot(
+                steps,
+                p[:, li, e],
+                lw=0.8 if E <= 32 else 0.4,
+                color=cmap(e % 20 if E <= 20 else e / max(1, E - 1)),
+                alpha=0.9 if E <= 32 else 0.6,
+            )
         ax.axhline(1.0 / E, color="black", lw=0.6, ls="--")
         name = trace.card.layer_names[li] if li < len(trace.card.layer_names) else f"layer{li}"
         ax.set_title(name, fontsize=8)
@@ -51,8 +59,11 @@ def plot_trace(trace: Trace, path: str | os.PathLike, max_points: int = 400, dpi
     for ax in axes[-1]:
         ax.set_xlabel(trace.card.step_unit, fontsize=8)
     m = trace.card.model
-    fig.suptitle(f"{trace.id}: load proportion per expert ({E} experts, top-{m.top_k}, {m.router}, aux {m.aux_loss}); "
-                 f"mean of {math.ceil(trace.records / len(steps))} records per point", fontsize=8)
+    fig.suptitle(
+        f"{trace.id}: load proportion per expert ({E} experts, top-{m.top_k}, {m.router}, aux {m.aux_loss}); "
+        f"mean of {math.ceil(trace.records / len(steps))} records per point",
+        fontsize=8,
+    )
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

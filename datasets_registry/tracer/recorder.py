@@ -77,8 +77,13 @@ class LoadRecorder:
         self.enabled = True
 
     # -- attaching -----------------------------------------------------------------------
-    def attach(self, modules: Mapping[str, nn.Module] | Iterable[nn.Module] | nn.Module, kind: str = "logits",
-               select: Selector = None, top_k: int | None = None) -> "LoadRecorder":
+    def attach(
+        self,
+        modules: Mapping[str, nn.Module] | Iterable[nn.Module] | nn.Module,
+        kind: str = "logits",
+        select: Selector = None,
+        top_k: int | None = None,
+    ) -> "LoadRecorder":
         """Hook each module as one MoE layer, in the order given. Returns self."""
         if kind not in ("logits", "counts"):
             raise ValueError("kind must be 'logits' or 'counts'")
@@ -89,7 +94,11 @@ class LoadRecorder:
             raise ValueError("kind='logits' needs top_k")
         if isinstance(modules, nn.Module):
             modules = [modules]
-        items = list(modules.items()) if isinstance(modules, Mapping) else [(f"layer{len(self.names) + i}", m) for i, m in enumerate(modules)]
+        items = (
+            list(modules.items())
+            if isinstance(modules, Mapping)
+            else [(f"layer{len(self.names) + i}", m) for i, m in enumerate(modules)]
+        )
         if not items:
             raise ValueError("no modules to attach to")
         for name, module in items:
@@ -122,12 +131,18 @@ class LoadRecorder:
             output = list(output.values())
         if isinstance(output, (tuple, list)):
             if kind == "logits":
-                cands = [t for t in output if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == self.E and t.is_floating_point()]
+                cands = [
+                    t
+                    for t in output
+                    if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == self.E and t.is_floating_point()
+                ]
             else:
                 cands = [t for t in output if isinstance(t, torch.Tensor) and t.dim() == 1 and t.shape[0] == self.E]
             if len(cands) == 1:
                 return cands[0]
-            raise ValueError(f"cannot tell which output holds the {kind} ({len(cands)} candidates); pass select=INDEX or a function")
+            raise ValueError(
+                f"cannot tell which output holds the {kind} ({len(cands)} candidates); pass select=INDEX or a function"
+            )
         raise TypeError(f"unsupported module output of type {type(output).__name__}; pass select=")
 
     def _make_hook(self, layer: int):
@@ -140,7 +155,9 @@ class LoadRecorder:
                 if t.shape[-1] != self.E:
                     raise ValueError(f"{self.names[layer]}: logits have {t.shape[-1]} experts, expected {self.E}")
                 idx = torch.softmax(t.reshape(-1, self.E).float(), dim=-1).topk(k, dim=-1).indices.reshape(-1)
-                counts = torch.zeros(self.E, dtype=torch.int64, device=t.device).scatter_add_(0, idx, torch.ones_like(idx))
+                counts = torch.zeros(self.E, dtype=torch.int64, device=t.device).scatter_add_(
+                    0, idx, torch.ones_like(idx)
+                )
             else:
                 if t.numel() != self.E:
                     raise ValueError(f"{self.names[layer]}: counts have {t.numel()} entries, expected {self.E}")
@@ -191,9 +208,16 @@ class LoadRecorder:
             raise ValueError("nothing recorded: call step() after each iteration")
         if card is None:
             info = {"top_k": self.top_k, **model_info}
-            card = Card(id=trace_id, title=f"recorded with LoadRecorder ({len(self.names)} MoE layers, {self.E} experts)",
-                        source={"generator": "datasets_registry.tracer.recorder.LoadRecorder", "kinds": sorted({k for k, _, _ in self._kinds})},
-                        model=ModelInfo(moe_layers=len(self.names), experts=self.E, **info), layer_names=list(self.names))
+            card = Card(
+                id=trace_id,
+                title=f"recorded with LoadRecorder ({len(self.names)} MoE layers, {self.E} experts)",
+                source={
+                    "generator": "datasets_registry.tracer.recorder.LoadRecorder",
+                    "kinds": sorted({k for k, _, _ in self._kinds}),
+                },
+                model=ModelInfo(moe_layers=len(self.names), experts=self.E, **info),
+                layer_names=list(self.names),
+            )
         return Trace.from_arrays(counts, self.steps(), card, source=f"recorder {trace_id}")
 
     def save(self, folder: str | os.PathLike, trace_id: str = "recorded", **model_info: Any):

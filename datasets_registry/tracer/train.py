@@ -51,10 +51,17 @@ def code_version() -> dict[str, Any]:
     commit = None
     dirty = None
     try:
-        res = subprocess.run(["git", "-C", str(_REPO), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True, timeout=5)
+        res = subprocess.run(
+            ["git", "-C", str(_REPO), "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         commit = res.stdout.strip() if res.returncode == 0 and len(res.stdout.strip()) == 40 else None
         if commit:
-            st = subprocess.run(["git", "-C", str(_REPO), "status", "--porcelain", "--", "datasets_registry/tracer"], capture_output=True, text=True, timeout=5)
+            st = subprocess.run(
+                ["git", "-C", str(_REPO), "status", "--porcelain", "--", "datasets_registry/tracer"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
             dirty = bool(st.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         pass
@@ -67,10 +74,25 @@ def code_version() -> dict[str, Any]:
 def reproduce_command(cfg: TracerConfig, steps: int, device: str) -> str:
     """The `python -m bench trace` command line that reproduces `cfg`."""
     base = PRESETS.get(cfg.preset)
-    parts = ["python -m bench trace", f"--preset {cfg.preset}" if base else "", f"--steps {steps}", f"--seed {cfg.seed}"]
-    flags = {"router": "--router", "top_k": "--top-k", "aux_loss": "--aux-loss", "capacity_factor": "--capacity-factor",
-             "n_experts": "--experts", "d_model": "--d-model", "n_heads": "--heads", "n_layers": "--layers",
-             "seq_len": "--seq-len", "batch_size": "--batch-size", "lr": "--lr"}
+    parts = [
+        "python -m bench trace",
+        f"--preset {cfg.preset}" if base else "",
+        f"--steps {steps}",
+        f"--seed {cfg.seed}",
+    ]
+    flags = {
+        "router": "--router",
+        "top_k": "--top-k",
+        "aux_loss": "--aux-loss",
+        "capacity_factor": "--capacity-factor",
+        "n_experts": "--experts",
+        "d_model": "--d-model",
+        "n_heads": "--heads",
+        "n_layers": "--layers",
+        "seq_len": "--seq-len",
+        "batch_size": "--batch-size",
+        "lr": "--lr",
+    }
     for name, flag in flags.items():
         value = getattr(cfg, name)
         if base is None or getattr(base, name) != value:
@@ -83,8 +105,15 @@ def reproduce_command(cfg: TracerConfig, steps: int, device: str) -> str:
 class Tracer:
     """One training run of the tracer model, recording expert load every iteration."""
 
-    def __init__(self, cfg: TracerConfig, device: str | torch.device = "cpu", compile: bool | None = None,
-                 flush_every: int = 100, corpus_root: str | os.PathLike | None = None, amp: bool | None = None):
+    def __init__(
+        self,
+        cfg: TracerConfig,
+        device: str | torch.device = "cpu",
+        compile: bool | None = None,
+        flush_every: int = 100,
+        corpus_root: str | os.PathLike | None = None,
+        amp: bool | None = None,
+    ):
         self.cfg = cfg
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -112,8 +141,15 @@ class Tracer:
         self.params = [p for p in self.model.parameters()]
         self.gen = torch.Generator(device=self.device)
         self.L = len(cfg.moe_layer_ids)
-        self.buffer = StepBuffer({"counts": ((self.L, cfg.n_experts), torch.int32), "dropped": ((self.L,), torch.int32),
-                                  "loss": ((), torch.float32)}, flush_every, self.device)
+        self.buffer = StepBuffer(
+            {
+                "counts": ((self.L, cfg.n_experts), torch.int32),
+                "dropped": ((self.L,), torch.int32),
+                "loss": ((), torch.float32),
+            },
+            flush_every,
+            self.device,
+        )
         self.prev: dict[str, np.ndarray] | None = None  # records loaded from a checkpoint
         self.step = 0
         self.first_step = 0
@@ -141,7 +177,9 @@ class Tracer:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.cfg
         self.gen.manual_seed(c.seed * 1_000_003 + step)
-        starts = torch.randint(0, self.data.shape[0] - c.seq_len - 1, (c.batch_size,), device=self.device, generator=self.gen)
+        starts = torch.randint(
+            0, self.data.shape[0] - c.seq_len - 1, (c.batch_size,), device=self.device, generator=self.gen
+        )
         tok = self.data[starts[:, None] + self.pos].long()
         return tok[:, :-1], tok[:, 1:]
 
@@ -184,9 +222,16 @@ class Tracer:
         out.mkdir(parents=True, exist_ok=True)
         rec = self.records()
         if rec["counts"].shape[0] != self.step - self.first_step:
-            raise RuntimeError("records do not match the step count; was train_step(record=False) used in a recorded run?")
+            raise RuntimeError(
+                "records do not match the step count; was train_step(record=False) used in a recorded run?"
+            )
         (out / CONFIG_FILE).write_text(json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True) + "\n")
-        _atomic(out / RECORDS_FILE, lambda p: np.savez_compressed(p, counts=rec["counts"], dropped=rec["dropped"], loss=rec["loss"], steps=rec["steps"]))
+        _atomic(
+            out / RECORDS_FILE,
+            lambda p: np.savez_compressed(
+                p, counts=rec["counts"], dropped=rec["dropped"], loss=rec["loss"], steps=rec["steps"]
+            ),
+        )
         if state:
             payload = {"model": self.model.state_dict(), "optim": self.opt.state_dict(), "step": self.step}
             _atomic(out / STATE_FILE, lambda p: torch.save(payload, p))
@@ -200,10 +245,15 @@ class Tracer:
             return False
         saved = TracerConfig.from_dict(json.loads((out / CONFIG_FILE).read_text()))
         if saved.to_dict() != self.cfg.to_dict():
-            diff = {k: (v, self.cfg.to_dict().get(k)) for k, v in saved.to_dict().items() if self.cfg.to_dict().get(k) != v}
+            diff = {
+                k: (v, self.cfg.to_dict().get(k)) for k, v in saved.to_dict().items() if self.cfg.to_dict().get(k) != v
+            }
             raise ValueError(f"{out} holds a run of another configuration {diff}; use another --out or --id")
         if not (out / STATE_FILE).exists():
-            raise ValueError(f"{out} has records but no model state ({STATE_FILE}): it cannot be continued; its trace is in {out / TRACE_DIR}")
+            raise ValueError(
+                f"{out} has records but no model state ({STATE_FILE}): it cannot be continued; its trace is in "
+                f"{out / TRACE_DIR}"
+            )
         state = torch.load(out / STATE_FILE, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optim"])
@@ -217,8 +267,15 @@ class Tracer:
         return True
 
     # -- the loop ------------------------------------------------------------------------
-    def run(self, steps: int, out: str | os.PathLike | None = None, checkpoint_every: int = 0, save_state: bool = True,
-            time_limit: float | None = None, progress: Callable[[int, dict], None] | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        steps: int,
+        out: str | os.PathLike | None = None,
+        checkpoint_every: int = 0,
+        save_state: bool = True,
+        time_limit: float | None = None,
+        progress: Callable[[int, dict], None] | None = None,
+    ) -> dict[str, Any]:
         """Train until `steps` iterations (counted from 0, including resumed ones) or the time limit.
 
         On KeyboardInterrupt the records (and state) are checkpointed to `out` before re-raising.
@@ -248,11 +305,17 @@ class Tracer:
         if out is not None:
             self.save_checkpoint(out, state=save_state)
         done = self.step - start_step
-        return {"wall_seconds": round(wall, 2), "steps_run": done, "stopped_early": stopped_early,
-                "tokens_per_second": round(done * self.cfg.tokens_per_step / wall, 1) if wall > 0 else None}
+        return {
+            "wall_seconds": round(wall, 2),
+            "steps_run": done,
+            "stopped_early": stopped_early,
+            "tokens_per_second": round(done * self.cfg.tokens_per_step / wall, 1) if wall > 0 else None,
+        }
 
     # -- the trace -----------------------------------------------------------------------
-    def trace(self, trace_id: str, stats: dict[str, Any] | None = None, steps_asked: int | None = None) -> tuple[Trace, dict[str, np.ndarray]]:
+    def trace(
+        self, trace_id: str, stats: dict[str, Any] | None = None, steps_asked: int | None = None
+    ) -> tuple[Trace, dict[str, np.ndarray]]:
         """The registry trace of everything recorded, with a full card; plus the extra arrays."""
         rec = self.records()
         cfg = self.cfg
@@ -264,8 +327,17 @@ class Tracer:
         every = 100 if T >= 200 else max(1, T // 10)
         nb = T // every
         loss_summary = rec["loss"][: nb * every].reshape(nb, every).mean(1) if nb else rec["loss"]
-        drop_frac = rec["dropped"][: nb * every].reshape(nb, every, self.L).mean(1) / (cfg.tokens_per_step if cfg.router == "expert-choice" else slots) if nb else np.zeros((0, self.L))
-        device_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or platform.machine()
+        drop_frac = (
+            rec["dropped"][: nb * every].reshape(nb, every, self.L).mean(1)
+            / (cfg.tokens_per_step if cfg.router == "expert-choice" else slots)
+            if nb
+            else np.zeros((0, self.L))
+        )
+        device_name = (
+            torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else platform.processor() or platform.machine()
+        )
         fl = flops_per_token(cfg)
         ref = GPT3_REFERENCE.get(cfg.preset)
         extra = {
@@ -275,7 +347,11 @@ class Tracer:
             "moe_layer_indices": cfg.moe_layer_ids,
             "capacity_per_expert": cfg.capacity(),
             "counts_are": "token slots routed to each expert before capacity drops"
-                          + (" (token-choice top-k demand; expert-choice dispatches exactly C per expert)" if cfg.router == "expert-choice" else ""),
+            + (
+                " (token-choice top-k demand; expert-choice dispatches exactly C per expert)"
+                if cfg.router == "expert-choice"
+                else ""
+            ),
             "parameters": int(self.model.num_params()),
             "active_params_per_token": int(fl["active_params"]),
             "flops_per_token": fl["total"],
@@ -288,29 +364,56 @@ class Tracer:
             "loss_every": every,
             "loss_mean_per_block": [round(float(v), 4) for v in loss_summary],
             "drop_fraction_per_block": [[round(float(v), 5) for v in row] for row in drop_frac],
-            "drop_fraction_total": round(float(rec["dropped"].sum() / (T * self.L * (cfg.tokens_per_step if cfg.router == "expert-choice" else slots))), 6),
-            "extras_file": f"{EXTRAS_FILE}: loss[T] float32 (LM loss per step), dropped[T, L] (slots dropped per step and layer)",
+            "drop_fraction_total": round(
+                float(
+                    rec["dropped"].sum()
+                    / (T * self.L * (cfg.tokens_per_step if cfg.router == "expert-choice" else slots))
+                ),
+                6,
+            ),
+            "extras_file": f"{EXTRAS_FILE}: loss[T] float32 (LM loss per step), dropped[T, L] (slots dropped per step "
+            "and layer)",
         }
         if ref:
             extra["paper_shape"] = ref
             extra["scaled_down"] = cfg.scaled
         device = "cuda" if self.device.type == "cuda" else "cpu"
-        source = {"command": reproduce_command(cfg, steps_asked or T, device), "generator": "moe-load-bench tracer (datasets_registry.tracer)",
-                  **code_version(), "corpus": self.corpus.info}
-        title = f"Tracer {cfg.preset}: {cfg.router} top-{cfg.top_k}, aux loss {cfg.aux_loss}, seed {cfg.seed}, {T} iterations"
-        notes = (f"{cfg.notes}. Byte-level LM on the Python {self.corpus.info['python']} standard library "
-                 f"({self.corpus.info['files']} files). Every iteration is recorded.")
+        source = {
+            "command": reproduce_command(cfg, steps_asked or T, device),
+            "generator": "moe-load-bench tracer (datasets_registry.tracer)",
+            **code_version(),
+            "corpus": self.corpus.info,
+        }
+        title = (f"Tracer {cfg.preset}: {cfg.router} top-{cfg.top_k}, aux loss {cfg.aux_loss}, seed {cfg.seed}, "
+                 f"{T} iterations")
+        notes = (
+            f"{cfg.notes}. Byte-level LM on the Python {self.corpus.info['python']} standard library "
+            f"({self.corpus.info['files']} files). Every iteration is recorded."
+        )
         if cfg.scaled:
-            notes += " Scaled down from the paper shape: " + ", ".join(f"{k} {v}" for k, v in cfg.scaled.items() if k != "why") + f" ({cfg.scaled.get('why', '')})."
+            notes += (
+                " Scaled down from the paper shape: "
+                + ", ".join(f"{k} {v}" for k, v in cfg.scaled.items() if k != "why")
+                + f" ({cfg.scaled.get('why', '')})."
+            )
         if stats and stats.get("stopped_early"):
             notes += f" Stopped early by its time limit at {T} of {steps_asked} iterations."
         card = Card(
             id=trace_id,
             title=title,
             source=source,
-            licence="Apache-2.0 (generated by this project; trained on text of the Python standard library, PSF licence)",
-            model=ModelInfo(layers=cfg.n_layers, moe_layers=self.L, experts=cfg.n_experts, top_k=cfg.top_k, router=cfg.router,
-                            aux_loss=cfg.aux_loss, capacity_factor=cfg.capacity_factor, tokens_per_step=cfg.tokens_per_step),
+            licence="Apache-2.0 (generated by this project; trained on text of the Python standard library, PSF "
+                    "licence)",
+            model=ModelInfo(
+                layers=cfg.n_layers,
+                moe_layers=self.L,
+                experts=cfg.n_experts,
+                top_k=cfg.top_k,
+                router=cfg.router,
+                aux_loss=cfg.aux_loss,
+                capacity_factor=cfg.capacity_factor,
+                tokens_per_step=cfg.tokens_per_step,
+            ),
             step_unit="training iteration",
             layer_names=[f"block{i}.moe" for i in cfg.moe_layer_ids],
             notes=notes,
@@ -318,7 +421,10 @@ class Tracer:
         )
         trace = Trace.from_arrays(counts, rec["steps"], card, source=f"tracer run {trace_id}")
         dmax = int(rec["dropped"].max()) if rec["dropped"].size else 0
-        extras = {"loss": rec["loss"].astype(np.float32), "dropped": rec["dropped"].astype(np.uint16 if dmax < 65536 else np.uint32)}
+        extras = {
+            "loss": rec["loss"].astype(np.float32),
+            "dropped": rec["dropped"].astype(np.uint16 if dmax < 65536 else np.uint32),
+        }
         return trace, extras
 
 
@@ -352,8 +458,84 @@ def config_from_args(preset: str, **overrides: Any) -> TracerConfig:
         overrides["top_k"] = 1
     out = cfg.replace(**overrides)
     if out.scaled and any(overrides.get(k) is not None for k in ("d_model", "n_heads", "seq_len", "batch_size")):
-        out.scaled = {**out.scaled, "why": out.scaled.get("why", "") + "; shape overridden on the command line (see config)"}
+        out.scaled = {
+            **out.scaled,
+            "why": out.scaled.get("why", "") + "; shape overridden on the command line (see config)",
+        }
     return out
 
 
-__all__ = ["Tracer", "write_trace", "default_run_dir", "config_from_args", "reproduce_command", "code_version"]
+def record_trace(
+    cfg: TracerConfig,
+    steps: int,
+    trace_id: str,
+    *,
+    device: str = "cpu",
+    out: str | os.PathLike | None = None,
+    compile: bool | str | None = None,
+    flush_every: int = 100,
+    corpus_root: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    save_state: bool = True,
+    time_limit: float | None = None,
+    fresh: bool = False,
+    register: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or continue) a tracer run to `steps` iterations, write its trace and store it as a dataset.
+
+    The run keeps its checkpoints in `out` (default :func:`default_run_dir`), so calling this again
+    continues it; `fresh` starts over. `progress(step, first_step)` is called after every iteration.
+    Returns what happened: shape, folders, throughput, final loss, fingerprint, the dataset stored.
+    """
+    from .. import registry
+
+    out = Path(out) if out is not None else default_run_dir(trace_id)
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    if checkpoint_every is None:
+        checkpoint_every = 1000 if device == "cpu" else 0
+    tracer = Tracer(cfg, device=device, compile=compile, flush_every=flush_every, corpus_root=corpus_root)
+    resumed = tracer.load_checkpoint(out)
+    first = tracer.step
+    stats = tracer.run(
+        steps,
+        out=out,
+        checkpoint_every=checkpoint_every,
+        save_state=save_state,
+        time_limit=time_limit,
+        progress=None if progress is None else lambda step, _info: progress(step, first),
+    )
+    stats["resumed_from"] = (
+        None
+        if not resumed
+        else int(tracer.first_step + (tracer.prev["counts"].shape[0] if tracer.prev is not None else 0))
+    )
+    trace, extras = tracer.trace(trace_id, stats=stats, steps_asked=steps)
+    folder = write_trace(trace, extras, out / TRACE_DIR)
+    result = {
+        "id": trace_id,
+        "shape": list(trace.shape),
+        "run_folder": str(out),
+        "trace_folder": str(folder),
+        **stats,
+        "already_complete": resumed and first >= steps,
+        "final_loss": round(float(extras["loss"][-100:].mean()), 4),
+        "fingerprint": trace.fingerprint,
+    }
+    if register:
+        entry = registry.add(trace, trace_id)
+        shutil.copy2(folder / EXTRAS_FILE, entry.folder / EXTRAS_FILE)
+        result["dataset"] = entry.ref
+    return result
+
+
+__all__ = [
+    "Tracer",
+    "record_trace",
+    "write_trace",
+    "default_run_dir",
+    "config_from_args",
+    "reproduce_command",
+    "code_version",
+]

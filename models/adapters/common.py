@@ -53,7 +53,9 @@ def quiet():
         yield
 
 
-def constructor_params(*classes: type, skip: tuple[str, ...] = ()) -> tuple[dict[str, Any], dict[str, type], frozenset[str]]:
+def constructor_params(
+    *classes: type, skip: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], dict[str, type], frozenset[str]]:
     """Keyword parameters with simple defaults (None, bool, int, float, str, Enum) of `classes`' __init__.
 
     Returns (defaults, enums, required): Enum defaults are given by their value; `enums` maps those
@@ -97,8 +99,16 @@ def window_start(steps: np.ndarray, end: int, iterations: int) -> int:
 
 
 def new_stats() -> dict[str, float]:
-    return {"forecasts": 0, "rows": 0, "rows_clipped": 0, "rows_renormalised": 0, "rows_degenerate": 0,
-            "fallback_forecasts": 0, "library_fits": 0, "fit_seconds": 0.0}
+    return {
+        "forecasts": 0,
+        "rows": 0,
+        "rows_clipped": 0,
+        "rows_renormalised": 0,
+        "rows_degenerate": 0,
+        "fallback_forecasts": 0,
+        "library_fits": 0,
+        "fit_seconds": 0.0,
+    }
 
 
 def to_distribution(raw: np.ndarray, layers: int, experts: int, stats: dict[str, float] | None = None) -> np.ndarray:
@@ -146,9 +156,16 @@ class LibraryAdapter(Predictor):
 
     # ---- building the class ----------------------------------------------------------------
     @classmethod
-    def make(cls, library: str, estimator: type, params: tuple[dict[str, Any], dict[str, type], frozenset[str]],
-             overrides: dict[str, Any] | None = None, space: dict[str, tuple] | None = None,
-             extra_adapter: dict[str, Any] | None = None, **attrs: Any) -> type["LibraryAdapter"]:
+    def make(
+        cls,
+        library: str,
+        estimator: type,
+        params: tuple[dict[str, Any], dict[str, type], frozenset[str]],
+        overrides: dict[str, Any] | None = None,
+        space: dict[str, tuple] | None = None,
+        extra_adapter: dict[str, Any] | None = None,
+        **attrs: Any,
+    ) -> type["LibraryAdapter"]:
         """A Predictor subclass for `estimator`: adapter parameters plus the library's (:func:`constructor_params`)."""
         library_defaults, enum_params, required = params
         adapter = {**ADAPTER_DEFAULTS, **(extra_adapter or {})}
@@ -159,12 +176,28 @@ class LibraryAdapter(Predictor):
         defaults = {**adapter, **library_defaults, **overrides}
         search = {**ADAPTER_SPACE, **(space or {})}
         name = f"{library}:{estimator.__name__}"
-        doc = (f"{name} through the {library} adapter (see models.adapters.common). "
-               f"Parameters: the adapter's {sorted(adapter)} and {estimator.__name__}'s constructor parameters.")
-        return type(f"{library.capitalize()}_{estimator.__name__}", (cls,), {
-            "__doc__": doc, "__module__": cls.__module__, "name": name, "library": library, "estimator": estimator,
-            "defaults": defaults, "search_space": search, "library_defaults": dict(library_defaults),
-            "enum_params": dict(enum_params), "required": required, "adapter_keys": frozenset(adapter), **attrs})
+        doc = (
+            f"{name} through the {library} adapter (see models.adapters.common). "
+            f"Parameters: the adapter's {sorted(adapter)} and {estimator.__name__}'s constructor parameters."
+        )
+        return type(
+            f"{library.capitalize()}_{estimator.__name__}",
+            (cls,),
+            {
+                "__doc__": doc,
+                "__module__": cls.__module__,
+                "name": name,
+                "library": library,
+                "estimator": estimator,
+                "defaults": defaults,
+                "search_space": search,
+                "library_defaults": dict(library_defaults),
+                "enum_params": dict(enum_params),
+                "required": required,
+                "adapter_keys": frozenset(adapter),
+                **attrs,
+            },
+        )
 
     # ---- the Predictor side ----------------------------------------------------------------
     def start(self, layers, experts, training=()):
@@ -213,8 +246,15 @@ class LibraryAdapter(Predictor):
         """The constructor arguments for the library: parameters that differ from its defaults."""
         out = {}
         for k, v in self.params.items():
-            if k in self.adapter_keys or (v is None and k in self.required) or (
-                    k in self.library_defaults and v == self.library_defaults[k] and type(v) is type(self.library_defaults[k])):
+            if (
+                k in self.adapter_keys
+                or (v is None and k in self.required)
+                or (
+                    k in self.library_defaults
+                    and v == self.library_defaults[k]
+                    and type(v) is type(self.library_defaults[k])
+                )
+            ):
                 continue
             out[k] = as_enum(self.enum_params[k], v) if k in self.enum_params else v
         return out
@@ -235,8 +275,12 @@ class LibraryAdapter(Predictor):
         s = self.stats
         rows = max(1, s["rows"])
         metrics = {f"adapter.{k}": float(v) for k, v in s.items()}
-        metrics.update({"adapter.rows_clipped_frac": s["rows_clipped"] / rows,
-                        "adapter.rows_renormalised_frac": s["rows_renormalised"] / rows})
+        metrics.update(
+            {
+                "adapter.rows_clipped_frac": s["rows_clipped"] / rows,
+                "adapter.rows_renormalised_frac": s["rows_renormalised"] / rows,
+            }
+        )
         return {"metrics": metrics}
 
     # ---- written by each library module ----------------------------------------------------

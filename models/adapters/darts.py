@@ -34,22 +34,65 @@ _TORCH_SPACE = {"input_chunk_length": ("int", 10, 40), "n_epochs": ("int", 2, 10
 TUNING: dict[str, dict[str, Any]] = {
     # expert shares have no season (darts would guess one); no trend: simple exponential smoothing,
     # 5x cheaper than Holt's and its 2k-iteration extrapolation does worse (`--param trend=additive`)
-    "ExponentialSmoothing": {"overrides": {"seasonal": None, "trend": None},
-                             "space": {"trend": ("cat", [None, "additive"]), "damped": ("cat", [False, True])}},
-    "NBEATSModel": {"overrides": {"input_chunk_length": 20, "output_chunk_length": 10, "num_stacks": 2, "num_blocks": 1,
-                                  "num_layers": 2, "layer_widths": 64, **_SMALL_TORCH},
-                    "space": _TORCH_SPACE},
-    "TiDEModel": {"overrides": {"input_chunk_length": 20, "output_chunk_length": 10, "hidden_size": 64, "decoder_output_dim": 8,
-                                "num_encoder_layers": 1, "num_decoder_layers": 1, **_SMALL_TORCH}, "space": _TORCH_SPACE},
-    "BlockRNNModel": {"overrides": {"input_chunk_length": 20, "output_chunk_length": 10, "model": "GRU", "hidden_dim": 32,
-                                    **_SMALL_TORCH}},
+    "ExponentialSmoothing": {
+        "overrides": {"seasonal": None, "trend": None},
+        "space": {"trend": ("cat", [None, "additive"]), "damped": ("cat", [False, True])},
+    },
+    "NBEATSModel": {
+        "overrides": {
+            "input_chunk_length": 20,
+            "output_chunk_length": 10,
+            "num_stacks": 2,
+            "num_blocks": 1,
+            "num_layers": 2,
+            "layer_widths": 64,
+            **_SMALL_TORCH,
+        },
+        "space": _TORCH_SPACE,
+    },
+    "TiDEModel": {
+        "overrides": {
+            "input_chunk_length": 20,
+            "output_chunk_length": 10,
+            "hidden_size": 64,
+            "decoder_output_dim": 8,
+            "num_encoder_layers": 1,
+            "num_decoder_layers": 1,
+            **_SMALL_TORCH,
+        },
+        "space": _TORCH_SPACE,
+    },
+    "BlockRNNModel": {
+        "overrides": {
+            "input_chunk_length": 20,
+            "output_chunk_length": 10,
+            "model": "GRU",
+            "hidden_dim": 32,
+            **_SMALL_TORCH,
+        }
+    },
 }
 
 #: Torch-model constructor arguments that are the adapter's business, not the user's.
-_TORCH_SKIP = ("model_name", "work_dir", "log_tensorboard", "save_checkpoints", "force_reset", "add_encoders",
-               "pl_trainer_kwargs", "show_warnings", "nr_epochs_val_period", "enable_finetuning")
-TRAINER = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False, "logger": False,
-           "enable_checkpointing": False}
+_TORCH_SKIP = (
+    "model_name",
+    "work_dir",
+    "log_tensorboard",
+    "save_checkpoints",
+    "force_reset",
+    "add_encoders",
+    "pl_trainer_kwargs",
+    "show_warnings",
+    "nr_epochs_val_period",
+    "enable_finetuning",
+)
+TRAINER = {
+    "accelerator": "cpu",
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+    "logger": False,
+    "enable_checkpointing": False,
+}
 
 
 def _silence_lightning() -> None:
@@ -72,8 +115,16 @@ def adapter_class(name: str) -> type[LibraryAdapter]:
     params = constructor_params(est, TorchForecastingModel, skip=_TORCH_SKIP) if torch else constructor_params(est)
     tuning = TUNING.get(name, {})
     glob = issubclass(est, GlobalForecastingModel)
-    return DartsAdapter.make("darts", est, params, overrides=tuning.get("overrides"), space=tuning.get("space"),
-                             extra_adapter={"max_samples_per_ts": 8, "center": "last"} if glob else None, global_model=glob, torch=torch)
+    return DartsAdapter.make(
+        "darts",
+        est,
+        params,
+        overrides=tuning.get("overrides"),
+        space=tuning.get("space"),
+        extra_adapter={"max_samples_per_ts": 8, "center": "last"} if glob else None,
+        global_model=glob,
+        torch=torch,
+    )
 
 
 class DartsAdapter(LibraryAdapter):
@@ -117,7 +168,9 @@ class DartsAdapter(LibraryAdapter):
         model = self.new_estimator()
         if self.global_model:
             kwargs = {"verbose": False} if self.torch else {}
-            if "max_samples_per_ts" in inspect.signature(model.fit).parameters:  # a bounded number of windows per series
+            if (
+                "max_samples_per_ts" in inspect.signature(model.fit).parameters
+            ):  # a bounded number of windows per series
                 kwargs["max_samples_per_ts"] = self.params["max_samples_per_ts"]
             model.fit(self._normalise(Y), **kwargs)
             return model

@@ -17,8 +17,15 @@ import numpy as np
 from .common import LibraryAdapter, constructor_params, quiet
 
 #: Where the usual forecasters live (found without sktime's slower registry lookup).
-MODULES = ("sktime.forecasting.naive", "sktime.forecasting.theta", "sktime.forecasting.exp_smoothing",
-           "sktime.forecasting.ets", "sktime.forecasting.arima", "sktime.forecasting.trend", "sktime.forecasting.croston")
+MODULES = (
+    "sktime.forecasting.naive",
+    "sktime.forecasting.theta",
+    "sktime.forecasting.exp_smoothing",
+    "sktime.forecasting.ets",
+    "sktime.forecasting.arima",
+    "sktime.forecasting.trend",
+    "sktime.forecasting.croston",
+)
 
 #: Adapter defaults that differ from the library's, and search spaces, per forecaster.
 TUNING: dict[str, dict[str, Any]] = {
@@ -57,7 +64,9 @@ def adapter_class(name: str) -> type[LibraryAdapter]:
     if not (isinstance(est, type) and issubclass(est, BaseForecaster)):
         raise LookupError(f"sktime:{name} is not an sktime forecaster")
     tuning = TUNING.get(est.__name__, {})
-    return SktimeAdapter.make("sktime", est, constructor_params(est), overrides=tuning.get("overrides"), space=tuning.get("space"))
+    return SktimeAdapter.make(
+        "sktime", est, constructor_params(est), overrides=tuning.get("overrides"), space=tuning.get("space")
+    )
 
 
 class SktimeAdapter(LibraryAdapter):

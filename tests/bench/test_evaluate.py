@@ -1,4 +1,3 @@
-import gc
 import json
 
 import numpy as np
@@ -61,7 +60,9 @@ def test_observed_history_is_exactly_the_past(trace):
             return self.repeat(self.history.proportions[-1], horizon)
 
     evaluate(trace, Recorder(), TASK)
-    for steps_seen, o in zip(seen, sorted(set(r["origin"] for r in evaluate(trace, SlidingWindowAverage(), TASK).rows))):
+    for steps_seen, o in zip(
+        seen, sorted(set(r["origin"] for r in evaluate(trace, SlidingWindowAverage(), TASK).rows))
+    ):
         np.testing.assert_array_equal(steps_seen, trace.steps[:o])
 
 
@@ -88,19 +89,62 @@ def test_failures_are_recorded_and_the_run_goes_on(trace):
     ev = evaluate(trace, Flaky(), TASK)
     errors = {f["error"].split(":")[1].strip() for f in ev.failures}
     assert {"RuntimeError", "ForecastError"} <= errors
-    ok = {r["origin"] for r in ev.rows}
+    ok = {r["origin"] for r in ev.rows if not r["failed"]}
     failed = {f["origin"] for f in ev.failures}
     assert ok and not ok & failed
+    assert failed == {r["origin"] for r in ev.rows if r["failed"]}  # failed origins are scored too: charged
     assert len(ok) == (len(ok) + len(failed)) // 4  # every 4th call succeeds
     assert all(np.isfinite(r["error_rate"]) for r in ev.rows)
 
 
-@pytest.mark.parametrize("bad, fragment", [
-    (np.zeros((3, 2, 8)), "sum to 1"),
-    (np.full((3, 2, 8), 1 / 8)[:, :, :7], "shape"),
-    (-np.full((3, 2, 8), 1 / 8), "negative"),
-    ("not an array", "not an array"),
-])
+def test_a_failed_origin_is_charged_the_worse_of_uniform_and_sw_avg(trace):
+    """Refusing the hard origins never pays: a clone of sw_avg that raises wherever it would score worse than
+    its mean scores no better than sw_avg itself."""
+    base = evaluate(trace, SlidingWindowAverage(), TASK)
+    err = {(r["horizon"], r["origin"], r["layer"]): r["error_rate"] for r in base.rows}
+    mean_err = float(np.mean(list(err.values())))
+    hard = {o for (H, o, layer), e in err.items() if H == 50 and e > mean_err}
+
+    class Refuser(SlidingWindowAverage):
+        name = "refuser"
+
+        def predict(self, records):
+            if int(np.searchsorted(trace.steps, self.target_steps[0])) in hard:
+                raise RuntimeError("too hard")
+            return super().predict(records)
+
+    ev = evaluate(trace, Refuser(), TASK)
+    assert {f["origin"] for f in ev.failures} == hard
+    for r in ev.rows:
+        assert r["error_rate"] >= err[(r["horizon"], r["origin"], r["layer"])] - 1e-12
+        if r["failed"]:
+            uniform = float(
+                np.abs(trace.proportions[r["origin"] : r["origin"] + r["records"], r["layer"]] - 1 / 8)
+                .sum(axis=1)
+                .mean()
+            )
+            assert r["error_rate"] == pytest.approx(max(uniform, err[(r["horizon"], r["origin"], r["layer"])]))
+
+
+def test_an_exception_in_start_fails_every_origin_without_a_traceback(trace):
+    class BadStart(SlidingWindowAverage):
+        def start(self, layers, experts, training=()):
+            raise ValueError("no GPU here")
+
+    ev = evaluate(trace, BadStart(), TASK)
+    assert ev.failures and all("failed to start: ValueError: no GPU here" in f["error"] for f in ev.failures)
+    assert all(r["failed"] for r in ev.rows)
+
+
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        (np.zeros((3, 2, 8)), "sum to 1"),
+        (np.full((3, 2, 8), 1 / 8)[:, :, :7], "shape"),
+        (-np.full((3, 2, 8), 1 / 8), "negative"),
+        ("not an array", "not an array"),
+    ],
+)
 def test_check_forecast(bad, fragment):
     with pytest.raises(ForecastError, match=fragment):
         check_forecast(bad, 3, 2, 8)
@@ -128,6 +172,7 @@ def test_interrupted_run_resumes_without_redoing_finished_origins(tmp_path, trac
     full = evaluate(trace, Counting(), TASK)
     n = len(calls)
     calls.clear()
+
     # an exception that escapes the predictor is a recorded failure, so interrupt from outside
     def progress(done, total):
         if done == 5:
@@ -146,22 +191,36 @@ def test_interrupted_run_resumes_without_redoing_finished_origins(tmp_path, trac
     assert resumed.rows == full.rows
 
 
+def test_a_damaged_journal_line_is_recomputed_with_a_warning(trace, tmp_path):
+    journal = tmp_path / "journal.jsonl"
+    full = evaluate(trace, SlidingWindowAverage(), TASK, journal=journal)
+    lines = journal.read_text().splitlines()
+    rec = json.loads(lines[2])
+    rec["horizons"][next(iter(rec["horizons"]))]["metrics"]["error_rate"][0] = 0.0  # a flipped value, checksum kept
+    lines[2] = json.dumps(rec)
+    journal.write_text("\n".join(lines) + "\n")
+    with pytest.warns(RuntimeWarning, match="line 3 is damaged"):
+        again = evaluate(trace, SlidingWindowAverage(), TASK, journal=journal)
+    assert again.rows == full.rows
+    assert len(journal.read_text().splitlines()) == len(lines)  # cut at line 3, then written again
+
+
 def test_runs_are_cached_and_logged(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("MOE_LOAD_BENCH_HOME", str(tmp_path))
     registry.add(switching_trace(records=400, layers=2, experts=8, switch=150, seed=5), "syn")
     task = Task("syn", horizons=(50,), stride=50, min_history=25)
     first = runner.run("sw_avg", "syn", task=task, params={"window": 20})
-    assert first["mlflow_run_id"] and not first["cached"]
+    assert first.mlflow_run_id and not first.cached
     again = runner.run("sw_avg", "syn", task=task, params={"window": 20})
-    assert again["cached"] and again["horizons"] == first["horizons"]
+    assert again.cached and again == first
     other = runner.run("sw_avg", "syn", task=task, params={"window": 40}, track=False)
-    assert not other["cached"] and other["horizons"] != first["horizons"]
+    assert not other.cached and other.horizons != first.horizons
     import mlflow
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    run = mlflow.get_run(first["mlflow_run_id"])
+    run = mlflow.get_run(first.mlflow_run_id)
     assert run.data.tags["model"] == "sw_avg" and run.data.tags["dataset"] == "syn"
-    assert run.data.metrics["h50/error_rate/all"] == pytest.approx(first["horizons"]["50"]["error_rate"]["all"])
+    assert run.data.metrics["h50/error_rate/all"] == pytest.approx(first.value(50, "error_rate"))
     assert run.data.params["model.window"] == "20"
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"origins.parquet", "error_over_steps.png", "hottest_experts.png", "per_layer_errors.png"} <= arts

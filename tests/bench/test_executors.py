@@ -22,7 +22,7 @@ from datasets_registry.synthetic import switching_trace
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "executor_models.py"
-VOLATILE = {"seconds", "cached", "mlflow_run_id", "artifacts", "extras", "code_version"}
+VOLATILE = {"seconds", "cached", "mlflow_run_id", "artifacts", "extras", "code_version", "finished_at"}
 GRID = f"""
 datasets: [syn]
 models:
@@ -55,20 +55,28 @@ def data_home(path: Path):
             os.environ["MOE_LOAD_BENCH_HOME"] = old
 
 
-def comparable(results: list[dict]) -> list[dict]:
+def as_dicts(results) -> list[dict]:
+    """Results as `--json` gives them (RunResult objects from the library, dicts from the CLI)."""
+    return [r if isinstance(r, dict) else r.to_dict() for r in results]
+
+
+def comparable(results) -> list[dict]:
     """Results without timings and paths, as JSON would give them (tuples become lists)."""
-    return json.loads(json.dumps([{k: v for k, v in r.items() if k not in VOLATILE} for r in results]))
+    return json.loads(json.dumps([{k: v for k, v in r.items() if k not in VOLATILE} for r in as_dicts(results)]))
 
 
 def assert_same_runs(results: list[dict], home: Path, reference) -> None:
     """Same summaries and the same per-origin, per-layer rows as the in-process reference."""
     ref_results, ref_home = reference
     assert comparable(results) == comparable(ref_results)
-    for r in results:
+    for r in as_dicts(results):
         got = pd.read_parquet(home / "runs" / r["run_key"] / "origins.parquet")
         want = pd.read_parquet(ref_home / "runs" / r["run_key"] / "origins.parquet")
         pd.testing.assert_frame_equal(got, want)
-        origins = [json.loads(line)["origin"] for line in (home / "runs" / r["run_key"] / "journal.jsonl").read_text().splitlines()]
+        origins = [
+            json.loads(line)["origin"]
+            for line in (home / "runs" / r["run_key"] / "journal.jsonl").read_text().splitlines()
+        ]
         assert origins == sorted(set(origins))  # each origin exactly once
         assert not (home / "runs" / r["run_key"] / "chunks").exists()
 
@@ -114,8 +122,22 @@ def cluster(tmp_path):
 
     try:
         start("scheduler", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard")
-        workers = [start(f"worker{i}", "worker", address, "--nthreads", "1", "--no-dashboard", "--no-nanny",
-                         "--death-timeout", "30", "--local-directory", str(tmp_path / f"worker{i}")) for i in range(2)]
+        workers = [
+            start(
+                f"worker{i}",
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--no-dashboard",
+                "--no-nanny",
+                "--death-timeout",
+                "30",
+                "--local-directory",
+                str(tmp_path / f"worker{i}"),
+            )
+            for i in range(2)
+        ]
         with Client(address, timeout=30) as client:
             client.wait_for_workers(2, timeout=45)
         yield address, workers
@@ -150,6 +172,7 @@ def test_a_worker_killed_mid_grid_loses_nothing(cluster, grid_file, reference, t
     lost: list[str] = []  # keys the killed worker held
 
     with data_home(tmp_path / "home") as home, executors.executor("dask", address) as ex:
+
         def kill_a_busy_worker(done: int, total: int) -> None:
             if lost or done < 1:
                 return
@@ -169,9 +192,13 @@ def test_a_worker_killed_mid_grid_loses_nothing(cluster, grid_file, reference, t
 
 def test_chunks_of_origins_give_the_same_results_as_whole_runs(tmp_path):
     task = Task("syn", horizons=(50, 100), stride=10, min_history=25)
-    specs = [RunSpec.of("sw_avg", "syn", {"window": 20}, task), RunSpec.of("ema", "syn", {"decay": 0.8}, task),
-             RunSpec.of("sw_sum", "syn", {"window": 30}, task), RunSpec.of("last", "syn", None, task),
-             RunSpec.of("static", "syn", None, task)]  # static is not replayable: one whole-run unit
+    specs = [
+        RunSpec.of("sw_avg", "syn", {"window": 20}, task),
+        RunSpec.of("ema", "syn", {"decay": 0.8}, task),
+        RunSpec.of("sw_sum", "syn", {"window": 30}, task),
+        RunSpec.of("last", "syn", None, task),
+        RunSpec.of("static", "syn", None, task),
+    ]  # static is not replayable: one whole-run unit
     with data_home(tmp_path / "whole"):
         whole = run_all(specs, InProcessExecutor(), chunk=0)
     with data_home(tmp_path / "chunked"):
@@ -190,22 +217,45 @@ def test_local_process_pool_matches_and_reuses_the_cache(grid_file, reference, t
         assert not outcome.failures
         assert_same_runs(outcome.results, home, reference)
         again = run_all(specs, ex, stall_timeout=60)
-    assert again.units == 0 and all(r["cached"] for r in again.results)
+    assert again.units == 0 and all(r.cached for r in again.results)
 
 
-def test_a_failing_unit_is_retried_then_reported_and_the_rest_completes(tmp_path):
+def test_a_failing_unit_is_retried_then_reported_and_the_rest_completes(tmp_path, monkeypatch):
+    """A unit that raises (a full disk, a lost file: not a predictor's failure, which is a charged origin)."""
+    from bench import runner
+
+    real = runner.compute
+
+    def compute(model, dataset, **options):
+        if "Broken" in str(model):
+            raise RuntimeError("broken on purpose")
+        return real(model, dataset, **options)
+
+    monkeypatch.setattr(runner, "compute", compute)
     task = Task("syn", horizons=(50,), stride=50, min_history=25)
     specs = [RunSpec.of(f"{MODELS}:Broken", "syn", None, task), RunSpec.of("sw_avg", "syn", None, task)]
     with data_home(tmp_path / "home"):
         outcome = run_all(specs, InProcessExecutor(), retries=1)
-    assert outcome.results[0] is None and outcome.results[1]["horizons"]
+    assert outcome.results[0] is None and outcome.results[1].horizons
     assert list(outcome.failures.values()) == ["RuntimeError: broken on purpose"]
 
 
 def test_grid_file_expands_the_cartesian_product():
-    config = grid.parse({"datasets": ["a", "b"], "models": [{"name": "sw_avg", "params": {"window": [1, 2, 3]}},
-                                                            {"name": "sw_sum", "params": {"window": [5, 6], "rebalance_every": 0}}, "last"],
-                         "horizons": [[100], [200, 300]], "stride": 50, "executor": "dask", "address": "tcp://h:1", "chunk": "auto"})
+    config = grid.parse(
+        {
+            "datasets": ["a", "b"],
+            "models": [
+                {"name": "sw_avg", "params": {"window": [1, 2, 3]}},
+                {"name": "sw_sum", "params": {"window": [5, 6], "rebalance_every": 0}},
+                "last",
+            ],
+            "horizons": [[100], [200, 300]],
+            "stride": 50,
+            "executor": "dask",
+            "address": "tcp://h:1",
+            "chunk": "auto",
+        }
+    )
     specs = config.specs()
     assert len(specs) == 2 * (3 + 2 + 1) * 2
     assert {s.task.horizons for s in specs} == {(100,), (200, 300)} and all(s.task.stride == 50 for s in specs)
@@ -236,8 +286,10 @@ def test_a_tracked_grid_logs_each_run_once_from_the_driver(tmp_path, capsys, mon
     # set it here so that it is restored after the test and later tests log to their own stores
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
     cfg = tmp_path / "grid.yaml"
-    cfg.write_text("datasets: [syn]\nmodels:\n  - name: sw_avg\n    params: {window: [10, 20]}\n"
-                   "horizons: [50]\nstride: 50\nmin_history: 25\nexecutor: inprocess\n")
+    cfg.write_text(
+        "datasets: [syn]\nmodels:\n  - name: sw_avg\n    params: {window: [10, 20]}\n"
+        "horizons: [50]\nstride: 50\nmin_history: 25\nexecutor: inprocess\n"
+    )
     with data_home(tmp_path / "home"):
         assert main(["grid", str(cfg), "--json"]) == 0
         first = json.loads(capsys.readouterr().out)

@@ -26,7 +26,24 @@ def protocol_sw_avg_error_rate(trace, horizon, stride=100, min_history=100, wind
 
 
 def test_sw_avg_run_matches_an_independent_protocol_computation(smartmoe, capsys):
-    assert main(["run", "--model", "sw_avg", "--dataset", "smartmoe-ae", "--horizon", "1000", "--param", "window=100", "--json", "--no-track"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "sw_avg",
+                "--dataset",
+                "smartmoe-ae",
+                "--horizon",
+                "1000",
+                "--param",
+                "window=100",
+                "--json",
+                "--no-track",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     got = result["horizons"]["1000"]["error_rate"]["all"]
     assert got == pytest.approx(protocol_sw_avg_error_rate(smartmoe, 1000), rel=1e-12)

@@ -10,8 +10,17 @@ import pandas as pd
 import pytest
 
 from bench.aggregate import summarize
-from bench.placement import (PlacementSpec, drop_rate, imbalance, make_scorer, pack, place, replicate, score,
-                             static_placement)
+from bench.placement import (
+    PlacementSpec,
+    drop_rate,
+    imbalance,
+    make_scorer,
+    pack,
+    place,
+    replicate,
+    score,
+    static_placement,
+)
 from bench.steptime import StepTimeModel
 
 
@@ -130,10 +139,10 @@ def test_ratio_metrics_are_computed_from_aggregated_means():
         {"horizon": 10, "origin": 1, "origin_step": 1, "records": 1, "layer": 0, "state": "stable",
          "imbalance_static": 1.0001, "imbalance": 1.0002, "imbalance_oracle": 1.0},
     ]
-    out = summarize(pd.DataFrame(rows), [], (10,), ["imbalance_static", "imbalance", "imbalance_oracle"])
-    gap = out["10"]["gap_closed"]
-    assert gap["all"] == pytest.approx((1.50005 - 1.2501) / 0.50005) and gap["stable"] == gap["all"]
-    assert math.isnan(gap["transient"])
+    out = summarize(pd.DataFrame(rows), [], (10,), ["imbalance_static", "imbalance", "imbalance_oracle"], layers=1)
+    gap = out[10].metrics["gap_closed"]
+    assert gap.all == pytest.approx((1.50005 - 1.2501) / 0.50005) and gap.stable == gap.all
+    assert gap.transient is None  # no origin in that state
 
 
 def test_scorer_on_a_forecast():
@@ -171,8 +180,6 @@ def test_placement_command_on_a_static_dataset(capsys):
 
 def test_run_adds_placement_metrics(smartmoe, capsys):
     from bench.cli import main
-    from bench.tracking import flat_metrics
-
     assert main(["run", "--model", "sw_avg", "--dataset", "smartmoe-ae", "--horizon", "1000", "--placement", "G=8,R=8",
                  "--json", "--no-track"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -183,4 +190,6 @@ def test_run_adds_placement_metrics(smartmoe, capsys):
             assert isinstance(entry[metric][state], float), (metric, state)
     assert entry["imbalance_oracle"]["all"] <= entry["imbalance"]["all"] < entry["imbalance_static"]["all"]
     assert 0 < entry["gap_closed"]["all"] <= 1.0 and entry["layer_time_gain"]["all"] > 0
-    assert "h1000/gap_closed/stable" in flat_metrics(result["horizons"])
+    from bench.results import RunResult
+
+    assert "h1000/gap_closed/stable" in RunResult.from_dict(result).to_mlflow()[1]

@@ -1,4 +1,3 @@
-import numpy as np
 
 from bench.states import detect_states
 from datasets_registry.synthetic import switching_trace

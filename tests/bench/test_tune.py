@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import optuna
 import pytest
 
@@ -67,7 +66,11 @@ def test_interrupted_study_resumes_without_duplicates(dataset, monkeypatch):
     interrupted = [t for t in study.trials if t.user_attrs.get("interrupted")]
     assert len(interrupted) == 1 and interrupted[0].state == optuna.trial.TrialState.FAIL
     retry = [t for t in study.trials if t.user_attrs.get("retry_of") == interrupted[0].number]
-    assert len(retry) == 1 and retry[0].params == interrupted[0].params and retry[0].state == optuna.trial.TrialState.COMPLETE
+    assert (
+        len(retry) == 1
+        and retry[0].params == interrupted[0].params
+        and retry[0].state == optuna.trial.TrialState.COMPLETE
+    )
     assert complete(study)[0].user_attrs.get("defaults") and complete(study)[0].params == {"decay": 0.95}
     assert record["default_value"] == complete(study)[0].value
 
@@ -76,7 +79,9 @@ def test_interrupted_study_resumes_without_duplicates(dataset, monkeypatch):
     done = complete(study)
     assert len(done) == 5 and len({t.number for t in done}) == 5
     assert len({json.dumps(t.params, sort_keys=True) for t in done}) == 5  # no parameter set evaluated twice
-    assert record["value"] == min(t.value for t in done) and record["params"] == {"decay": min(done, key=lambda t: t.value).params["decay"]}
+    assert record["value"] == min(t.value for t in done) and record["params"] == {
+        "decay": min(done, key=lambda t: t.value).params["decay"]
+    }
     assert tuning.best_params("ema", dataset) == record["params"]
 
     # MLflow: one parent run for the study, one nested run per evaluated trial (the interrupted one killed)
@@ -84,7 +89,7 @@ def test_interrupted_study_resumes_without_duplicates(dataset, monkeypatch):
 
     from bench import tracking
 
-    tracking._mlflow(None)
+    tracking.connect(None)
     runs = mlflow.search_runs(experiment_names=[tuning.EXPERIMENT], output_format="list")
     parent = [r for r in runs if r.info.run_id == record["mlflow_parent_run_id"]]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == record["mlflow_parent_run_id"]]
@@ -94,14 +99,57 @@ def test_interrupted_study_resumes_without_duplicates(dataset, monkeypatch):
 
 
 def test_run_params_best_uses_the_test_task(dataset, capsys):
-    assert main(["tune", "--model", "sw_avg", "--dataset", dataset, "--trials", "3", "--no-track", "--horizon", "100",
-                 "--horizon", "200", "--stride", "50", "--min-history", "50"]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                "--model",
+                "sw_avg",
+                "--dataset",
+                dataset,
+                "--trials",
+                "3",
+                "--no-track",
+                "--horizon",
+                "100",
+                "--horizon",
+                "200",
+                "--stride",
+                "50",
+                "--min-history",
+                "50",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "test task: origins from step 601" in out
     best = tuning.best_params("sw_avg", dataset)
     assert set(best) == {"window"}
-    assert main(["run", "--model", "sw_avg", "--dataset", dataset, "--params", "best", "--no-track", "--json",
-                 "--horizon", "100", "--horizon", "200", "--stride", "50", "--min-history", "50"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "sw_avg",
+                "--dataset",
+                dataset,
+                "--params",
+                "best",
+                "--no-track",
+                "--json",
+                "--horizon",
+                "100",
+                "--horizon",
+                "200",
+                "--stride",
+                "50",
+                "--min-history",
+                "50",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["params"] == best and result["task"]["first_origin"] == 601
 

@@ -1,4 +1,3 @@
-import io
 import json
 import tarfile
 
@@ -37,8 +36,10 @@ def test_same_trace_from_npz_csv_parquet_and_fastmoe_has_one_fingerprint(tmp_pat
     iters = np.array([1, 11, 21, 31, 41, 51])
     np.savez(tmp_path / "t.npz", counts=counts, steps=iters)
     T, L, E = counts.shape
-    long = pd.DataFrame([(iters[t], l, e, counts[t, l, e]) for t in range(T) for l in range(L) for e in range(E)],
-                        columns=["step", "layer", "expert", "tokens"]).sample(frac=1, random_state=0)
+    long = pd.DataFrame(
+        [(iters[t], l, e, counts[t, l, e]) for t in range(T) for l in range(L) for e in range(E)],
+        columns=["step", "layer", "expert", "tokens"],
+    ).sample(frac=1, random_state=0)
     long.to_csv(tmp_path / "t.csv", index=False)
     long.to_parquet(tmp_path / "t.parquet")
     write_tables(tmp_path / "tables", counts, iters)
@@ -58,8 +59,9 @@ def test_real_smartmoe_trace_from_npz_and_csv_matches_its_fastmoe_import(tmp_pat
     np.savez_compressed(tmp_path / "s.npz", counts=smartmoe.counts, steps=smartmoe.steps)
     T, L, E = smartmoe.shape
     t, l, e = np.meshgrid(np.arange(T), np.arange(L), np.arange(E), indexing="ij")
-    pd.DataFrame({"step": smartmoe.steps[t.ravel()], "layer": l.ravel(), "expert": e.ravel(),
-                  "tokens": smartmoe.counts.ravel()}).to_csv(tmp_path / "s.csv", index=False)
+    pd.DataFrame(
+        {"step": smartmoe.steps[t.ravel()], "layer": l.ravel(), "expert": e.ravel(), "tokens": smartmoe.counts.ravel()}
+    ).to_csv(tmp_path / "s.csv", index=False)
     assert import_path(tmp_path / "s.npz", "npz").fingerprint == smartmoe.fingerprint
     assert import_path(tmp_path / "s.csv", "csv").fingerprint == smartmoe.fingerprint
 
@@ -85,20 +87,26 @@ def test_fastmoe_errors_name_the_file_and_line(tmp_path, counts):
 
 
 def test_long_table_errors(tmp_path):
-    pd.DataFrame({"step": [1, 1], "layer": [0, 0], "expert": [0, 0], "tokens": [3, 4]}).to_csv(tmp_path / "dup.csv", index=False)
+    pd.DataFrame({"step": [1, 1], "layer": [0, 0], "expert": [0, 0], "tokens": [3, 4]}).to_csv(
+        tmp_path / "dup.csv", index=False
+    )
     with pytest.raises(TraceError, match="repeated row"):
         import_path(tmp_path / "dup.csv", "csv")
     pd.DataFrame({"step": [1], "layer": [0], "expert": [0]}).to_csv(tmp_path / "nocol.csv", index=False)
     with pytest.raises(TraceError, match=r"missing column\(s\) \['tokens'\]"):
         import_path(tmp_path / "nocol.csv", "csv")
-    pd.DataFrame({"step": [1, 2], "layer": [0, 0], "expert": [0, 0], "tokens": [3, -1]}).to_csv(tmp_path / "neg.csv", index=False)
+    pd.DataFrame({"step": [1, 2], "layer": [0, 0], "expert": [0, 0], "tokens": [3, -1]}).to_csv(
+        tmp_path / "neg.csv", index=False
+    )
     with pytest.raises(TraceError, match="neg.csv: counts must be non-negative"):
         import_path(tmp_path / "neg.csv", "csv")
 
 
 def test_cli_import_stores_and_failed_import_leaves_nothing(tmp_path, capsys, counts):
     np.savez(tmp_path / "good.npz", counts=counts, steps=np.arange(6) * 5)
-    assert main(["datasets", "import", str(tmp_path / "good.npz"), "--format", "npz", "--id", "cli-good", "--json"]) == 0
+    assert (
+        main(["datasets", "import", str(tmp_path / "good.npz"), "--format", "npz", "--id", "cli-good", "--json"]) == 0
+    )
     listed = json.loads(capsys.readouterr().out)
     assert listed["records"] == 6 and listed["id"] == "cli-good"
     np.testing.assert_array_equal(registry.load("cli-good").counts, counts)

@@ -1,7 +1,18 @@
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 
-from datasets_registry.trace import Card, ModelInfo, Trace, TraceError, fingerprint
+from datasets_registry.trace import (
+    CARD_FIELD_TYPES,
+    MODEL_FIELD_TYPES,
+    Card,
+    ModelInfo,
+    Trace,
+    TraceError,
+    fingerprint,
+)
 
 
 def good_counts(T=5, L=2, E=4):
@@ -75,3 +86,10 @@ def test_card_round_trips_through_json_and_rejects_unknown_fields():
     assert back == card
     with pytest.raises(TraceError, match="unknown field"):
         Card.from_dict({"id": "x", "colour": "red"}, source="card.json")
+
+
+def test_card_type_tables_cover_every_field():
+    assert set(CARD_FIELD_TYPES) == {f.name for f in dataclasses.fields(Card)}
+    assert set(MODEL_FIELD_TYPES) == {f.name for f in dataclasses.fields(ModelInfo)}
+    card = Card(id="x", model=ModelInfo(experts=4, aux_loss=0.01, router="hash"), layer_names=["a"])
+    assert Card.from_dict(json.loads(card.to_json())) == card  # a written card reads back

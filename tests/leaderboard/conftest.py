@@ -19,7 +19,7 @@ def add_second_dataset(name: str = SECOND) -> str:
 
 @pytest.fixture(scope="session")
 def runs_2x2(smartmoe):
-    """{(model, dataset): result} for MODELS on smartmoe-ae and the second trace, logged to the session's MLflow store."""
+    """{(model, dataset): result} for MODELS on smartmoe-ae and the second trace, logged to the session's store."""
     from bench import runner
 
     second = add_second_dataset()

@@ -24,8 +24,15 @@ from .conftest import SECOND
 from .uiproc import REPO, free_port, start_ui, stop_ui
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = REPO / "test-artifacts"
 DOC_IMG = REPO / "docs" / "img"
 # The metric cells of one row of MLflow's compare-runs page: the page lays names and values out in
@@ -33,7 +40,8 @@ DOC_IMG = REPO / "docs" / "img"
 ROW_VALUES_JS = """(a) => {
   const cell = a.parentElement, top = cell.style.top;
   let box = cell.closest('.ReactVirtualized__Grid');
-  while (box && box.querySelectorAll('.ReactVirtualized__Grid__innerScrollContainer').length < 2) box = box.parentElement;
+  const inner = '.ReactVirtualized__Grid__innerScrollContainer';
+  while (box && box.querySelectorAll(inner).length < 2) box = box.parentElement;
   if (!box) return null;
   return Array.from(box.querySelectorAll('.ReactVirtualized__Grid__innerScrollContainer'))
     .filter(g => !g.contains(cell))
@@ -96,14 +104,19 @@ def test_mlflow_ui_shows_two_models_with_their_error_rates(ui_server, runs_2x2, 
     for model in runs:
         page.get_by_text(f"{model} · smartmoe-ae", exact=True).first.wait_for(timeout=120_000)
     page.get_by_text(f"sw_avg · {SECOND}", exact=True).first.wait_for(timeout=30_000)
-    page.get_by_text("smartmoe-ae@1", exact=False).first.wait_for(timeout=30_000)  # the Dataset column (the run's input)
+    page.get_by_text("smartmoe-ae@1", exact=False).first.wait_for(
+        timeout=30_000
+    )  # the Dataset column (the run's input)
     _close_assistant(page)
     screenshot(page, "mlflow-runs.png")
 
-    ids = [r["mlflow_run_id"] for r in runs.values()]
+    ids = [r.mlflow_run_id for r in runs.values()]
     exp = ui_server["runs_url"].split("/experiments/")[1].split("/")[0]
-    page.goto(f"{ui_server['base']}/#/compare-runs?runs={urllib.parse.quote(json.dumps(ids))}"
-              f"&experiments={urllib.parse.quote(json.dumps([exp]))}&workflowType=machine_learning", timeout=120_000)
+    page.goto(
+        f"{ui_server['base']}/#/compare-runs?runs={urllib.parse.quote(json.dumps(ids))}"
+        f"&experiments={urllib.parse.quote(json.dumps([exp]))}&workflowType=machine_learning",
+        timeout=120_000,
+    )
     for model in runs:
         page.get_by_text(f"{model} · smartmoe-ae", exact=True).first.wait_for(timeout=120_000)
     for state in ("all", "stable", "transient"):  # the first rows of the (virtualised) metrics grid
@@ -111,7 +124,7 @@ def test_mlflow_ui_shows_two_models_with_their_error_rates(ui_server, runs_2x2, 
         link = page.locator("a[title='Plot chart']").filter(has_text=name)
         link.first.wait_for(timeout=60_000)
         shown = link.first.evaluate(ROW_VALUES_JS)
-        expected = [r["horizons"]["1000"]["error_rate"][state] for r in runs.values()]
+        expected = [r.value(1000, "error_rate", state) for r in runs.values()]
         assert [float(x) for x in shown] == pytest.approx(expected, abs=6e-4), (name, shown, expected)
     _close_assistant(page)
     for section in ("Visualizations", "Parameters"):  # folded: run names and metrics in one view
@@ -153,8 +166,12 @@ def test_leaderboard_page_tables_and_plots(runs_2x2, page, tmp_path, capsys):
     assert plots.count() == 1 + 2 + 4  # skill bars, error over training per dataset, per-layer heatmap per cell
     for i in range(plots.count()):
         assert plots.nth(i).locator(".main-svg").count() >= 1
-    assert page.locator("#fig-0 .bars .point path").count() >= 6  # skill: 3 models x 3 states (sw_avg's are zero-height)
-    assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 2 * 2 * 4  # per dataset, per horizon: 3 models + noise floor
+    assert (
+        page.locator("#fig-0 .bars .point path").count() >= 6
+    )  # skill: 3 models x 3 states (sw_avg's are zero-height)
+    assert (
+        page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 2 * 2 * 4
+    )  # per dataset, per horizon: 3 models + noise floor
     assert page.locator(".js-plotly-plot .hm image").count() == 4  # heatmaps drawn
     assert page.locator(".js-plotly-plot .shapelayer path").count() >= 1  # transient state shaded
     assert not outside, f"the page fetched from the network: {outside}"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
-import pandas as pd
 import pytest
 
 from bench import runner
@@ -25,7 +25,7 @@ def manual_skill(runs_2x2, model: str) -> float:
     """1 - geometric mean over (dataset, horizon, layer) of error_rate / sw_avg's, from the runs' origins.parquet."""
     logs = []
     for ds in ("smartmoe-ae", SECOND):
-        frames = {m: pd.read_parquet(runner.runs_dir() / runs_2x2[(m, ds)]["run_key"] / "origins.parquet") for m in (model, "sw_avg")}
+        frames = {m: runs_2x2[(m, ds)].to_frame(per_origin=True) for m in (model, "sw_avg")}
         per_layer = {m: f.groupby(["horizon", "layer"])["error_rate"].mean() for m, f in frames.items()}
         ratio = per_layer[model] / per_layer["sw_avg"]
         logs += [math.log(x) for x in ratio]
@@ -53,13 +53,13 @@ def test_two_models_two_datasets_ranked(runs_2x2, capsys):
         assert t["noise_floor"]["all"] > 0
         for row in t["rows"]:
             result = runs_2x2[(row["model"], t["dataset"])]
-            expected = result["horizons"][str(t["horizon"])]
-            assert row["error_rate"] == pytest.approx(expected["error_rate"])
-            assert row["window_error"] == pytest.approx(expected["window_error"])
-            assert row["noise_floor"] == pytest.approx(expected["noise_floor"])
-            assert row["failed_origins"] == expected["failures"] == 0
-            assert row["seconds"] == pytest.approx(result["seconds"])
-            assert row["run_id"] == result["mlflow_run_id"]
+            expected = result.horizons[t["horizon"]]
+            assert row["error_rate"] == pytest.approx(expected.metrics["error_rate"].to_dict())
+            assert row["window_error"] == pytest.approx(expected.metrics["window_error"].to_dict())
+            assert row["noise_floor"] == pytest.approx(expected.metrics["noise_floor"].to_dict())
+            assert row["failed_origins"] == expected.failures == 0
+            assert row["seconds"] == pytest.approx(result.seconds)
+            assert row["run_id"] == result.mlflow_run_id
         errors = [r["error_rate"]["all"] for r in t["rows"]]
         assert errors == sorted(errors)
     assert board["superseded"] == []
@@ -77,9 +77,11 @@ def test_rich_output_and_files(runs_2x2, capsys, tmp_path):
         assert f"| {model} |" in md and f",{model}," in csv
     # reproducible files carry no run ids, runtimes or dates; the page does carry the run ids
     for r in (runs_2x2[(m, SECOND)] for m in MODELS):
-        assert r["mlflow_run_id"] not in md + csv
+        assert r.mlflow_run_id not in md + csv
     assert "seconds" not in md and "seconds" not in csv
-    assert "<script src=" not in html and "Plotly" in html  # plotly.js inlined (the browser test checks it loads nothing)
+    assert (
+        "<script src=" not in html and "Plotly" in html
+    )  # plotly.js inlined (the browser test checks it loads nothing)
     assert len(csv.strip().splitlines()) == 1 + 2 * 3
 
 
@@ -89,19 +91,25 @@ def test_newest_run_wins_and_tasks_and_versions_never_mix(capsys):
 
     name = "lb-mix"
     registry.add(switching_trace(records=300, layers=2, experts=8, switch=100, step_every=10, seed=5), name)
-    registry.add(switching_trace(records=300, layers=2, experts=8, switch=100, step_every=10, seed=6), name)  # version 2
+    registry.add(
+        switching_trace(records=300, layers=2, experts=8, switch=100, step_every=10, seed=6), name
+    )  # version 2
     first = runner.run("ema", f"{name}@1", task=Task(dataset=name, horizons=(1000,)))
-    again = runner.log({k: v for k, v in first.items()})  # the same (task, model, params), logged later
+    again = runner.run("ema", f"{name}@1", task=Task(dataset=name, horizons=(1000,)), force=True)  # computed again
     other_task = runner.run("ema", f"{name}@1", task=Task(dataset=name, horizons=(1000,), stride=200))
     v2 = runner.run("ema", f"{name}@2", task=Task(dataset=name, horizons=(1000,)))
     board = board_json(capsys, "--dataset", name)
 
-    assert [s["run_id"] for s in board["superseded"]] == [first["mlflow_run_id"]]
-    assert board["superseded"][0]["superseded_by"] == again["mlflow_run_id"]
+    assert [s["run_id"] for s in board["superseded"]] == [first.mlflow_run_id]
+    assert board["superseded"][0]["superseded_by"] == again.mlflow_run_id
     groups = {(t["dataset_version"], t["task_fingerprint"]): t for t in board["tables"]}
-    assert set(groups) == {("1", first["task_fingerprint"]), ("1", other_task["task_fingerprint"]), ("2", v2["task_fingerprint"])}
+    assert set(groups) == {
+        ("1", first.task_fingerprint),
+        ("1", other_task.task_fingerprint),
+        ("2", v2.task_fingerprint),
+    }
     assert all(len(t["rows"]) == 1 for t in board["tables"])
-    assert groups[("1", first["task_fingerprint"])]["rows"][0]["run_id"] == again["mlflow_run_id"]
+    assert groups[("1", first.task_fingerprint)]["rows"][0]["run_id"] == again.mlflow_run_id
     assert board["ranking"][0]["skill"]["all"] is None  # no sw_avg run: no skill, still a win rate over cells
     assert board["ranking"][0]["cells"] == 3
 
@@ -109,18 +117,21 @@ def test_newest_run_wins_and_tasks_and_versions_never_mix(capsys):
     assert [t["dataset_version"] for t in only_v2["tables"]] == ["2"]
 
 
-def test_parse_metrics_and_ranks():
-    parsed = build.parse_metrics({"h1000/error_rate/all": 0.1, "h1000/error_rate/stable": 0.05, "h1000/n_origins": 40.0,
-                                  "h2000/gap_closed/all": 0.5, "seconds": 3.0})
-    assert parsed[1000]["error_rate"] == {"all": 0.1, "transient": None, "stable": 0.05}
-    assert parsed[1000]["n_origins"] == 40.0 and parsed[2000]["gap_closed"]["all"] == 0.5
+def test_ranks_share_ties():
     assert build._ranks([0.3, 0.1, 0.3]) == [2.5, 1.0, 2.5]
 
 
-def test_placement_columns_shown_when_present():
-    run = build.Run(run_id="r1", start_time=1, model="ema", params={}, dataset="d", dataset_version="1", task_fingerprint="t",
-                    task={}, run_key="k", horizons=build.parse_metrics({"h1000/error_rate/all": 0.1, "h1000/gap_closed/all": 0.42,
-                                                                        "h1000/layer_time_gain/all": 0.07}))
-    board = build.build([run])
-    md = render.markdown(board)
+def test_placement_columns_shown_when_present(runs_2x2):
+    from bench.results import ByState
+
+    r = runs_2x2[("ema", SECOND)]
+    h = r.horizons[1000]
+    placed = r.replace(
+        horizons={
+            1000: dataclasses.replace(
+                h, metrics={**h.metrics, "gap_closed": ByState(0.42), "layer_time_gain": ByState(0.07)}
+            )
+        }
+    )
+    md = render.markdown(build.build([placed]))
     assert "gap_closed (all)" in md and "42.0%" in md and "layer_time_gain (all)" in md

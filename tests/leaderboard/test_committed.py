@@ -17,7 +17,9 @@ def test_committed_files_match_a_fresh_refresh(smartmoe, tmp_path, capsys):
     for name in FILES:
         committed = (reference.OUT_DIR / name).read_text(encoding="utf-8")
         fresh = (tmp_path / name).read_text(encoding="utf-8")
-        assert fresh == committed, f"leaderboard/{name} is stale: run `make leaderboard` (python -m bench leaderboard --write) and commit it"
+        assert fresh == committed, (
+            f"leaderboard/{name} is stale: run `make leaderboard` (python -m bench leaderboard --write) and commit it"
+        )
     assert (tmp_path / "leaderboard.html").stat().st_size > 1_000_000  # plotly.js inlined
 
 

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.commands.ui import group_members
+from bench.server import group_members
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -24,8 +24,14 @@ def free_port() -> int:
 
 def start_ui(port: int, timeout: float = 240.0) -> tuple[subprocess.Popen, dict]:
     """Run `bench ui` until it prints its address; returns (process, {base, pgid, runs_url, output})."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "ui", "--port", str(port), "--host", "127.0.0.1"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "ui", "--port", str(port), "--host", "127.0.0.1"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     info: dict = {"output": []}
@@ -51,7 +57,7 @@ def start_ui(port: int, timeout: float = 240.0) -> tuple[subprocess.Popen, dict]
 
 
 def stop_ui(proc: subprocess.Popen, info: dict, signal_name: str = "SIGINT", check: bool = True) -> int:
-    """Signal `bench ui` as Ctrl-C (or a service manager) would; returns its exit status after checking no orphan is left."""
+    """Signal `bench ui` as Ctrl-C (or a service manager) would; its exit status, once no orphan is left."""
     import signal
 
     proc.send_signal(getattr(signal, signal_name))

@@ -11,12 +11,12 @@ def bench_run(capsys):
 
     def run(*args):
         from bench.cli import main
-        from bench.tracking import _mlflow
+        from bench.tracking import client as mlflow_client
 
         capsys.readouterr()
         assert main(["run", *args, "--json"]) == 0
         result = json.loads(capsys.readouterr().out)
-        client = _mlflow(None).MlflowClient()
+        client = mlflow_client(None)
         mlflow_run = client.get_run(result["mlflow_run_id"])
         artifacts = {a.path for a in client.list_artifacts(mlflow_run.info.run_id)}
         return result, mlflow_run, artifacts, client

@@ -1,4 +1,4 @@
-"""ARIMA: valid forecasts, clipping counted, binning in iterations, engines agree, parallel == serial, order selection."""
+"""ARIMA: valid forecasts, clipping counted, binning in iterations, engines agree, parallel == serial, orders."""
 
 import numpy as np
 import pytest
@@ -64,7 +64,9 @@ def per_step():
 def test_binned_window_averages_whole_bins_ending_at_the_last_record():
     p = np.arange(2 * 25, dtype=float).reshape(25, 2, 1)
     x = binned_window(p, np.arange(1, 26), window=20, bin_iterations=5)  # 4 bins of 5 records: records 5..24
-    np.testing.assert_array_equal(x[:, 0, 0], [p[5:10, 0, 0].mean(), p[10:15, 0, 0].mean(), p[15:20, 0, 0].mean(), p[20:25, 0, 0].mean()])
+    np.testing.assert_array_equal(
+        x[:, 0, 0], [p[5:10, 0, 0].mean(), p[10:15, 0, 0].mean(), p[15:20, 0, 0].mean(), p[20:25, 0, 0].mean()]
+    )
     x = binned_window(p[:7], np.arange(1, 8), window=20, bin_iterations=5)  # shorter than the window: whole bins only
     np.testing.assert_array_equal(x[:, 1, 0], [p[2:7, 1, 0].mean()])
     steps10 = np.arange(10, 260, 10)  # recorded every 10th iteration: a 10-iteration bin is one record
@@ -88,8 +90,12 @@ def test_window_and_bin_are_iterations_whatever_the_recording_rate(per_step):
 #: (trace, order) pairs on which the fast path is claimed to agree with statsmodels: the default
 #: order on smartmoe-ae, and the AR orders with a mean that the order selection picks on both
 #: kinds of trace (docs/models.md says where the engines differ: (0,1,1) on the tracer traces).
-AGREEING = [("smartmoe-ae", (0, 1, 1)), ("smartmoe-ae", (1, 0, 0)),
-            ("gpt3-125m-16e-top2-s1", (1, 0, 0)), ("gpt3-125m-16e-top2-s1", (2, 0, 2))]
+AGREEING = [
+    ("smartmoe-ae", (0, 1, 1)),
+    ("smartmoe-ae", (1, 0, 0)),
+    ("gpt3-125m-16e-top2-s1", (1, 0, 0)),
+    ("gpt3-125m-16e-top2-s1", (2, 0, 2)),
+]
 
 
 @pytest.mark.parametrize("dataset, order", AGREEING)
@@ -153,8 +159,20 @@ def test_bad_params_are_refused():
 
 def test_bench_run_arima_on_a_tracer_trace_is_logged_to_mlflow(bench_run):
     """`python -m bench run --model arima` end to end on the built-in tiny tracer trace (every iteration recorded)."""
-    result, run, artifacts, _ = bench_run("--model", "arima", "--dataset", "tiny-cpu-s1", "--horizon", "1000",
-                                          "--stride", "1500", "--param", "n_jobs=1", "--param", "window=500")
+    result, run, artifacts, _ = bench_run(
+        "--model",
+        "arima",
+        "--dataset",
+        "tiny-cpu-s1",
+        "--horizon",
+        "1000",
+        "--stride",
+        "1500",
+        "--param",
+        "n_jobs=1",
+        "--param",
+        "window=500",
+    )
     h = result["horizons"]["1000"]
     assert result["failures"] == 0 and h["n_origins"] == 3
     assert h["error_rate"]["all"] > h["noise_floor"]["all"] > 0
@@ -191,3 +209,59 @@ def test_order_auto_on_history_waits_for_a_full_window(per_step):
     check_forecast(pred.predict(20), 20, 2, 16)
     assert pred.selected is not None and pred.selected["series"] == 8
     assert pred.selected["order"] == ",".join(map(str, pred._order))
+
+
+def test_kill_9_of_a_run_leaves_no_pool_worker(tmp_path):
+    """ARIMA's fit workers die with the command that started them, even when it is killed with SIGKILL."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    env = {**os.environ, "MOE_LOAD_BENCH_HOME": str(tmp_path), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "run",
+            "--model",
+            "arima",
+            "--dataset",
+            "tiny-cpu-s1",
+            "--param",
+            "n_jobs=2",
+            "--no-track",
+            "--force",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def children(pid: int) -> list[int]:
+        path = Path(f"/proc/{pid}/task/{pid}/children")
+        return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+    deadline = time.monotonic() + 120
+    while len(children(proc.pid)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    workers = children(proc.pid)
+    assert len(workers) >= 2, "the pool never started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    alive = workers
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [
+            w
+            for w in workers
+            if Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().split(")")[-1].split()[:1]
+        ]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, f"pool workers left behind after kill -9: {alive}"

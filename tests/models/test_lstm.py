@@ -12,8 +12,18 @@ from datasets_registry.trace import Card, Trace
 from models import ParamError, predictor_class
 from models.lstm import LSTMPredictor
 
-SMALL = dict(window=200, bins=8, hidden=8, embed=2, epochs=2, sample_stride=8, batch_size=32, horizon=600, chunks=2,
-             val_fraction=0.0)  # no held-out origins: every training changes the weights
+SMALL = dict(
+    window=200,
+    bins=8,
+    hidden=8,
+    embed=2,
+    epochs=2,
+    sample_stride=8,
+    batch_size=32,
+    horizon=600,
+    chunks=2,
+    val_fraction=0.0,
+)  # no held-out origins: every training changes the weights
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +108,7 @@ def test_history_training_follows_its_schedule(halves):
     pred.start(3, 32)
     trained_at = []
     for n in (20, 40, 60, 80, 100, 120):
-        pred.observe(test.counts[n - 20:n], test.steps[n - 20:n])
+        pred.observe(test.counts[n - 20 : n], test.steps[n - 20 : n])
         pred.refit()
         trained_at.append(pred.trainings)
     assert trained_at == [0, 0, 1, 1, 2, 2]  # first at 60 records, then every 2nd refit
@@ -113,7 +123,9 @@ def test_checkpoint_and_curves_for_mlflow(halves, tmp_path):
     assert len(extras["curves"]["lstm/train_loss"]) == SMALL["epochs"] == len(extras["curves"]["lstm/val_loss"])
     import torch
 
-    ckpt = torch.load(tmp_path / "lstm.ckpt", weights_only=True)  # tensors and plain values only: loads without executing code
+    ckpt = torch.load(
+        tmp_path / "lstm.ckpt", weights_only=True
+    )  # tensors and plain values only: loads without executing code
     assert (ckpt["layers"], ckpt["experts"]) == (3, 32) and str(tmp_path / "lstm.ckpt") in extras["artifacts"]
     # the checkpoint restores the trained model: the same scores on the trace under test, no training
     restored = LSTMPredictor.from_checkpoint(tmp_path / "lstm.ckpt")
@@ -145,9 +157,19 @@ def test_asking_for_a_gpu_without_one_is_a_clear_error():
 
 def test_bench_run_lstm_logs_checkpoint_and_curves_to_mlflow(bench_run):
     """`python -m bench run --model lstm` end to end on the built-in tiny tracer trace, trained on its own history."""
-    params = ["--param", "epochs=2", "--param", "hidden=8", "--param", "retrain_every=100", "--param", "min_train_records=1000"]
-    result, run, artifacts, client = bench_run("--model", "lstm", "--dataset", "tiny-cpu-s1", "--horizon", "1000",
-                                               "--stride", "1500", *params)
+    params = [
+        "--param",
+        "epochs=2",
+        "--param",
+        "hidden=8",
+        "--param",
+        "retrain_every=100",
+        "--param",
+        "min_train_records=1000",
+    ]
+    result, run, artifacts, client = bench_run(
+        "--model", "lstm", "--dataset", "tiny-cpu-s1", "--horizon", "1000", "--stride", "1500", *params
+    )
     assert result["failures"] == 0 and result["horizons"]["1000"]["n_origins"] == 3
     m = run.data.metrics
     assert m["lstm.trainings"] == 1  # at the first origin with 1,000 records of history, then not again

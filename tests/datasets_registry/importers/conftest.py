@@ -27,7 +27,8 @@ class Plain:
 
 @pytest.fixture(params=["reduce", "subclass", "plain"])
 def pickled(request):
-    """(make, name): make(d) is the documented dict `d` with a pickled object that weights_only refuses; name is its class."""
+    """(make, name): make(d) is the documented dict `d` with a pickled object that weights_only refuses;
+    name is its class."""
     if request.param == "reduce":
         return (lambda d: {**d, "extra": Unsafe()}), "print"
     if request.param == "subclass":

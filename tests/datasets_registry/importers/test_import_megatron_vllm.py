@@ -32,8 +32,21 @@ def write_traces(folder, steps=(10, 20, 30), layers=(1, 3), ranks=(0, 1), microb
                         n = int(rng.integers(4, 12))
                         top = np.stack([rng.choice(E, K, replace=False) for _ in range(n)])
                         np.add.at(want[t, li], top.ravel(), 1)
-                        f.write(json.dumps({"step": step, "stage": 0, "block": layer, "layer": layer, "rank": rank,
-                                            "num_tokens": n, "topk": K, "top_indices": top.tolist()}) + "\n")
+                        f.write(
+                            json.dumps(
+                                {
+                                    "step": step,
+                                    "stage": 0,
+                                    "block": layer,
+                                    "layer": layer,
+                                    "rank": rank,
+                                    "num_tokens": n,
+                                    "topk": K,
+                                    "top_indices": top.tolist(),
+                                }
+                            )
+                            + "\n"
+                        )
     return want
 
 
@@ -64,11 +77,22 @@ def test_megatron_malformed(tmp_path, refuses):
         f.write_text("\n".join(lines) + "\n")
         return f
 
-    refuses(edited("a.jsonl", lambda r: r.pop("top_indices")), "megatron-router-trace", "line 2", "top_indices", experts=E)
-    refuses(edited("b.jsonl", lambda r: r.update(num_tokens=r["num_tokens"] + 1)), "megatron-router-trace", "line 2",
-            "num_tokens", experts=E)
-    refuses(edited("c.jsonl", lambda r: r["top_indices"][0].__setitem__(1, -1)), "megatron-router-trace",
-            "line 2 (step 10, layer 3, rank 0): top_indices[0][1]", experts=E)
+    refuses(
+        edited("a.jsonl", lambda r: r.pop("top_indices")), "megatron-router-trace", "line 2", "top_indices", experts=E
+    )
+    refuses(
+        edited("b.jsonl", lambda r: r.update(num_tokens=r["num_tokens"] + 1)),
+        "megatron-router-trace",
+        "line 2",
+        "num_tokens",
+        experts=E,
+    )
+    refuses(
+        edited("c.jsonl", lambda r: r["top_indices"][0].__setitem__(1, -1)),
+        "megatron-router-trace",
+        "line 2 (step 10, layer 3, rank 0): top_indices[0][1]",
+        experts=E,
+    )
     refuses(edited("d.jsonl", lambda r: r.update(step="ten")), "megatron-router-trace", "line 2", "step", experts=E)
     f = tmp_path / "e.jsonl"
     f.write_text(f0.read_text() + '{"step": 40, "layer"\n')
@@ -84,14 +108,16 @@ def test_megatron_malformed(tmp_path, refuses):
 
 def routed(tokens=50, layers=3):
     rng = np.random.default_rng(9)
-    return np.stack([np.stack([rng.choice(E, K, replace=False) for _ in range(layers)]) for _ in range(tokens)]).astype(np.int16)
+    return np.stack([np.stack([rng.choice(E, K, replace=False) for _ in range(layers)]) for _ in range(tokens)]).astype(
+        np.int16
+    )
 
 
 def expected(ids, step):
     T = ids.shape[0] // step
     want = np.zeros((T, ids.shape[1], E), dtype=np.int64)
     for t in range(T):
-        for tok in ids[t * step:(t + 1) * step]:
+        for tok in ids[t * step : (t + 1) * step]:
             for layer in range(ids.shape[1]):
                 for e in tok[layer]:
                     want[t, layer, e] += 1

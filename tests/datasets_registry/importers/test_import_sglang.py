@@ -24,8 +24,15 @@ def passes(n, tokens=64):
 
 def save_stat(path, buffer, **extra):
     """What _StatAccumulator.dump writes: logical_count of the whole buffer (int32), rank 0."""
-    torch.save(dict(rank=0, logical_count=torch.as_tensor(buffer, dtype=torch.int32),
-                    average_utilization_rate_over_window=None, **extra), path)
+    torch.save(
+        dict(
+            rank=0,
+            logical_count=torch.as_tensor(buffer, dtype=torch.int32),
+            average_utilization_rate_over_window=None,
+            **extra,
+        ),
+        path,
+    )
     return path
 
 
@@ -132,8 +139,14 @@ def rank_records(rank, pass_ids, per_token=False):
         phys[1:] = RNG.integers(0, 20, size=(L - 1, P))
         rec = dict(forward_pass_id=pid, rank=rank, gatherer_key="primary", global_physical_count=torch.as_tensor(phys))
         if per_token:
-            rec.update(input_ids=[1, 2, 3], positions=[0, 1, 2], extend_seq_lens=[3], forward_mode=1,
-                       topk_ids_of_layer=torch.zeros((L, 3, 2), dtype=torch.int32), misc_objects=[])
+            rec.update(
+                input_ids=[1, 2, 3],
+                positions=[0, 1, 2],
+                extend_seq_lens=[3],
+                forward_mode=1,
+                topk_ids_of_layer=torch.zeros((L, 3, 2), dtype=torch.int32),
+                misc_objects=[],
+            )
         recs.append(rec)
     return recs
 
@@ -143,7 +156,10 @@ def save_ranks(folder, ranks=(0, 1), pass_ids=(5, 6, 9), per_token=False, mappin
     out = {}
     for r in ranks:
         recs = rank_records(r, pass_ids, per_token)
-        torch.save(dict(records=recs, last_physical_to_logical_map=mapping), folder / f"expert_distribution_recorder_1700000000.5_{r}.pt")
+        torch.save(
+            dict(records=recs, last_physical_to_logical_map=mapping),
+            folder / f"expert_distribution_recorder_1700000000.5_{r}.pt",
+        )
         out[r] = recs
     return out
 
@@ -205,7 +221,9 @@ def test_per_pass_malformed(tmp_path, refuses, pickled):
     refuses(f, "sglang-per-pass", "missing key", "last_physical_to_logical_map")
     f = edited("nokey", lambda d: d["records"][1].pop("forward_pass_id"))
     refuses(f, "sglang-per-pass", "records[1]", "forward_pass_id")
-    f = edited("shape", lambda d: d["records"][2].update(global_physical_count=torch.zeros((L, P - 1), dtype=torch.int32)))
+    f = edited(
+        "shape", lambda d: d["records"][2].update(global_physical_count=torch.zeros((L, P - 1), dtype=torch.int32))
+    )
     refuses(f, "sglang-per-pass", "records[2].global_physical_count", "shape")
     f = edited("neg", lambda d: d["records"][0]["global_physical_count"].__setitem__((2, 3), -1))
     refuses(f, "sglang-per-pass", "records[0].global_physical_count[2][3]", "non-negative")

@@ -45,16 +45,19 @@ def test_eplb_3d_is_a_series(tmp_path):
     np.testing.assert_array_equal(tr.counts, counts[:, 1:])
 
 
-@pytest.mark.parametrize("obj, words", [
-    ({"physical_count": [[1, 2]]}, ["missing key", "logical_count"]),
-    ({"logical_count": [1, 2, 3]}, ["logical_count", "2-D or 3-D", "shape (3,)"]),
-    ({"logical_count": [[1, 2], [3]]}, ["logical_count", "ragged"]),
-    ({"logical_count": [[1, 2], [3, -4]]}, ["logical_count[1][1]", "non-negative"]),
-    ({"logical_count": [[1, 2.5], [3, 4]]}, ["logical_count[0][1]", "whole number"]),
-    ({"logical_count": [[1, "2"], [3, 4]]}, ["logical_count", "numbers"]),
-    ({"logical_count": [[0, 0], [0, 0]]}, ["no layer routes any tokens"]),
-    ([1, 2], ["must be a dict"]),
-])
+@pytest.mark.parametrize(
+    "obj, words",
+    [
+        ({"physical_count": [[1, 2]]}, ["missing key", "logical_count"]),
+        ({"logical_count": [1, 2, 3]}, ["logical_count", "2-D or 3-D", "shape (3,)"]),
+        ({"logical_count": [[1, 2], [3]]}, ["logical_count", "ragged"]),
+        ({"logical_count": [[1, 2], [3, -4]]}, ["logical_count[1][1]", "non-negative"]),
+        ({"logical_count": [[1, 2.5], [3, 4]]}, ["logical_count[0][1]", "whole number"]),
+        ({"logical_count": [[1, "2"], [3, 4]]}, ["logical_count", "numbers"]),
+        ({"logical_count": [[0, 0], [0, 0]]}, ["no layer routes any tokens"]),
+        ([1, 2], ["must be a dict"]),
+    ],
+)
 def test_eplb_malformed(tmp_path, refuses, obj, words):
     refuses(write(tmp_path / "bad.json", obj), "eplb-json", *words)
 
@@ -67,7 +70,11 @@ def test_eplb_not_json(tmp_path, refuses):
 
 def mindspeed_counts():
     # MindSpeed-RL's token collection JSON: {"<layer>": {"<expert>": count}}
-    return {"3": {"0": 123, "1": 256, "2": 89, "3": 40}, "10": {"0": 88, "1": 190, "3": 7}, "4": {"0": 1, "1": 2, "2": 3, "3": 4}}
+    return {
+        "3": {"0": 123, "1": 256, "2": 89, "3": 40},
+        "10": {"0": 88, "1": 190, "3": 7},
+        "4": {"0": 1, "1": 2, "2": 3, "3": 4},
+    }
 
 
 def test_mindspeed_static(tmp_path, stored):
@@ -81,13 +88,16 @@ def test_mindspeed_static(tmp_path, stored):
     assert tr.experts == 6 and tr.counts[0, :, 4:].sum() == 0
 
 
-@pytest.mark.parametrize("edit, words", [
-    (lambda d: d.update({"x": {"0": 1}}), ["layer key 'x'"]),
-    (lambda d: d["3"].update({"e1": 5}), ["layer '3': expert key 'e1'"]),
-    (lambda d: d["4"].update({"2": -3}), ["layer '4' counts", "non-negative"]),
-    (lambda d: d["4"].update({"2": "many"}), ["layer '4' counts", "numbers"]),
-    (lambda d: d.update({"5": [1, 2]}), ["layer '5'", "object"]),
-])
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda d: d.update({"x": {"0": 1}}), ["layer key 'x'"]),
+        (lambda d: d["3"].update({"e1": 5}), ["layer '3': expert key 'e1'"]),
+        (lambda d: d["4"].update({"2": -3}), ["layer '4' counts", "non-negative"]),
+        (lambda d: d["4"].update({"2": "many"}), ["layer '4' counts", "numbers"]),
+        (lambda d: d.update({"5": [1, 2]}), ["layer '5'", "object"]),
+    ],
+)
 def test_mindspeed_malformed(tmp_path, refuses, edit, words):
     d = mindspeed_counts()
     edit(d)

@@ -51,7 +51,12 @@ def test_trtllm_sums_ranks_and_keeps_iterations(tmp_path, stored):
             want = sum(written[r][f"{it}_{layer}"].numpy() for r in written)
             np.testing.assert_array_equal(tr.counts[t, li], want)
     assert tr.card.model.top_k == TOPK and tr.card.model.experts == E
-    assert sorted(tr.card.source["files"]) == ["meta_info.json", "rank0.safetensors", "rank1.safetensors", "rank2.safetensors"]
+    assert sorted(tr.card.source["files"]) == [
+        "meta_info.json",
+        "rank0.safetensors",
+        "rank1.safetensors",
+        "rank2.safetensors",
+    ]
     assert "summed over 3 rank" in tr.card.notes
 
 
@@ -76,7 +81,10 @@ def test_trtllm_malformed(tmp_path, refuses):
 
     d = tmp_path / "badkey"
     write_dump(d, ranks=1)
-    save_numpy({"100_3": np.ones(E, dtype=np.int64), "iter100_layer3": np.ones(E, dtype=np.int64)}, str(d / "rank1.safetensors"))
+    save_numpy(
+        {"100_3": np.ones(E, dtype=np.int64), "iter100_layer3": np.ones(E, dtype=np.int64)},
+        str(d / "rank1.safetensors"),
+    )
     refuses(d, "trtllm", "key 'iter100_layer3'", source=d / "rank1.safetensors")
 
     d = tmp_path / "shape"

@@ -34,7 +34,12 @@ def test_cli_stores_a_dataset_with_a_full_card(tmp_path, capsys):
     trace = registry.load("cli-tiny")
     card = trace.card
     assert trace.shape == (6, 2, 8) and list(trace.steps) == list(range(6))
-    assert (card.model.router, card.model.top_k, card.model.aux_loss, card.model.capacity_factor) == ("softmax-topk", 2, 0.01, 1.25)
+    assert (card.model.router, card.model.top_k, card.model.aux_loss, card.model.capacity_factor) == (
+        "softmax-topk",
+        2,
+        0.01,
+        1.25,
+    )
     assert card.model.tokens_per_step == 128 and card.model.layers == 4
     assert card.extra["preset"] == "tiny-cpu" and card.extra["seed"] == 3
     assert card.source["corpus"]["sha256"].startswith("sha256:") and "--seed 3" in card.source["command"]
@@ -44,10 +49,14 @@ def test_cli_stores_a_dataset_with_a_full_card(tmp_path, capsys):
 
 def test_interrupted_run_resumes_to_the_straight_result(tmp_path, capsys):
     n = 4
-    straight = run_json(capsys, *TINY, "--steps", str(2 * n), "--id", "straight", "--out", str(tmp_path / "a"), "--no-register")
+    straight = run_json(
+        capsys, *TINY, "--steps", str(2 * n), "--id", "straight", "--out", str(tmp_path / "a"), "--no-register"
+    )
     first = run_json(capsys, *TINY, "--steps", str(n), "--id", "resumed", "--out", str(tmp_path / "b"), "--no-register")
     assert first["shape"][0] == n
-    again = run_json(capsys, *TINY, "--steps", str(2 * n), "--id", "resumed", "--out", str(tmp_path / "b"), "--no-register")
+    again = run_json(
+        capsys, *TINY, "--steps", str(2 * n), "--id", "resumed", "--out", str(tmp_path / "b"), "--no-register"
+    )
     assert again["resumed_from"] == n and again["steps_run"] == n
     a = storage.load(Path(straight["trace_folder"]))
     b = storage.load(Path(again["trace_folder"]))
@@ -59,14 +68,31 @@ def test_interrupted_run_resumes_to_the_straight_result(tmp_path, capsys):
 
 
 def test_time_limit_keeps_what_was_recorded(tmp_path, capsys):
-    out = run_json(capsys, *TINY, "--steps", "100000", "--time-limit", "0.01", "--id", "short", "--out", str(tmp_path / "c"), "--no-register")
+    out = run_json(
+        capsys,
+        *TINY,
+        "--steps",
+        "100000",
+        "--time-limit",
+        "0.01",
+        "--id",
+        "short",
+        "--out",
+        str(tmp_path / "c"),
+        "--no-register",
+    )
     assert out["stopped_early"] and 1 <= out["shape"][0] < 100000
     assert storage.load(Path(out["trace_folder"])).card.extra["run"]["stopped_early"]
 
 
 def test_a_run_of_another_config_is_refused(tmp_path, capsys):
     run_json(capsys, *TINY, "--steps", "2", "--id", "x", "--out", str(tmp_path / "d"), "--no-register")
-    assert main(["trace", *TINY, "--steps", "4", "--seed", "9", "--id", "x", "--out", str(tmp_path / "d"), "--no-register"]) == 1
+    assert (
+        main(
+            ["trace", *TINY, "--steps", "4", "--seed", "9", "--id", "x", "--out", str(tmp_path / "d"), "--no-register"]
+        )
+        == 1
+    )
     assert "another configuration" in capsys.readouterr().err
 
 

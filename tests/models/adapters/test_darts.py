@@ -39,7 +39,12 @@ def test_exponential_smoothing_takes_enum_params_as_strings(small_trace, feed, e
 
 def test_tide_trains_one_global_model_and_reuses_it_between_fits(small_trace, evaluate_on):
     cls = predictor_class("darts:TiDEModel")
-    assert cls.global_model and cls.defaults["fit_every"] == 1000 and cls.defaults["n_epochs"] == 5 and cls.defaults["center"] == "last"
+    assert (
+        cls.global_model
+        and cls.defaults["fit_every"] == 1000
+        and cls.defaults["n_epochs"] == 5
+        and cls.defaults["center"] == "last"
+    )
     runs = []
     for _ in range(2):
         pred = cls(n_epochs=2, input_chunk_length=8, output_chunk_length=4, fit_every=600)
@@ -75,9 +80,9 @@ def test_a_run_is_logged_to_mlflow_with_the_adapter_counts(small_trace):
 
     registry.add(small_trace, "synthetic-adapters")
     result = runner.run("darts:NaiveDrift", "synthetic-adapters", task=None, params={"window": 300})
-    assert result["failures"] == 0 and result["model"] == "darts:NaiveDrift"
-    tracking._mlflow(None)
-    run = mlflow.get_run(result["mlflow_run_id"])
+    assert result.failures == 0 and result.model == "darts:NaiveDrift"
+    tracking.connect(None)
+    run = mlflow.get_run(result.mlflow_run_id)
     assert run.data.params["model.window"] == "300" and run.data.tags["model"] == "darts:NaiveDrift"
     assert run.data.metrics["adapter.forecasts"] > 0 and "adapter.rows_clipped_frac" in run.data.metrics
     assert "h1000/error_rate/all" in run.data.metrics

@@ -24,13 +24,19 @@ def test_drift_is_clipped_renormalised_and_counted(feed):
     phat = pred.predict(50)
     assert phat.shape == (50, 1, 4) and (phat >= 0).all()
     np.testing.assert_allclose(phat.sum(axis=2), 1.0)
-    assert phat[-1, 0, 0] == 0.0 and pred.stats["rows_clipped"] > 0 and pred.stats["rows_renormalised"] >= pred.stats["rows_clipped"]
+    assert (
+        phat[-1, 0, 0] == 0.0
+        and pred.stats["rows_clipped"] > 0
+        and pred.stats["rows_renormalised"] >= pred.stats["rows_clipped"]
+    )
     extras = pred.mlflow_extras(None)["metrics"]
     assert extras["adapter.rows_clipped_frac"] == pred.stats["rows_clipped"] / 50
 
 
-@pytest.mark.parametrize("spec,params", [("sktime:ThetaForecaster", {}), ("sktime:AutoETS", {}),
-                                         ("sktime:NaiveForecaster", {"strategy": "drift"})])
+@pytest.mark.parametrize(
+    "spec,params",
+    [("sktime:ThetaForecaster", {}), ("sktime:AutoETS", {}), ("sktime:NaiveForecaster", {"strategy": "drift"})],
+)
 def test_runs_through_the_harness(spec, params, evaluate_on):
     pred = predictor_class(spec)(**params)
     ev = evaluate_on(pred, stride=300)

@@ -107,8 +107,15 @@ def detail(report, name):
 def test_a_conforming_predictor_from_a_file_passes(plugin_file, trace):
     report = check_predictor(f"{plugin_file}:Mean", dataset=trace)
     assert report.ok, report.text()
-    assert status(report) == {"load": "pass", "interface": "pass", "construct": "pass", "forecasts": "pass",
-                              "determinism": "pass", "no look-ahead": "pass", "speed": "info"}
+    assert status(report) == {
+        "load": "pass",
+        "interface": "pass",
+        "construct": "pass",
+        "forecasts": "pass",
+        "determinism": "pass",
+        "no look-ahead": "pass",
+        "speed": "info",
+    }
     assert "SYNTHETIC" not in report.data and "synthetic-switch-3" in report.data
 
 
@@ -117,8 +124,20 @@ def test_the_template_passes(trace):
     assert report.ok, report.text()
 
 
-def test_a_predictor_that_reads_the_harness_stack_fails_look_ahead(plugin_file, trace):
+def test_a_submission_that_walks_the_stack_finds_nothing(plugin_file, trace):
+    """A file predictor runs in a sandboxed worker: the harness's frames are in another process."""
     report = check_predictor(f"{plugin_file}:StackPeeker", dataset=trace)
+    assert report.ok, report.text()
+    assert "in a sandboxed worker" in detail(report, "load")
+
+
+def test_code_running_in_process_that_reads_the_stack_fails_look_ahead(plugin_file, trace, monkeypatch):
+    """The scramble check still guards the code that runs in the harness's process (built-ins, adapters)."""
+    from models import registry as models_registry
+
+    monkeypatch.syspath_prepend(str(plugin_file.parent))
+    monkeypatch.setitem(models_registry.BUILTIN, "stack_peeker", f"{plugin_file.stem}:StackPeeker")
+    report = check_predictor("stack_peeker", dataset=trace)
     assert not report.ok
     assert status(report)["forecasts"] == "pass" and status(report)["determinism"] == "pass"
     assert status(report)["no look-ahead"] == "fail"
@@ -141,7 +160,9 @@ def test_an_exception_is_reported_with_its_traceback(plugin_file, trace):
     report = check_predictor(f"{plugin_file}:Raises", dataset=trace)
     text = detail(report, "forecasts")
     assert status(report)["forecasts"] == "fail"
-    assert "RuntimeError: model exploded" in text and "first exception in predict()" in text and str(plugin_file) in text
+    assert (
+        "RuntimeError: model exploded" in text and "first exception in predict()" in text and str(plugin_file) in text
+    )
 
 
 def test_randomness_fails_determinism(plugin_file, trace):
@@ -151,8 +172,11 @@ def test_randomness_fails_determinism(plugin_file, trace):
 
 def test_bad_search_space_and_unknown_model_are_reported(tmp_path, trace):
     f = tmp_path / "bad_space.py"
-    f.write_text("from models.baselines import SlidingWindowAverage\n"
-                 "class Bad(SlidingWindowAverage):\n    name = 'bad'\n    search_space = {'window': ('log', 0, 10), 'nope': ('cat', [1])}\n")
+    f.write_text(
+        "from models.baselines import SlidingWindowAverage\n"
+        "class Bad(SlidingWindowAverage):\n    name = 'bad'\n    search_space = "
+        "{'window': ('log', 0, 10), 'nope': ('cat', [1])}\n"
+    )
     report = check_predictor(f"{f}:Bad", dataset=trace)
     assert status(report)["interface"] == "fail"
     assert "['nope']: not a parameter" in detail(report, "interface") and "low > 0" in detail(report, "interface")
@@ -160,7 +184,9 @@ def test_bad_search_space_and_unknown_model_are_reported(tmp_path, trace):
 
 
 def test_cli_exit_codes(plugin_file, stored, capsys):
-    assert main(["check-predictor", f"{plugin_file}:Mean", "--dataset", stored, "--records", "120", "--layers", "2"]) == 0
+    assert (
+        main(["check-predictor", f"{plugin_file}:Mean", "--dataset", stored, "--records", "120", "--layers", "2"]) == 0
+    )
     assert "all checks passed" in capsys.readouterr().out
     assert main(["check-predictor", f"{plugin_file}:Counts", "--dataset", stored, "--json"]) == 1
     out = json.loads(capsys.readouterr().out)
@@ -169,7 +195,8 @@ def test_cli_exit_codes(plugin_file, stored, capsys):
 
 def test_an_installed_entry_point_is_found_and_runs(tmp_path, monkeypatch, stored, capsys):
     (tmp_path / "tiny_plugin.py").write_text(
-        "from models.baselines import LastValue\n\nclass Tiny(LastValue):\n    name = 'tiny'\n")
+        "from models.baselines import LastValue\n\nclass Tiny(LastValue):\n    name = 'tiny'\n"
+    )
     dist = tmp_path / "tiny_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-plugin\nVersion: 0.1\n")
@@ -180,6 +207,23 @@ def test_an_installed_entry_point_is_found_and_runs(tmp_path, monkeypatch, store
     assert main(["predictors"]) == 0 and "tiny_plugin:Tiny" in capsys.readouterr().out
     assert main(["check-predictor", "tiny", "--dataset", stored]) == 0
     capsys.readouterr()
-    assert main(["run", "--model", "tiny", "--dataset", stored, "--no-track", "--json", "--horizon", "200", "--stride", "200"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                "tiny",
+                "--dataset",
+                stored,
+                "--no-track",
+                "--json",
+                "--horizon",
+                "200",
+                "--stride",
+                "200",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "tiny" and result["failures"] == 0

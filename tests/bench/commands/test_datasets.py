@@ -24,10 +24,13 @@ def test_list_json_has_the_documented_fields(smartmoe, capsys):
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = ("import sys; from bench.cli import main\n"
-            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch','mlflow','pandas','scipy','sktime','darts','statsforecast','lightning','pytorch_lightning','matplotlib') if m in sys.modules]\n"
-            "print(heavy)")
+    code = (
+        "import sys; from bench.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch','mlflow','pandas','scipy','sktime','darts','statsforecast','lightning',"
+        "'pytorch_lightning','matplotlib') if m in sys.modules]\n"
+        "print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
 

@@ -1,0 +1,27 @@
+"""The command outputs README.md shows are what the commands print (benchmarks/readme_outputs.py writes them)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("readme_outputs", REPO / "benchmarks" / "readme_outputs.py")
+readme_outputs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(readme_outputs)
+
+
+def test_every_block_has_a_marker_and_a_command():
+    assert set(readme_outputs.shown()) == set(readme_outputs.BLOCKS)
+    text = (REPO / "README.md").read_text()
+    for command, _, _ in readme_outputs.BLOCKS.values():
+        assert command in text
+
+
+@pytest.mark.parametrize("name", [n for n, (_, _, quick) in readme_outputs.BLOCKS.items() if quick])
+def test_the_readme_shows_what_the_command_prints(smartmoe, name):
+    fresh = readme_outputs.comparable(readme_outputs.output(name))
+    assert readme_outputs.comparable(readme_outputs.shown()[name]) == fresh, (
+        f"README.md's {name} block is stale: run `python benchmarks/readme_outputs.py --write`")
