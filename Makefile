@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 export MOE_LOAD_BENCH_SOURCES ?= $(abspath $(CURDIR)/../shared/datasets)
 export MLFLOW_DISABLE_TELEMETRY ?= true
 
-.PHONY: setup run test lint bench leaderboard clean
+.PHONY: setup run test lint bench leaderboard zoo clean
 
 setup: $(VENV)/.installed
 
@@ -27,8 +27,11 @@ test: setup
 lint: setup  ## style and static checks (ruff: pycodestyle, pyflakes, import order)
 	$(PY) -m ruff check .
 
-leaderboard: setup  ## refresh the committed leaderboard/ (reference models on the built-in datasets)
+leaderboard: setup  ## rebuild the committed leaderboard/ from its result files (leaderboard/submissions/)
 	$(PY) -m bench leaderboard --write
+
+zoo: setup  ## compute the missing result files of the zoo (leaderboard/zoo.yaml; hours of CPU), then rebuild
+	$(PY) -m bench leaderboard --write --refresh
 
 clean:
 	rm -rf $(VENV) *.egg-info

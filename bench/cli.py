@@ -17,6 +17,8 @@ COMMAND_MODULES = [
     "bench.commands.datasets",
     "bench.commands.trace",
     "bench.commands.leaderboard",
+    "bench.commands.suite",
+    "bench.commands.submit",
     "bench.commands.ui",
     "bench.commands.plugins",
     "bench.commands.tune",

@@ -34,6 +34,10 @@ from .task import Task, rolling_origins
 Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
 
+#: The predictor calls whose time a run reports (Evaluation.timings).
+TIMED = ("start", "observe", "refit", "forecast")
+
+
 class ForecastError(ValueError):
     """A forecast that is not a valid distribution forecast."""
 
@@ -69,6 +73,9 @@ class Evaluation:
     failures: list[dict] = field(default_factory=list)  # one per failed (origin, horizon)
     window_forecasts: dict[int, dict[int, list]] = field(default_factory=dict)  # H -> origin step -> [L][E]
     seconds: float = 0.0
+    #: Seconds spent inside the predictor, by call: start (with the fit on training traces), observe,
+    #: refit, forecast. Resumed origins count what the journal recorded for them.
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMED, 0.0))
 
     def frame(self):
         import pandas as pd
@@ -214,9 +221,16 @@ def evaluate(
     def store(m: dict[str, np.ndarray]) -> dict[str, list]:
         return {k: np.asarray(v, dtype=float).tolist() for k, v in m.items()}
 
+    def timed(rec: dict, call: str, fn, *args):
+        t = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            rec[call] = rec.get(call, 0.0) + time.perf_counter() - t
+
     broken: str | None = None  # a failure in start/update that leaves the predictor unusable
     try:
-        predictor.start(L, E, training)
+        timed(ev.timings, "start", predictor.start, L, E, training)
     except Exception as exc:  # noqa: BLE001 - a predictor's failure is a result, not a crash
         broken = f"predictor failed to start: {type(exc).__name__}: {exc}"
     resume_at = next((i for i, o in enumerate(order) if o not in book.done), len(order))
@@ -236,16 +250,17 @@ def evaluate(
             if progress:
                 progress(i + 1, len(order))
             continue
-        rec: dict[str, Any] = {"origin": o, "step": int(steps[o]), "horizons": {}}
+        rec: dict[str, Any] = {"origin": o, "step": int(steps[o]), "horizons": {}, "seconds": {}}
         try:
             if broken:
                 raise RuntimeError(broken)
-            predictor.observe(counts[fed:o].copy(), steps[fed:o].copy())
+            timed(rec["seconds"], "observe", predictor.observe, counts[fed:o].copy(), steps[fed:o].copy())
             fed = o
             if task.refit_due(i):
-                predictor.refit()
+                timed(rec["seconds"], "refit", predictor.refit)
             need = max(by_origin[o].values())  # records of the longest horizon from this origin
-            phat = check_forecast(predictor.forecast(steps[o : o + need].copy()), need, L, E)
+            phat = timed(rec["seconds"], "forecast", predictor.forecast, steps[o : o + need].copy())
+            phat = check_forecast(phat, need, L, E)
         except Exception as exc:  # a predictor's failure is a result, not a crash
             fail(rec, "forecast", exc)
             if fed != o and not broken:
@@ -279,6 +294,8 @@ def _collect(ev: Evaluation, rec: dict, layer_count: int) -> None:
     """Turn one journal record into result rows (a failed origin's rows carry its charged metrics)."""
     o, step = rec["origin"], rec["step"]
     failed = bool(rec.get("failed"))
+    for call, seconds in rec.get("seconds", {}).items():
+        ev.timings[call] = ev.timings.get(call, 0.0) + seconds
     for H_key, n in rec["lengths"].items():
         H = int(H_key)
         res = rec["horizons"][H_key]

@@ -103,19 +103,25 @@ def _percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(kept, q)) if len(kept) else math.nan
 
 
-def block_bootstrap_means(per_origin: np.ndarray, block: int, resamples: int = RESAMPLES, seed: int = SEED
-                          ) -> np.ndarray:
+def block_bootstrap_means(per_origin: np.ndarray, block: int, resamples: int = RESAMPLES, seed: int = SEED,
+                          circular: bool = False) -> np.ndarray:
     """Moving-block bootstrap of the mean over origins of each row of ``per_origin[K, O]``: [K, resamples].
 
     Each resample strings together ``ceil(O / block)`` blocks of `block` consecutive origins drawn
     with replacement, the last one cut so that it has O origins; block sums come from cumulative
-    sums, so memory is ``K x resamples x O / block``.
+    sums, so memory is ``K x resamples x O / block``. With `circular` (Politis and Romano's
+    circular block bootstrap) a block may wrap from the last origin to the first, so that every
+    origin is drawn equally often: the resampled means are centred on the sample mean even when the
+    series trends (the moving blocks under-draw both ends), which matters when two series with
+    different trends are compared through a ratio of their means.
     """
     count = per_origin.shape[1]
     block = max(1, min(block, count))
     blocks = -(-count // block)
-    starts = np.random.default_rng(seed).integers(0, count - block + 1, size=(resamples, blocks))
-    cum = np.concatenate([np.zeros((len(per_origin), 1)), np.cumsum(per_origin, axis=1)], axis=1)
+    starts = np.random.default_rng(seed).integers(0, count if circular else count - block + 1,
+                                                  size=(resamples, blocks))
+    wrapped = np.concatenate([per_origin, per_origin[:, : block - 1]], axis=1) if circular else per_origin
+    cum = np.concatenate([np.zeros((len(per_origin), 1)), np.cumsum(wrapped, axis=1)], axis=1)
     lengths = np.full(blocks, block)
     lengths[-1] = count - block * (blocks - 1)
     sums = cum[:, starts + lengths] - cum[:, starts]  # [K, resamples, blocks]

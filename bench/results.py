@@ -30,6 +30,8 @@ from .task import Task
 #: Bumped when the layout of ``result.json`` or of the MLflow encoding changes.
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
+#: MLflow metrics ``time/<call>``: the seconds a run spent inside the predictor's calls (RunResult.timings).
+TIMING_PREFIX = "time/"
 #: MLflow keeps at most this many characters in a param value; longer JSON is split over parts.
 PARAM_LIMIT = 6000
 
@@ -197,6 +199,8 @@ class RunResult:
     isolation: str = "in-process"  # in-process | landlock | process (bench.isolation)
     artifacts: tuple[str, ...] = ()  # file names in the run's folder
     extras: Extras = field(default_factory=Extras)
+    timings: Mapping[str, float] = field(default_factory=dict)  # seconds inside the predictor: start ... forecast
+    hardware: str = ""  # where it ran: processor, cores, GPU
     mlflow_run_id: str | None = None
     cached: bool = field(default=False, compare=False)  # read back rather than computed now (never stored)
 
@@ -266,6 +270,8 @@ class RunResult:
             "isolation": self.isolation,
             "artifacts": list(self.artifacts),
             "extras": self.extras.to_dict(),
+            "timings": dict(self.timings),
+            "hardware": self.hardware,
             "mlflow_run_id": self.mlflow_run_id,
         }
 
@@ -299,6 +305,8 @@ class RunResult:
                 isolation=str(d.get("isolation") or "in-process"),
                 artifacts=tuple(str(a) for a in d.get("artifacts", ())),
                 extras=Extras.from_dict(d.get("extras")),
+                timings={str(k): float(v) for k, v in (d.get("timings") or {}).items()},
+                hardware=str(d.get("hardware") or ""),
                 mlflow_run_id=d.get("mlflow_run_id") or None,
                 cached=cached,
             )
@@ -313,7 +321,7 @@ class RunResult:
 
     def to_json(self) -> str:
         body = self.to_dict()
-        body["checksum"] = _checksum(body)
+        body["checksum"] = checksum(body)
         return json.dumps(body, indent=2, allow_nan=False)
 
     def save(self, folder: str | os.PathLike) -> Path:
@@ -339,7 +347,11 @@ class RunResult:
         if not isinstance(data, dict):
             raise ResultError(str(path), "a result is a JSON object")
         stored = data.pop("checksum", None)
-        if stored != _checksum(data):
+        try:
+            expected = checksum(data)
+        except ValueError:  # NaN or infinity, which a result never holds
+            raise ResultError(str(path), "not a valid result (a number is NaN or infinite)") from None
+        if stored != expected:
             raise ResultError(str(path), "checksum mismatch: the file was changed or damaged after it was written")
         return cls.from_dict(data, str(path), cached=True)
 
@@ -374,6 +386,8 @@ class RunResult:
                 _put_json(params, f"h{H}/per_layer/{name}", {s: list(v) for s, v in by.items()})
         for name, value in self.extras.metrics.items():
             metrics[name] = float(value)
+        for call, seconds in self.timings.items():
+            metrics[f"{TIMING_PREFIX}{call}"] = float(seconds)
         _put_json(params, "model_params", dict(self.params))
         _put_json(params, "task", self.task.to_dict())
         _put_json(
@@ -412,6 +426,7 @@ class RunResult:
             "model_source": self.model_source,
             "model_fingerprint": self.model_fingerprint,
             "isolation": self.isolation,
+            "hardware": self.hardware,
             "disqualified": "true" if self.disqualified else "false",
             "finished_at": self.finished_at,
             "harness_version": str(self.harness_version),
@@ -480,6 +495,8 @@ class RunResult:
                     {k: tuple(float(x) for x in (curves or {}).get(k, ())) for k in extras_index["curves"]},
                     tuple(extras_index["artifacts"]),
                 ),
+                timings={k[len(TIMING_PREFIX):]: float(v) for k, v in metrics.items() if k.startswith(TIMING_PREFIX)},
+                hardware=tags.get("hardware", ""),
                 mlflow_run_id=run_id,
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -530,7 +547,8 @@ def _str(d: Mapping[str, Any], key: str) -> str:
     return v
 
 
-def _checksum(body: Mapping[str, Any]) -> str:
+def checksum(body: Mapping[str, Any]) -> str:
+    """sha256 of a JSON document in canonical form (sorted keys, no spaces): what a stored file's checksum holds."""
     blob = json.dumps(body, sort_keys=True, allow_nan=False, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
@@ -567,6 +585,7 @@ __all__ = [
     "WindowForecasts",
     "ResultError",
     "metric_key",
+    "checksum",
     "window_forecasts_file",
     "SCHEMA_VERSION",
     "RESULT_FILE",

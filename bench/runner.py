@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import platform
 import shutil
 import subprocess
+import sys
 import warnings
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -210,6 +213,21 @@ def prepare(
     fingerprint = source_fingerprint(spec) if source == "file" else ""
     key = run_key(spec, predictor, task_fp, {"placement": placement, "source": fingerprint})
     return Prepared(trace, training, predictor, spec, source, fingerprint, task, task_fp, scorers, key, run_folder(key))
+
+
+def hardware() -> str:
+    """Where this process computes: the processor, the cores it may use and, once torch is loaded, the GPU."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    out = f"{cpu}, {len(os.sched_getaffinity(0))} cores"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        out += f", {torch.cuda.get_device_name(0)}"
+    return out
 
 
 def source_fingerprint(spec: str) -> str:
@@ -416,6 +434,8 @@ def _evaluate(prep: Prepared, placement: str | None, progress) -> RunResult:
         artifacts=tuple(_artifacts(ev, frame, trace, f"{predictor.name} on {trace.id}", folder)),
         extras=_extras(predictor, folder),
         isolation=getattr(predictor, "isolation", "in-process"),
+        timings={call: round(seconds, 3) for call, seconds in ev.timings.items()},
+        hardware=hardware(),
     )
     result.save(folder)
     return result

@@ -6,7 +6,9 @@
 
 Each block in README.md follows a ``<!-- output: NAME -->`` marker. The commands run in a fresh data
 home (no cached run); the last line of a run's output (seconds, run ids) differs from run to run
-and is not compared by `--check`. tests/test_readme.py keeps the quick blocks in step.
+and is not compared by `--check`. The README's top of the leaderboard (between ``<!-- table:
+leaderboard -->`` and ``<!-- /table -->``) is made from the committed result files the same way.
+tests/test_readme.py keeps the quick blocks and the table in step.
 """
 
 from __future__ import annotations
@@ -31,6 +33,27 @@ BLOCKS = {
                 "--param", "window=100"], True),
 }
 MARKER = re.compile(r"<!-- output: (\w+) -->\n```\n(.*?)```\n", re.S)
+TABLE = re.compile(r"(<!-- table: leaderboard -->\n)(.*?)(<!-- /table -->)", re.S)
+#: Models of the committed board the README quotes.
+TOP = 5
+
+
+def leaderboard_top() -> str:
+    """The first rows of the committed leaderboard's ranking, as Markdown."""
+    from leaderboard import build, reference, render
+
+    board = build.from_submissions([reference.SUBMISSIONS])
+    head, rows = render.ranking_rows(board, runtime=True)
+    keep = [head.index(h) for h in ("rank", "model", "headroom skill [95% CI]", "skill [95% CI]",
+                                    "window skill [95% CI]", "win rate", "s/origin")]
+    lines = render.markdown_table([head[i] for i in keep], [[row[i] for i in keep] for row in rows[:TOP]])
+    return lines + f"\n\n({len(rows)} models in all; the whole board: [leaderboard/leaderboard.md]" \
+                   "(leaderboard/leaderboard.md))\n"
+
+
+def shown_table() -> str:
+    match = TABLE.search(README.read_text())
+    return match.group(2) if match else ""
 
 
 def output(name: str) -> str:
@@ -64,13 +87,15 @@ def main() -> int:
     args = parser.parse_args()
     names = args.only or list(BLOCKS)
     fresh = {name: output(name) for name in names}
+    table = leaderboard_top()
     if args.check:
         stale = [n for n in names if comparable(shown().get(n, "")) != comparable(fresh[n])]
+        stale += ["leaderboard"] if shown_table() != table else []
         for n in stale:
             print(f"README.md block {n!r} is stale; run `python benchmarks/readme_outputs.py --write`")
         return 1 if stale else 0
     if args.write:
-        text = README.read_text()
+        text = TABLE.sub(lambda m: m.group(1) + table + m.group(3), README.read_text())
         for name, out in fresh.items():
             text, n = re.subn(rf"<!-- output: {name} -->\n```\n.*?```\n",
                               lambda m, out=out: f"<!-- output: {name} -->\n```\n{out}```\n", text, flags=re.S)
@@ -81,6 +106,7 @@ def main() -> int:
         return 0
     for name, out in fresh.items():
         print(f"$ {BLOCKS[name][0]}\n{out}")
+    print(table)
     return 0
 
 

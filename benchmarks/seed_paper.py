@@ -1,12 +1,25 @@
 """The seed paper's comparison ("Prediction Is All MoE Needs", 2024) on this benchmark's protocol.
 
-    python benchmarks/seed_paper.py [--dataset ID[:TRAIN_ID]] ... [--models sw_avg,arima,lstm,...] [--metric error_rate]
+    python benchmarks/seed_paper.py [--dataset ID[:TRAIN_ID]] ... [--models sw_avg,arima,lstm,...]
+        [--metric error_rate | --readings]
 
 For each dataset (``ID:TRAIN`` gives the LSTM, and only it, a training trace: the seed paper
 trained on one run and tested on another), runs every model through `bench.runner.run` (cached
 runs are reused; new ones are logged to MLflow) with the default task: horizons 1,000 and 2,000
 iterations, origins every 100. Prints a markdown table of `--metric` (all / transient / stable)
 beside the noise floor, with each run's evaluation time (training included).
+
+``--readings`` prints instead one table of every plausible reading of the paper's "mean value of
+the error ratio for each individual MoE layer prediction result", each derived from the metrics
+a run reports (E is the trace's number of experts):
+
+1. ``error_rate``: the L1 distance of the shares, summed over experts;
+2. ``error_rate / E``: the mean absolute error per expert, in share units (as a fraction of the
+   uniform share 1/E it is ``error_rate`` again);
+3. ``mape``: the relative error per expert;
+4. ``window_error`` and ``window_error / E``: the error of the horizon's mean load, and per expert.
+
+Readings 1 and 2 have the multinomial noise floor beside them (``noise_floor`` and its ``/ E``).
 """
 
 from __future__ import annotations
@@ -14,44 +27,122 @@ from __future__ import annotations
 import argparse
 
 MODELS = "sw_avg,arima,lstm,last,ema,static,sw_sum"
-PAPER = ("seed paper (GPT-3 350M, 128 experts; SW_Avg/ARIMA/LSTM): about 1.3% at 1k and 1.8% at 2k; 0.25% stable "
-         "(125M, 16e, SW_Avg)")
+PAPER = (
+    "seed paper (GPT-3 350M, 128 experts; SW_Avg/ARIMA/LSTM): about 1.3% at 1k and 1.8% at 2k; 0.25% stable "
+    "(125M, 16e, SW_Avg)"
+)
+HORIZONS = (1000, 2000)
+STATES = ("all", "transient", "stable")
+#: (label, metric, divided by the number of experts); the floor of readings 1 and 2 is the noise floor.
+READINGS = (
+    ("1. L1 of shares (error_rate)", "error_rate", False),
+    ("2. MAE per expert (error_rate / E)", "error_rate", True),
+    ("3. relative error per expert (mape)", "mape", False),
+    ("4a. horizon mean, L1 (window_error)", "window_error", False),
+    ("4b. horizon mean, per expert (window_error / E)", "window_error", True),
+)
+FLOORS = (
+    ("1. L1 of shares (error_rate)", "noise_floor", False),
+    ("2. MAE per expert (error_rate / E)", "noise_floor", True),
+)
 
 
-def pct(x) -> str:
-    return "-" if x is None else f"{100 * x:.2f}"
+def pct(x, digits: int = 2) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}"
 
 
-def main() -> None:
+def experts(result) -> int:
+    """E of the trace a run was evaluated on, read from its card and array headers."""
+    from datasets_registry import registry
+
+    return int(registry.summary(registry.resolve(f"{result.dataset}@{result.dataset_version}"))["experts"])
+
+
+def cells(result, metric: str, per_expert: bool, digits: int = 2) -> list[str]:
+    E = experts(result) if per_expert else 1
+    out = []
+    for H in HORIZONS:
+        for s in STATES:
+            v = result.value(H, metric, s)
+            out.append(pct(None if v is None else v / E, digits))
+    return out
+
+
+def runs(specs: list[str], models: list[str], track: bool):
+    """(dataset, model label, result) of every model on every dataset, in order."""
     from bench import runner
     from bench.task import Task
 
+    for spec in specs:
+        ds, _, train = spec.partition(":")
+        for model in models:
+            task = Task(dataset=ds, train=(train,) if train and model == "lstm" else ())
+            r = runner.run(model, ds, task=task, track=track)
+            yield ds, model + (f" (trained on {train})" if task.train else ""), r
+
+
+def metric_table(specs: list[str], models: list[str], metric: str, track: bool) -> None:
+    print("| dataset | model | 1k all | 1k transient | 1k stable | 2k all | 2k transient | 2k stable | eval s |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+
+    def floor(r) -> None:
+        print(f"| {r.dataset} | noise floor (per step) | " + " | ".join(cells(r, "noise_floor", False)) + " | |")
+
+    last = None
+    for ds, name, r in runs(specs, models, track):
+        if last is not None and last.dataset != ds:
+            floor(last)
+        print(f"| {ds} | {name} | " + " | ".join(cells(r, metric, False)) + f" | {r.seconds:.1f} |")
+        last = r
+    if last is not None:
+        floor(last)
+    print(
+        f"\n{metric} in % (error_rate: L1 distance per step, = mean relative error per expert near balance); {PAPER}."
+    )
+
+
+def readings_table(specs: list[str], models: list[str], track: bool) -> None:
+    """One row per (dataset, model, reading), grouped by dataset; the noise floors close each dataset."""
+    by_ds: dict[str, list] = {}
+    for ds, name, r in runs(specs, models, track):
+        by_ds.setdefault(ds, []).append((name, r))
+    print("| dataset (E) | model | reading | 1k all | 1k transient | 1k stable | 2k all | 2k transient | 2k stable |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for ds, rows in by_ds.items():
+        E = experts(rows[0][1])
+        for name, r in rows:
+            for label, metric, per_expert in READINGS:
+                digits = 3 if per_expert else 2
+                print(f"| {ds} ({E}) | {name} | {label} | " + " | ".join(cells(r, metric, per_expert, digits)) + " |")
+        for label, metric, per_expert in FLOORS:
+            digits = 3 if per_expert else 2
+            print(
+                f"| {ds} ({E}) | *noise floor* | {label} | "
+                + " | ".join(cells(rows[0][1], metric, per_expert, digits))
+                + " |"
+            )
+    print(f"\nAll readings in %; per-expert readings (/ E) in share points. {PAPER}.")
+
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--dataset", action="append", default=None, help="ID or ID:TRAIN_ID (repeatable; default smartmoe-ae)"
     )
     ap.add_argument("--models", default=MODELS)
     ap.add_argument("--metric", default="error_rate", choices=["error_rate", "window_error", "mape"])
+    ap.add_argument(
+        "--readings",
+        action="store_true",
+        help="one table of every reading of the paper's error (error_rate, /E, mape, window_error, /E)",
+    )
     ap.add_argument("--no-track", action="store_true")
     args = ap.parse_args()
-    print("| dataset | model | 1k all | 1k transient | 1k stable | 2k all | 2k transient | 2k stable | eval s |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for spec in args.dataset or ["smartmoe-ae"]:
-        ds, _, train = spec.partition(":")
-        floor = None
-        for model in args.models.split(","):
-            task = Task(dataset=ds, train=(train,) if train and model == "lstm" else ())
-            r = runner.run(model, ds, task=task, track=not args.no_track)
-            h = r["horizons"]
-            cells = [pct(h[H][args.metric][s]) for H in ("1000", "2000") for s in ("all", "transient", "stable")]
-            name = model + (f" (trained on {train})" if task.train else "")
-            print(f"| {ds} | {name} | " + " | ".join(cells) + f" | {r['seconds']:.1f} |")
-            floor = [pct(h[H]["noise_floor"][s]) for H in ("1000", "2000") for s in ("all", "transient", "stable")]
-        print(f"| {ds} | noise floor (per step) | " + " | ".join(floor) + " | |")
-    print(
-        f"\n{args.metric} in % (error_rate: L1 distance per step, = mean relative error per expert near balance); "
-        f"{PAPER}."
-    )
+    specs, models = args.dataset or ["smartmoe-ae"], args.models.split(",")
+    if args.readings:
+        readings_table(specs, models, not args.no_track)
+    else:
+        metric_table(specs, models, args.metric, not args.no_track)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,18 @@ import json
 import math
 from typing import Any, Callable, Iterable, Mapping
 
+import numpy as np
+
 from bench.results import RunResult
 from bench.states import STATES
+
+from . import stats
 
 BASELINE = "sw_avg"
 #: Summary metrics shown as {all, transient, stable}; placement ones only where runs have them.
 ERROR_METRICS = ("error_rate", "window_error")
+#: The floors every table shows beside the errors (docs/protocol.md).
+FLOORS = ("noise_floor", "hindsight_floor")
 PLACEMENT_METRICS = ("gap_closed", "layer_time_gain", "drop_rate")
 
 
@@ -151,6 +157,90 @@ def _plots(origins, gkey: tuple, H: int, label: str, per_layer: list, curves: li
     )
 
 
+def _aggregate(points: list[float], boots: list) -> dict[str, Any]:
+    """{value, ci}: 1 - gmean of the clipped ratios whose logs are `points`; the interval from their bootstraps
+    (one [resamples] array of logs per point, resampled independently per cell), where every point has one."""
+    value = stats.skill_of(points)
+    ci = None
+    if value is not None and boots and all(b is not None for b in boots):
+        logs = np.vstack([np.atleast_2d(b) for b in boots])  # [points, resamples]
+        ci = stats.interval(1 - np.exp(np.nanmean(logs, axis=0)))
+    return {"value": value, "ci": ci}
+
+
+class _Scores:
+    """What one model gathers over the cells it is ranked in."""
+
+    def __init__(self):
+        self.logs: dict[str, list[float]] = {s: [] for s in STATES}  # per-layer log error ratios vs the baseline
+        self.layer_boots: list = []  # [L, resamples] per cell, or None
+        self.headroom: list[float] = []
+        self.headroom_boots: list = []
+        self.window: list[float] = []
+        self.window_boots: list = []
+        self.head2head: list[float] = []
+        self.ranks: list[float] = []
+
+
+def _cell(members: list[RunResult], H: int, base: RunResult | None, labels: dict, origins: Mapping[str, Any],
+          gkey: tuple, scores: dict[tuple, _Scores]) -> list[dict[str, Any]]:
+    """The rows of one (dataset, task, horizon) table; adds each model's comparisons to `scores`."""
+    cell = [r for r in members if H in r.horizons and r.value(H, "error_rate") is not None]
+    errs = [r.value(H, "error_rate") for r in cell]
+    frames = {model_id(r): origins.get(r.run_key) for r in cell if origins.get(r.run_key) is not None}
+    sample = stats.sample_cell(frames, H, cell[0].task.stride, gkey + (H,)) if frames else None
+    bmid = None if base is None or H not in base.horizons else model_id(base)
+    boot = sample.error if sample is not None else {}
+    rows = []
+    for r, e, rank in zip(cell, errs, _ranks(errs)):
+        mid, h, sc = model_id(r), r.horizons[H], scores[model_id(r)]
+        sc.ranks.append(rank)
+        for other, o in zip(cell, errs):
+            if other is not r:
+                omid = model_id(other)
+                tie = e == o or (mid in boot and omid in boot and sample.tie(mid, omid))
+                sc.head2head.append(0.5 if tie else 1.0 if e < o else 0.0)
+        skill = {}
+        for s in STATES:
+            ratios = _layer_log_ratios(r, base, H, s) if bmid is not None else []
+            sc.logs[s] += ratios
+            skill[s] = stats.skill_of(ratios)
+        versus, headroom = None, None
+        if bmid is not None:
+            b, paired = base.value(H, "error_rate"), mid in boot and bmid in boot
+            ci = stats.interval(sample.difference(mid, bmid)) if paired else None
+            versus = {"difference": e - b, "ci": ci, "tie": e == b or (ci is not None and ci[0] <= 0 <= ci[1])}
+            floor = h.value("hindsight_floor")
+            if floor is not None:
+                log_r = float(stats.clipped_log_ratio(e - floor, b - floor))
+                hb = None
+                if paired and sample.hindsight is not None:
+                    hb = stats.clipped_log_ratio(boot[mid] - sample.hindsight, boot[bmid] - sample.hindsight)
+                sc.headroom.append(log_r)
+                sc.headroom_boots.append(hb)
+                headroom = {"value": stats.skill_of([log_r]), "ci": None if hb is None else
+                            stats.interval(1 - np.exp(hb))}
+            w, wb = h.value("window_error"), base.value(H, "window_error")
+            if w is not None and wb is not None:
+                sc.window.append(float(stats.clipped_log_ratio(w, wb)))
+                sc.window_boots.append(stats.clipped_log_ratio(sample.window[mid], sample.window[bmid])
+                                       if paired else None)
+            sc.layer_boots.append(np.log(np.maximum(sample.layers[mid], 1e-12) / np.maximum(sample.layers[bmid],
+                                                                                           1e-12)) if paired else None)
+        rows.append({
+            "rank": rank, "model": r.model, "label": labels[mid], "params": dict(r.params),
+            "model_fingerprint": r.model_fingerprint,
+            **{m: h.metrics[m].to_dict() if m in h.metrics else None for m in ERROR_METRICS + FLOORS},
+            "error_rate_ci": stats.interval(boot[mid]) if mid in boot else None,
+            "vs_baseline": versus, "headroom": headroom,
+            "placement": {m: h.metrics[m].to_dict() for m in PLACEMENT_METRICS if m in h.metrics},
+            "skill": skill, "n_origins": h.origins, "failed_origins": h.failures, "seconds": r.seconds,
+            "seconds_per_origin": r.seconds / h.origins if h.origins else None,
+            "trained_on": list(r.task.train), "hardware": r.hardware, "run_id": r.mlflow_run_id, "run_key": r.run_key,
+        })
+    return rows
+
+
 def build(
     results: Iterable[RunResult],
     origins: Mapping[str, Any] | None = None,
@@ -159,8 +249,9 @@ def build(
 ) -> dict[str, Any]:
     """The leaderboard as one JSON-able document, from results only (see the module docstring).
 
-    `origins` maps a run key to its per-origin rows (pandas), for the plots only: the numbers and
-    ranks come from the results. Disqualified results are listed, never ranked.
+    `origins` maps a run key to its per-origin rows (pandas): the intervals, ties and plots come
+    from them (a model without them gets numbers and ranks but no intervals). Disqualified results
+    are listed, never ranked.
     """
     origins = origins or {}
     results = list(results)
@@ -170,98 +261,64 @@ def build(
     for r in runs:
         per_name.setdefault(r.model, set()).add(model_id(r))
     labels = {model_id(r): _label(r, len(per_name[r.model]) > 1) for r in runs}
+    suite = {r.dataset for r in runs}
 
     groups: dict[tuple, list[RunResult]] = {}
     for r in runs:
         groups.setdefault(group_of(r), []).append(r)
 
     tables, per_layer, curves = [], [], []
-    logs: dict[tuple, dict[str, list[float]]] = {mid: {s: [] for s in STATES} for mid in labels}
-    head2head: dict[tuple, list[float]] = {mid: [] for mid in labels}
-    cell_ranks: dict[tuple, list[float]] = {mid: [] for mid in labels}
+    scores = {mid: _Scores() for mid in labels}
     for gkey in sorted(groups):
         members = sorted(groups[gkey], key=lambda r: labels[model_id(r)])
         base = baseline_of(members, baseline)
         for H in sorted({H for r in members for H in r.horizons}):
-            cell = [r for r in members if H in r.horizons and r.value(H, "error_rate") is not None]
-            errs = [r.value(H, "error_rate") for r in cell]
-            rows = []
-            for r, e, rk in zip(cell, errs, _ranks(errs)):
-                mid = model_id(r)
-                cell_ranks[mid].append(rk)
-                head2head[mid] += [
-                    1.0 if e < o else 0.5 if e == o else 0.0 for other, o in zip(cell, errs) if other is not r
-                ]
-                skill = {}
-                for s in STATES:
-                    ratios = _layer_log_ratios(r, base, H, s) if base is not None and H in base.horizons else []
-                    logs[mid][s] += ratios
-                    skill[s] = 1 - math.exp(sum(ratios) / len(ratios)) if ratios else None
-                h = r.horizons[H]
-                rows.append(
-                    {
-                        "rank": rk,
-                        "model": r.model,
-                        "label": labels[mid],
-                        "params": dict(r.params),
-                        "model_fingerprint": r.model_fingerprint,
-                        **{m: h.metrics[m].to_dict() if m in h.metrics else None for m in ERROR_METRICS},
-                        "noise_floor": h.metrics["noise_floor"].to_dict() if "noise_floor" in h.metrics else None,
-                        "placement": {m: h.metrics[m].to_dict() for m in PLACEMENT_METRICS if m in h.metrics},
-                        "skill": skill,
-                        "n_origins": h.origins,
-                        "failed_origins": h.failures,
-                        "seconds": r.seconds,
-                        "run_id": r.mlflow_run_id,
-                        "run_key": r.run_key,
-                    }
-                )
-                _plots(origins.get(r.run_key), gkey, H, labels[mid], per_layer, curves)
+            rows = _cell(members, H, base, labels, origins, gkey, scores)
+            for r in members:
+                if H in r.horizons:
+                    _plots(origins.get(r.run_key), gkey, H, labels[model_id(r)], per_layer, curves)
             rows.sort(key=lambda row: (row["rank"], row["label"]))
-            tables.append(
-                {
-                    "dataset": gkey[0],
-                    "dataset_version": gkey[1],
-                    "task_fingerprint": gkey[2],
-                    "task": {k: str(v) for k, v in members[0].task.to_dict().items()},
-                    "horizon": H,
-                    "baseline": None if base is None else labels[model_id(base)],
-                    "noise_floor": next((row["noise_floor"] for row in rows if row["noise_floor"]), None),
-                    "rows": rows,
-                }
-            )
+            tables.append({
+                "dataset": gkey[0], "dataset_version": gkey[1], "task_fingerprint": gkey[2],
+                "task": {k: str(v) for k, v in members[0].task.to_dict().items()}, "horizon": H,
+                "baseline": None if base is None else labels[model_id(base)],
+                **{f: next((row[f] for row in rows if row[f]), None) for f in FLOORS},
+                "rows": rows,
+            })
 
     ranking = []
     for mid, label in labels.items():
-        skill = {s: (1 - math.exp(sum(v) / len(v)) if v else None) for s, v in logs[mid].items()}
-        h2h = head2head[mid]
-        ranking.append(
-            {
-                "label": label,
-                "model": mid[0],
-                "model_fingerprint": mid[1],
-                "params": json.loads(mid[2]),
-                "skill": skill,
-                "win_rate": sum(h2h) / len(h2h) if h2h else None,
-                "mean_rank": sum(cell_ranks[mid]) / len(cell_ranks[mid]) if cell_ranks[mid] else None,
-                "cells": len(cell_ranks[mid]),
-                "layer_comparisons": len(logs[mid]["all"]),
-                "datasets": sorted({f"{r.dataset}@{r.dataset_version}" for r in runs if model_id(r) == mid}),
-            }
-        )
-    ranking.sort(
-        key=lambda e: (
-            e["skill"]["all"] is None,
-            -(e["skill"]["all"] or 0.0),
-            e["win_rate"] is None,
-            -(e["win_rate"] or 0.0),
-            e["label"],
-        )
-    )
+        sc, mine = scores[mid], [r for r in runs if model_id(r) == mid]
+        h2h = sc.head2head
+        origins_run = sum(h.origins for r in mine for h in r.horizons.values())
+        ranking.append({
+            "label": label, "model": mid[0], "model_fingerprint": mid[1], "params": json.loads(mid[2]),
+            "headroom_skill": _aggregate(sc.headroom, sc.headroom_boots),
+            "window_skill": _aggregate(sc.window, sc.window_boots),
+            "skill": {s: stats.skill_of(v) for s, v in sc.logs.items()},
+            "skill_ci": _aggregate(sc.logs["all"], sc.layer_boots)["ci"],
+            "win_rate": sum(h2h) / len(h2h) if h2h else None,
+            "mean_rank": sum(sc.ranks) / len(sc.ranks) if sc.ranks else None,
+            "cells": len(sc.ranks), "layer_comparisons": len(sc.logs["all"]),
+            "seconds_per_origin": sum(r.seconds for r in mine) / origins_run if origins_run else None,
+            "training_seconds": sum(r.timings.get("start", 0) + r.timings.get("refit", 0) for r in mine)
+            if all(r.timings for r in mine) else None,
+            "hardware": sorted({r.hardware for r in mine if r.hardware}),
+            "trained_on_test_data": sorted({t for r in mine for t in r.task.train} & suite),
+            "datasets": sorted({f"{r.dataset}@{r.dataset_version}" for r in mine}),
+        })
+
+    def order(e):
+        primary = e["headroom_skill"]["value"]
+        return (primary is None, -(primary or 0.0), e["skill"]["all"] is None, -(e["skill"]["all"] or 0.0),
+                e["win_rate"] is None, -(e["win_rate"] or 0.0), e["label"])
+
+    ranking.sort(key=order)
     for i, e in enumerate(ranking, 1):
         e["rank"] = i
     return {
         "baseline": baseline,
+        "primary": "headroom_skill",
         "ranking": ranking,
         "tables": tables,
         "per_layer": per_layer,
@@ -328,9 +385,36 @@ def from_store(
     return board
 
 
+def from_submissions(
+    paths: Iterable[str],
+    datasets: list[str] | None = None,
+    models: list[str] | None = None,
+    baseline: str = BASELINE,
+) -> dict[str, Any]:
+    """The leaderboard of submission files (:mod:`bench.submission`): files, or folders of ``*.json`` files.
+
+    Each file is loaded and checked (:func:`bench.submission.load` raises on a bad one, naming it);
+    its results and per-origin rows feed :func:`build` as the store's do. A run found in several
+    files counts once; of one model's runs of a task, the newest wins.
+    """
+    from bench import submission
+
+    files = submission.submission_files(paths)
+    runs = {}
+    for path in files:
+        for run in submission.load(path).runs:
+            runs.setdefault((run.result.run_key, run.result.finished_at), run)
+    winners, superseded = newest(select([run.result for run in runs.values()], datasets, models))
+    origins = {r.run_key: runs[(r.run_key, r.finished_at)].origins for r in winners}
+    board = build(winners, origins, superseded, baseline)
+    board["submissions"] = [str(p) for p in files]
+    return board
+
+
 __all__ = [
     "build",
     "from_store",
+    "from_submissions",
     "select",
     "newest",
     "identity",

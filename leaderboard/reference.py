@@ -1,47 +1,62 @@
-"""The committed leaderboard: reference models on the built-in datasets, default task.
+"""The committed leaderboard: the zoo of ``leaderboard/zoo.yaml`` on the suite ``moe-load-v1``, from result files.
 
-``python -m bench leaderboard --write`` (``make leaderboard``) runs every reference model on
-every reference dataset with the default task (cached runs are reused; a cached run missing from
-the tracking store is logged to it), then writes ``leaderboard/leaderboard.{md,csv,html}`` from
-exactly those (dataset, task, model, params) identities, so other runs in the store never leak
-into the committed files. To put a model on the committed board, add it to
-:data:`REFERENCE_MODELS` and rerun the command.
+Every number of the committed ``leaderboard.{md,csv}`` comes from the submission files in
+``leaderboard/submissions/`` (one per model: :mod:`bench.submission`), so the board rebuilds in
+seconds and anyone can check it:
+
+- ``python -m bench leaderboard --write`` (``make leaderboard``) rebuilds the board from those files;
+- ``python -m bench leaderboard --write --refresh`` (``make zoo``) first writes the file of every zoo
+  model that has none (or whose file no longer loads), running what is not cached in the data home
+  (hours of CPU for the library models and the LSTM), then rebuilds the board;
+- ``python -m bench submit --verify leaderboard/submissions/FILE`` re-runs a sample of a file's
+  tasks from scratch and refuses it if a number differs.
+
+To put a model on the committed board, add it to ``zoo.yaml`` and run ``make zoo``.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Callable
 
-#: (model, params) run on every reference dataset.
-REFERENCE_MODELS: list[tuple[str, dict]] = [("sw_avg", {}), ("ema", {}), ("last", {})]
-
 #: Where the committed files live (this package's folder, in a checkout the repository's `leaderboard/`).
 OUT_DIR = Path(__file__).resolve().parent
+ZOO = OUT_DIR / "zoo.yaml"
+SUBMISSIONS = OUT_DIR / "submissions"
+SUITE = "moe-load-v1"
 
 
-def reference_datasets() -> list[str]:
-    """The default dataset plus every built-in trace (newest version of each)."""
-    from datasets_registry import registry
+def zoo_models() -> list[tuple[str, dict]]:
+    """(model, params) of every model of the zoo file, in its order."""
+    from bench import grid
 
-    builtin = sorted({e.id for e in registry.entries() if e.kind == "builtin"})
-    return [registry.DEFAULT_DATASET] + [d for d in builtin if d != registry.DEFAULT_DATASET]
+    config = grid.load(ZOO)
+    return [(m["name"], params) for m in config.models for params in grid.param_sets(m.get("params") or {})]
 
 
-def refresh(tracking_uri: str | None = None, datasets: list[str] | None = None,
-            say: Callable[[str], None] = lambda s: None) -> set[tuple]:
-    """Run (or reuse) the reference runs; returns their leaderboard identities."""
-    from bench import runner, tracking
+def submission_path(model: str) -> Path:
+    """The committed file of a zoo model: its name with anything but letters, digits, '.', '_' and '-' as '-'."""
+    return SUBMISSIONS / (re.sub(r"[^A-Za-z0-9._-]+", "-", model) + ".json")
 
-    from .build import identity
 
-    identities = set()
-    for dataset in datasets or reference_datasets():
-        for model, params in REFERENCE_MODELS:
-            result = runner.run(model, dataset, params=params, track=True, tracking_uri=tracking_uri)
-            if not tracking.has_run(result.mlflow_run_id, tracking_uri):
-                result = runner.log(result, tracking_uri)
-            say(f"{result.model} on {result.dataset}@{result.dataset_version}: run {result.mlflow_run_id}"
-                + (" (cached)" if result.cached else ""))
-            identities.add(identity(result))
-    return identities
+def refresh(tracking_uri: str | None = None, say: Callable[[str], None] = lambda s: None, limits=None) -> list[Path]:
+    """Write the submission file of every zoo model that has none or whose file does not load; returns them."""
+    from bench import submission
+
+    written = []
+    for model, params in zoo_models():
+        path = submission_path(model)
+        if path.exists():
+            try:
+                submission.load(path)
+                continue
+            except submission.SubmissionError as exc:
+                say(f"{path}: {'; '.join(exc.problems)}: submitting again")
+        say(f"submitting {model} {params or ''} on {SUITE}")
+        done = submission.submit(model, SUITE, params=params, limits=limits, tracking_uri=tracking_uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        done.save(path)
+        written.append(path)
+        say(f"wrote {path}")
+    return written

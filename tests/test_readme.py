@@ -25,3 +25,8 @@ def test_the_readme_shows_what_the_command_prints(smartmoe, name):
     fresh = readme_outputs.comparable(readme_outputs.output(name))
     assert readme_outputs.comparable(readme_outputs.shown()[name]) == fresh, (
         f"README.md's {name} block is stale: run `python benchmarks/readme_outputs.py --write`")
+
+
+def test_the_readme_quotes_the_top_of_the_committed_leaderboard():
+    assert readme_outputs.shown_table() == readme_outputs.leaderboard_top(), (
+        "README.md's leaderboard table is stale: run `python benchmarks/readme_outputs.py --write`")

@@ -91,3 +91,10 @@ def show_warnings() -> None:
         print(f"warning: {message}", file=sys.stderr)
 
     warnings.showwarning = show
+
+
+def print_problems(source: str, problems: list[str]) -> int:
+    """Print one ``error: SOURCE: problem`` line per problem on stderr; the exit status of a refusal (1)."""
+    for p in problems:
+        print(f"error: {source}: {p}", file=sys.stderr)
+    return 1

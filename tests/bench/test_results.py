@@ -34,7 +34,8 @@ def rich_result() -> RunResult:
         horizons={1000: h, 2000: HorizonResult(2000, {"error_rate": ByState(0.2)}, 30, 0)},
         seconds=12.5, harness_version=2, code_version="0.1.0+abc", finished_at="2026-12-01T00:00:00.000001+00:00",
         placement="G=8,R=8", isolation="landlock", artifacts=("origins.parquet",),
-        extras=Extras({"lstm.trainings": 5.0}, {"lstm/train_loss": (0.5, 0.25)}, ("lstm.ckpt",)))
+        extras=Extras({"lstm.trainings": 5.0}, {"lstm/train_loss": (0.5, 0.25)}, ("lstm.ckpt",)),
+        timings={"start": 1.5, "forecast": 0.25}, hardware="a CPU, 2 cores")
 
 
 def test_json_round_trip_is_exact(tmp_path):
@@ -68,6 +69,7 @@ def test_a_real_run_round_trips_through_both(home):
     (lambda d: {}, "checksum"),
     (lambda d: {**d, "seconds": 1.0}, "checksum"),
     (lambda d: [], "JSON object"),
+    (lambda d: {**d, "seconds": float("nan")}, "NaN"),
 ])
 def test_a_damaged_file_is_refused_naming_it(tmp_path, edit, problem):
     rich_result().save(tmp_path)

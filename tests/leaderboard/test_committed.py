@@ -1,40 +1,48 @@
-"""The committed leaderboard/leaderboard.{md,csv} are what the refresh command produces from fresh runs."""
+"""The committed leaderboard: its files are what its result files give, and the result files check out."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import pytest
 
 from bench.cli import main
-from leaderboard import reference
+from leaderboard import build, reference
 
 FILES = ("leaderboard.md", "leaderboard.csv")
 
 
-def test_committed_files_match_a_fresh_refresh(smartmoe, tmp_path, capsys):
-    # the session's data home starts empty: the reference runs are computed (or reused from this session) here
+def test_committed_files_match_their_result_files(tmp_path, capsys):
     assert main(["leaderboard", "--write", "--out", str(tmp_path)]) == 0
     capsys.readouterr()
     for name in FILES:
         committed = (reference.OUT_DIR / name).read_text(encoding="utf-8")
         fresh = (tmp_path / name).read_text(encoding="utf-8")
-        assert fresh == committed, (
-            f"leaderboard/{name} is stale: run `make leaderboard` (python -m bench leaderboard --write) and commit it"
-        )
+        assert fresh == committed, f"leaderboard/{name} is stale: run `make leaderboard` and commit it"
     assert (tmp_path / "leaderboard.html").stat().st_size > 1_000_000  # plotly.js inlined
 
 
-def test_refresh_is_deterministic(smartmoe, tmp_path, capsys):
-    a, b = tmp_path / "a", tmp_path / "b"
-    for out in (a, b):
-        assert main(["leaderboard", "--write", "--out", str(out)]) == 0
-    capsys.readouterr()
-    for name in FILES:
-        assert (a / name).read_bytes() == (b / name).read_bytes()
+def test_the_zoo_has_one_result_file_per_model_on_the_whole_suite():
+    from bench import grid, submission, suites
+
+    suite = suites.get(reference.SUITE)
+    assert set(grid.load(reference.ZOO).datasets) == {t.dataset for t in suite.tasks}
+    for model, params in reference.zoo_models():
+        path = reference.submission_path(model)
+        assert path.exists(), f"{path} is missing: run `make zoo`"
+        sub = submission.load(path)
+        assert sub.model.spec == model and {k: sub.model.params[k] for k in params} == params
+        assert sub.suite.name == reference.SUITE and len(sub.runs) == len(suite.tasks)
 
 
-def test_reference_datasets_cover_the_builtin_ones():
-    from datasets_registry import registry
+def test_the_board_ranks_the_zoo_with_intervals():
+    board = build.from_submissions([reference.SUBMISSIONS])
+    assert len(board["ranking"]) >= 10 and len({t["dataset"] for t in board["tables"]}) >= 8
+    assert board["ranking"][0]["headroom_skill"]["ci"] is not None
+    assert all(e["seconds_per_origin"] is not None and e["hardware"] for e in board["ranking"])
+    base = next(e for e in board["ranking"] if e["model"] == "sw_avg")
+    assert base["headroom_skill"]["value"] == pytest.approx(0.0, abs=1e-12)
 
-    builtin = {e.id for e in registry.entries() if e.kind == "builtin"}
-    assert set(reference.reference_datasets()) == builtin | {registry.DEFAULT_DATASET}
-    assert Path(reference.OUT_DIR, "leaderboard.md").exists()
+
+def test_a_committed_result_file_checks_out(smartmoe, capsys):
+    """Re-running a task of sw_avg's file from scratch gives its numbers (the other files: `bench submit --verify`)."""
+    assert main(["submit", "--verify", str(reference.submission_path("sw_avg")), "--sample", "1"]) == 0, (
+        capsys.readouterr().err)

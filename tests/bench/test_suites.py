@@ -1,0 +1,77 @@
+"""Suites: moe-load-v1 matches the local data; a suite's check names every dataset missing or changed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import suites
+from bench.cli import main
+from bench.suites import MOE_LOAD_V1, Suite, SuiteTask
+from bench.task import Task
+from datasets_registry import registry
+
+
+def test_moe_load_v1_is_the_builtin_traces_and_smartmoe_under_the_default_task(smartmoe):
+    builtin = [(e.id, e.version) for e in registry.entries() if e.kind == "builtin"]
+    assert len(builtin) == 7
+    assert [(t.dataset, t.version) for t in MOE_LOAD_V1.tasks] == builtin + [("smartmoe-ae", 1)]
+    for t in MOE_LOAD_V1.tasks:
+        assert t.task == Task(dataset=t.ref)  # horizons 1,000 and 2,000, stride 100, min history 100, refit every
+    assert suites.get("moe-load-v1") is MOE_LOAD_V1 and suites.DEFAULT_SUITE == "moe-load-v1"
+
+
+def test_moe_load_v1_matches_the_local_data(smartmoe):
+    """Every dataset of the suite is here, with the fingerprint the suite pins (a changed trace fails this)."""
+    assert suites.check(MOE_LOAD_V1) == []
+    cards = {r["id"]: r["fingerprint"] for r in registry.listing()}
+    assert {t.dataset: t.fingerprint for t in MOE_LOAD_V1.tasks} == {t.dataset: cards[t.dataset]
+                                                                    for t in MOE_LOAD_V1.tasks}
+    assert MOE_LOAD_V1.task("smartmoe-ae").fingerprint == smartmoe.fingerprint
+
+
+def test_check_names_each_dataset_missing_or_changed():
+    tiny = MOE_LOAD_V1.task("tiny-cpu-s1")
+    suite = Suite("broken", 2, (
+        SuiteTask("tiny-cpu-s1", 1, "sha256:" + "0" * 64, tiny.task),
+        SuiteTask("no-such-trace", 1, tiny.fingerprint),
+        SuiteTask("gpt3-125m-16e-top2-s1", 9, tiny.fingerprint),
+    ))
+    problems = suites.check(suite)
+    assert [(p.dataset, p.kind) for p in problems] == [
+        ("tiny-cpu-s1@1", "fingerprint"), ("no-such-trace@1", "missing"), ("gpt3-125m-16e-top2-s1@9", "missing")]
+    assert str(problems[0]) == (f"dataset tiny-cpu-s1@1 of suite broken@2: fingerprint {tiny.fingerprint} here, "
+                                f"the suite pins sha256:{'0' * 64}")
+    assert "no dataset 'no-such-trace'" in str(problems[1])
+    assert "has no version 9" in str(problems[2])
+
+
+def test_a_suite_round_trips_through_json_and_refuses_bad_input():
+    back = Suite.from_dict(json.loads(json.dumps(MOE_LOAD_V1.to_dict())))
+    assert back == MOE_LOAD_V1
+    with pytest.raises(ValueError, match="fingerprint must be"):
+        SuiteTask.from_dict({"dataset": "x", "version": 1, "fingerprint": "md5:1"})
+    with pytest.raises(ValueError, match="version must be a positive integer"):
+        SuiteTask.from_dict({"dataset": "x", "version": True, "fingerprint": "sha256:1"})
+    with pytest.raises(ValueError, match="more than one task"):
+        Suite("twice", 1, (MOE_LOAD_V1.tasks[0], MOE_LOAD_V1.tasks[0]))
+    with pytest.raises(LookupError, match="no suite 'nope'; declared: moe-load-v1"):
+        suites.get("nope")
+
+
+def test_suite_commands(smartmoe, capsys):
+    assert main(["suite", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed == [{"name": "moe-load-v1", "version": 1, "description": MOE_LOAD_V1.description, "tasks": 8,
+                       "datasets": list(MOE_LOAD_V1.datasets)}]
+    assert main(["suite", "show", "moe-load-v1", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["problems"] == [] and len(shown["tasks"]) == 8
+    assert shown["tasks"][-1]["dataset"] == "smartmoe-ae" and shown["tasks"][-1]["task"]["horizons"] == [1000, 2000]
+    assert main(["suite", "list"]) == 0 and "moe-load-v1  version 1, 8 tasks" in capsys.readouterr().out
+    assert main(["suite", "show", "moe-load-v1"]) == 0
+    out = capsys.readouterr().out
+    assert "smartmoe-ae@1" in out and "sha256:ba8d14def116a730" in out
+    assert main(["suite", "show", "nope"]) == 1
+    assert "error: no suite 'nope'" in capsys.readouterr().err
