@@ -5,8 +5,9 @@ origins, and neighbouring origins share most of their horizon. The cell's origin
 in circular blocks of ``ceil(horizon / stride)`` consecutive origins (:func:`bench.fairplay.
 block_bootstrap_means`: every origin drawn equally often, so the resamples centre on the
 estimate even though errors trend from the transient state to the stable one), `RESAMPLES` times
-with a seed fixed by the cell, the *same* resamples for every model (so differences are paired). A model's error in a resample is the mean over the
-resampled origins, then over layers. Intervals are the central `LEVEL` (95%) percentiles.
+with a seed fixed by the cell, the *same* resamples for every model (so differences are paired).
+A model's error in a resample is the mean over the resampled origins, then over layers.
+Intervals are the central `LEVEL` (95%) percentiles.
 
 **Ties.** Two models tie in a cell when the interval of their difference in ``error_rate`` (all)
 contains 0; a tie counts half in the win rate, as in fev.
