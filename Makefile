@@ -21,8 +21,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: setup
 	$(PY) -m bench run --model lstm
 
-test: setup
-	$(PY) -m pytest -q
+test: setup  ## the test suite; -rs: every skipped test says what it misses
+	$(PY) -m pytest -q -rs
 
 lint: setup  ## style and static checks (ruff: pycodestyle, pyflakes, import order)
 	$(PY) -m ruff check .

@@ -1,8 +1,8 @@
 """The conformance suite behind ``python -m bench check-predictor SPEC``.
 
 It runs a predictor through the real harness (:func:`bench.evaluate.evaluate`) on a small real
-slice (the first 150 records and 4 layers of smartmoe-ae when it is available, else a
-SYNTHETIC labelled trace) and checks, in order:
+slice (the first 150 records and 4 layers of the built-in default trace, gpt3-125m-16e-top2-s1, or
+of the dataset asked for; a SYNTHETIC labelled trace where neither can be loaded) and checks, in order:
 
 1. **load**: the spec resolves to a Predictor subclass;
 2. **interface**: ``name``, ``defaults``, ``search_space`` (every entry a parameter, well formed,
@@ -11,14 +11,17 @@ SYNTHETIC labelled trace) and checks, in order:
 4. **forecasts**: at every origin the forecast has shape ``[H, L, E]``, is finite, non-negative
    and each row sums to 1, and nothing raises (the first traceback of each failing method is
    shown);
-5. **determinism**: a second, fresh instance on the same data forecasts the same (within 1e-9);
+5. **determinism**: a second, fresh instance on the same data forecasts the same (within 1e-9), compared
+   on the valid forecasts only (finite: a NaN forecast already fails 4); skipped, saying why, when there
+   is none;
 6. **no look-ahead**: for several origins ``o``, the run is repeated on a copy of the trace whose
    records at and after ``o`` are replaced by a scrambled future (time and experts reversed);
    every forecast made at an origin ``<= o`` must be unchanged. A predictor whose forecast
    depends on data it could not have had (by walking the interpreter's stack to the harness,
    finding the trace through the garbage collector, ...) fails here. While the predictor runs,
    the data home and dataset sources point to an empty folder, so reading the dataset from the
-   registry fails too;
+   registry fails too. Skipped, saying why, when determinism failed (a forecast that changes anyway
+   shows nothing) or there is no valid forecast;
 7. **speed** (information only): seconds per origin inside the predictor, and a projection to
    the default task on the whole trace.
 
@@ -41,6 +44,7 @@ import numpy as np
 
 from models.base import record_spacing
 
+from .evaluate import ForecastError
 from .task import Task, rolling_origins
 
 TOL = 1e-9
@@ -102,6 +106,8 @@ class Recorder:
             t0 = time.perf_counter()
             try:
                 out = fn(*args, **kwargs)
+            except ForecastError:  # the harness refused the forecast (in a worker): the failure says why, no traceback
+                raise
             except Exception:
                 self.errors.setdefault(name, traceback.format_exc(limit=-4))
                 raise
@@ -269,20 +275,36 @@ def _scramble(trace, origin: int, stop: int):
     return sub_trace(trace, 0, stop, counts=counts, tag=f"scrambled-from-{origin}")
 
 
-def _diff(a: dict, b: dict, upto: int | None = None) -> tuple[int, float] | None:
-    """The first origin (<= upto) where forecasts differ, and by how much; None if none do."""
+def valid(x: np.ndarray | None) -> bool:
+    """Whether a recorded forecast can be compared: a non-empty array of finite numbers (a NaN is not equal to
+    itself, so comparing one would report a difference that is not there)."""
+    return x is not None and x.size > 0 and bool(np.isfinite(x).all())
+
+
+def _diff(a: dict, b: dict, upto: int | None = None) -> tuple[tuple[int, float | None] | None, int]:
+    """(the first origin (<= upto) where the forecasts differ and by how much, None if none do; the number of
+    origins compared). Only valid forecasts are compared; one valid where the other is not is a difference
+    of None."""
+    compared = 0
     for o in sorted(set(a) & set(b)):
         if upto is not None and o > upto:
             break
         x, y = a[o], b[o]
-        if x is None or y is None:
+        if valid(x) != valid(y):
+            return (o, None), compared + 1
+        if not valid(x):
             continue
+        compared += 1
         if x.shape != y.shape:
-            return o, float("inf")
-        d = float(np.max(np.abs(x - y))) if x.size else 0.0
+            return (o, float("inf")), compared
+        d = float(np.max(np.abs(x - y)))
         if not d <= TOL:
-            return o, d
-    return None
+            return (o, d), compared
+    return None, compared
+
+
+def _by(d: float | None) -> str:
+    return "one forecast valid, the other not" if d is None else f"max |diff| {d:.3g}"
 
 
 def _failure_detail(ev, rec: Recorder) -> str:
@@ -337,6 +359,9 @@ def check_predictor(
     report = Report(spec)
     try:
         make, meta, where = _subject(spec, limits)
+    except (ValueError, LookupError) as exc:  # a bad spec or file: its message names it (file:line: error)
+        report.add("load", "fail", str(exc.args[0]) if exc.args else type(exc).__name__)
+        return report
     except Exception as exc:
         report.add("load", "fail", f"{type(exc).__name__}: {exc}")
         return report
@@ -382,24 +407,29 @@ def check_predictor(
             f"{len(origins)} origins, horizons {list(task.horizons)} iterations: "
             f"every forecast [H, {L}, {E}], finite, >= 0, rows sum to 1",
         )
-    if not any(v is not None for v in first.forecasts.values()):
-        report.add("determinism", "skip", "no forecast to compare")
-        report.add("no look-ahead", "skip", "no forecast to compare")
+    invalid = sum(not valid(v) for v in first.forecasts.values())
+    if not any(valid(v) for v in first.forecasts.values()):
+        why = ("no valid forecast to compare: every forecast failed the forecasts check" if first.forecasts
+               else "no forecast to compare: no call of predict gave one (see forecasts)")
+        report.add("determinism", "skip", why)
+        report.add("no look-ahead", "skip", why)
     else:
         second, _, _ = _run(make, params, trace, task, training)
-        d = _diff(first.forecasts, second.forecasts)
+        d, compared = _diff(first.forecasts, second.forecasts)
         deterministic = d is None
         step = lambda o: int(trace.steps[o]) if o < trace.records else o  # noqa: E731
+        left_out = f"; {invalid} invalid forecast(s) (see forecasts) left out" if invalid else ""
         report.add(
             "determinism",
             "pass" if deterministic else "fail",
-            "a fresh instance forecasts the same on the same data"
+            f"a fresh instance forecasts the same on the same data ({compared} origins compared{left_out})"
             if deterministic
-            else f"two fresh instances on the same data differ at origin step {step(d[0])} (max |diff| {d[1]:.3g}); "
+            else f"two fresh instances on the same data differ at origin step {step(d[0])} ({_by(d[1])}); "
             "seed every source of randomness (e.g. a random_state parameter)",
         )
         if not deterministic:
-            report.add("no look-ahead", "skip", "cannot tell look-ahead from non-determinism")
+            report.add("no look-ahead", "skip", "two fresh instances already differ on the same data (determinism), "
+                       "so a forecast that changes when the future is scrambled would not show look-ahead")
         else:
             max_h = max(int(n) for o in rolling_origins(trace.steps, task).values() for n in o.lengths)
             picks = sorted({origins[0], origins[len(origins) // 2], origins[-1]})
@@ -407,18 +437,18 @@ def check_predictor(
             for o in picks:
                 stop = min(trace.records, o + max_h + 1)
                 rec, _, _ = _run(make, params, _scramble(trace, o, stop), task, training)
-                d = _diff(first.forecasts, rec.forecasts, upto=o)
+                d, _ = _diff(first.forecasts, rec.forecasts, upto=o)
                 if d is not None:
                     leaks.append(
                         f"with the records from step {trace.steps[o]} on scrambled, the forecast at origin step "
-                        f"{step(d[0])} changed (max |diff| {d[1]:.3g}): it used data at or after its origin"
+                        f"{step(d[0])} changed ({_by(d[1])}): it used data at or after its origin"
                     )
             report.add(
                 "no look-ahead",
                 "fail" if leaks else "pass",
                 "\n".join(leaks)
                 or f"forecasts at origins <= o unchanged when the records from o on are scrambled (o at steps "
-                   f"{[int(trace.steps[o]) for o in picks]})",
+                   f"{[int(trace.steps[o]) for o in picks]}{left_out.replace(';', ',')})",
             )
     per_origin = first.seconds / max(1, first.calls)
     detail = f"{per_origin:.3g} s per origin inside the predictor ({first.calls} forecasts, {first.seconds:.2f} s)"

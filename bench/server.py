@@ -25,7 +25,7 @@ from pathlib import Path
 
 from datasets_registry.registry import data_home
 
-from .tracking import EXPERIMENT, artifact_root
+from .tracking import EXPERIMENT, VIEW, artifact_root
 
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
@@ -154,12 +154,13 @@ def log_tail(lines: int = 15) -> list[str]:
 
 
 def runs_page(base: str) -> str | None:
-    """The address of the experiment's runs page, once the experiment exists."""
+    """The address of the experiment's runs page, once the experiment exists: the machine-learning pages (not
+    MLflow 3's GenAI ones) and the runs table with the headline metrics as columns (:data:`bench.tracking.VIEW`)."""
     body = http_get(f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={urllib.parse.quote(EXPERIMENT)}")
     if not body:
         return None
     exp = json.loads(body)["experiment"]["experiment_id"]
-    return f"{base}/#/experiments/{exp}/runs?workflowType=machine_learning"
+    return f"{base}/#/experiments/{exp}/runs?workflowType=machine_learning&viewStateShareKey={VIEW}"
 
 
 if __name__ == "__main__":

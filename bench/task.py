@@ -67,6 +67,23 @@ class Task:
                            "data": dataset_fingerprint, "train": list(train_fingerprints)}, sort_keys=True)
         return "task:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
+    def run_options(self) -> list[str]:
+        """The options of ``python -m bench run`` that give this task: ``--dataset`` and every setting that
+        differs from the default (the state detector's `smooth` has no option)."""
+        default = Task(self.dataset)
+        out = ["--dataset", self.dataset]
+        if self.horizons != default.horizons:
+            out += [arg for h in self.horizons for arg in ("--horizon", str(h))]
+        for option, key in (("--stride", "stride"), ("--min-history", "min_history"),
+                            ("--first-origin", "first_origin"), ("--refit", "refit")):
+            if getattr(self, key) != getattr(default, key):
+                out += [option, str(getattr(self, key))]
+        out += [arg for t in self.train for arg in ("--train", t)]
+        for option, key in (("--state-window", "window"), ("--state-threshold", "threshold")):
+            if getattr(self.states, key) != getattr(default.states, key):
+                out += [option, str(getattr(self.states, key))]
+        return out
+
     def refit_due(self, index: int) -> bool:
         """Whether the predictor is refitted at the `index`-th origin of a run."""
         if self.refit == "every":

@@ -1,7 +1,7 @@
 """The seed paper's comparison ("Prediction Is All MoE Needs", 2024) on this benchmark's protocol.
 
     python benchmarks/seed_paper.py [--dataset ID[:TRAIN_ID]] ... [--models sw_avg,arima,lstm,...]
-        [--metric error_rate | --readings]
+        [--metric error_rate | --readings | --seeds]
 
 For each dataset (``ID:TRAIN`` gives the LSTM, and only it, a training trace: the seed paper
 trained on one run and tested on another), runs every model through `bench.runner.run` (cached
@@ -20,11 +20,16 @@ a run reports (E is the trace's number of experts):
 4. ``window_error`` and ``window_error / E``: the error of the horizon's mean load, and per expert.
 
 Readings 1 and 2 have the multinomial noise floor beside them (``noise_floor`` and its ``/ E``).
+
+``--seeds`` groups the datasets by configuration (the id less its ``-sN`` seed) and prints each
+model's `--metric` as mean +- sample standard deviation over the seeds, and the seeds' range.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+from pathlib import Path
 
 MODELS = "sw_avg,arima,lstm,last,ema,static,sw_sum"
 PAPER = (
@@ -32,18 +37,20 @@ PAPER = (
     "(125M, 16e, SW_Avg)"
 )
 HORIZONS = (1000, 2000)
+RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+SEEDS_BLOCK = re.compile(r"(<!-- table: seeds -->\n)(.*?)(<!-- /table -->)", re.S)
 STATES = ("all", "transient", "stable")
 #: (label, metric, divided by the number of experts); the floor of readings 1 and 2 is the noise floor.
 READINGS = (
-    ("1. L1 of shares (error_rate)", "error_rate", False),
-    ("2. MAE per expert (error_rate / E)", "error_rate", True),
-    ("3. relative error per expert (mape)", "mape", False),
-    ("4a. horizon mean, L1 (window_error)", "window_error", False),
-    ("4b. horizon mean, per expert (window_error / E)", "window_error", True),
+    ("1 error_rate", "error_rate", False),
+    ("2 error_rate / E", "error_rate", True),
+    ("3 mape", "mape", False),
+    ("4a window_error", "window_error", False),
+    ("4b window_error / E", "window_error", True),
 )
 FLOORS = (
-    ("1. L1 of shares (error_rate)", "noise_floor", False),
-    ("2. MAE per expert (error_rate / E)", "noise_floor", True),
+    ("1 error_rate", "noise_floor", False),
+    ("2 error_rate / E", "noise_floor", True),
 )
 
 
@@ -68,6 +75,18 @@ def cells(result, metric: str, per_expert: bool, digits: int = 2) -> list[str]:
     return out
 
 
+def label(model: str, ds: str, train: str) -> str:
+    """`model`, and for the LSTM where it trains: ``(history)`` or ``(trained on -s1)`` (the id's differing tail)."""
+    if model != "lstm":
+        return model
+    if not train:
+        return "lstm (history)"
+    a, b = ds.split("-"), train.split("-")
+    common = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    tail = b[common:]
+    return f"lstm (trained on {'-' + '-'.join(tail) if common and tail else train})"
+
+
 def runs(specs: list[str], models: list[str], track: bool):
     """(dataset, model label, result) of every model on every dataset, in order."""
     from bench import runner
@@ -78,7 +97,7 @@ def runs(specs: list[str], models: list[str], track: bool):
         for model in models:
             task = Task(dataset=ds, train=(train,) if train and model == "lstm" else ())
             r = runner.run(model, ds, task=task, track=track)
-            yield ds, model + (f" (trained on {train})" if task.train else ""), r
+            yield ds, label(model, ds, train if task.train else ""), r
 
 
 def metric_table(specs: list[str], models: list[str], metric: str, track: bool) -> None:
@@ -101,27 +120,60 @@ def metric_table(specs: list[str], models: list[str], metric: str, track: bool) 
     )
 
 
+SEEDS_HEAD = ("| configuration | seeds | model | 1k all | 1k transient | 1k stable | 2k all | 2k transient "
+              "| 2k stable |\n|---|---:|---|---:|---:|---:|---:|---:|---:|")
+
+
+def spread(values: list[float], seeds: int) -> str:
+    """``mean +- sd (min-max)`` in %, with ``[n=k]`` where fewer than all seeds have a value."""
+    import numpy as np
+
+    v = 100 * np.array(values)
+    if not len(v):
+        return "-"
+    out = f"{v.mean():.2f} +- {v.std(ddof=1) if len(v) > 1 else 0:.2f} ({v.min():.2f}-{v.max():.2f})"
+    return out + (f" [n={len(v)}]" if len(v) < seeds else "")
+
+
+def seed_rows(specs: list[str], models: list[str], metric: str, track: bool) -> list[str]:
+    """One row per (configuration, model): mean +- standard deviation over the seeds; the noise floor closes each."""
+    groups: dict[str, dict[str, list]] = {}
+    for ds, name, r in runs(specs, models, track):
+        groups.setdefault(re.sub(r"-s\d+$", "", ds), {}).setdefault(name, []).append(r)
+    rows = []
+    for config, by_model in groups.items():
+        lines = [(n, rs, metric) for n, rs in by_model.items()]
+        for name, results, m in lines + [("*noise floor*", next(iter(by_model.values())), "noise_floor")]:
+            cells_ = [spread([v for v in (r.value(H, m, st) for r in results) if v is not None], len(results))
+                      for H in HORIZONS for st in STATES]
+            rows.append(f"| {config} | {len(results)} | {name} | " + " | ".join(cells_) + " |")
+    return rows
+
+
+def seeds_table(specs: list[str], models: list[str], metric: str, track: bool) -> str:
+    return (SEEDS_HEAD + "\n" + "\n".join(seed_rows(specs, models, metric, track))
+            + f"\n\n{metric} in %: mean +- sample standard deviation over the seeds (their range; [n=k] where only k"
+            " seeds have origins in that state).\n")
+
+
 def readings_table(specs: list[str], models: list[str], track: bool) -> None:
     """One row per (dataset, model, reading), grouped by dataset; the noise floors close each dataset."""
     by_ds: dict[str, list] = {}
     for ds, name, r in runs(specs, models, track):
         by_ds.setdefault(ds, []).append((name, r))
-    print("| dataset (E) | model | reading | 1k all | 1k transient | 1k stable | 2k all | 2k transient | 2k stable |")
+    print("| dataset | model | reading | 1k all | 1k trans. | 1k stable | 2k all | 2k trans. | 2k stable |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for ds, rows in by_ds.items():
-        E = experts(rows[0][1])
-        for name, r in rows:
-            for label, metric, per_expert in READINGS:
-                digits = 3 if per_expert else 2
-                print(f"| {ds} ({E}) | {name} | {label} | " + " | ".join(cells(r, metric, per_expert, digits)) + " |")
-        for label, metric, per_expert in FLOORS:
-            digits = 3 if per_expert else 2
-            print(
-                f"| {ds} ({E}) | *noise floor* | {label} | "
-                + " | ".join(cells(rows[0][1], metric, per_expert, digits))
-                + " |"
-            )
-    print(f"\nAll readings in %; per-expert readings (/ E) in share points. {PAPER}.")
+        lines = [(name, r, READINGS) for name, r in rows] + [("*noise floor*", rows[0][1], FLOORS)]
+        for name, r, readings in lines:
+            for reading, metric, per_expert in readings:
+                values = cells(r, metric, per_expert, 3 if per_expert else 2)
+                print(f"| {ds} | {name} | {reading} | " + " | ".join(values) + " |")
+    sizes = ", ".join(f"{ds} {experts(rows[0][1])}" for ds, rows in by_ds.items())
+    print(f"\nAll readings in %, the per-expert ones (/ E) in points of share. E (experts): {sizes}.")
+    print("1: L1 distance of the shares; 2: mean absolute error per expert (as a fraction of the uniform share 1/E")
+    print("it is reading 1); 3: relative error per expert; 4a, 4b: the error of the horizon's mean load.")
+    print(f"{PAPER}.")
 
 
 def main() -> None:
@@ -136,10 +188,20 @@ def main() -> None:
         action="store_true",
         help="one table of every reading of the paper's error (error_rate, /E, mape, window_error, /E)",
     )
+    ap.add_argument("--seeds", action="store_true", help="mean +- spread over the seeds of each configuration")
+    ap.add_argument("--write", action="store_true", help="with --seeds: replace the table in docs/results.md")
     ap.add_argument("--no-track", action="store_true")
     args = ap.parse_args()
     specs, models = args.dataset or ["smartmoe-ae"], args.models.split(",")
-    if args.readings:
+    if args.seeds:
+        text = seeds_table(specs, models, args.metric, not args.no_track)
+        print(text, end="")
+        if args.write:
+            doc = RESULTS.read_text()
+            if not SEEDS_BLOCK.search(doc):
+                raise SystemExit(f"{RESULTS}: no <!-- table: seeds --> ... <!-- /table --> block")
+            RESULTS.write_text(SEEDS_BLOCK.sub(lambda m: m.group(1) + text + m.group(3), doc))
+    elif args.readings:
         readings_table(specs, models, not args.no_track)
     else:
         metric_table(specs, models, args.metric, not args.no_track)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -79,6 +80,26 @@ def select(
         return only is None or identity(r) in only
 
     return [r for r in results if wanted(r)]
+
+
+class NoMatch(LookupError):
+    """A --dataset/--model filter that selects none of the runs; the message says what there is."""
+
+
+def check_selection(results: list[RunResult], selected: list[RunResult], where: str,
+                    datasets: list[str] | None = None, models: list[str] | None = None) -> None:
+    """Raise :class:`NoMatch` when filters select nothing, naming the datasets (with their models) `where` holds."""
+    if selected or not (datasets or models):
+        return
+    asked = " ".join([f"--dataset {d}" for d in datasets or []] + [f"--model {m}" for m in models or []])
+    if not results:
+        raise NoMatch(f"no run in {where} matches {asked}: it holds no runs; run `python -m bench run` first")
+    held: dict[str, set[str]] = {}
+    for r in results:
+        held.setdefault(f"{r.dataset}@{r.dataset_version}", set()).add(r.model)
+    listing = "; ".join(f"{d} ({', '.join(sorted(m))})" for d, m in sorted(held.items()))
+    raise NoMatch(f"no run in {where} matches {asked}; it holds runs on {len(held)} dataset(s), with their models: "
+                  f"{listing}")
 
 
 def _same_dataset(ref: str, r: RunResult) -> bool:
@@ -180,21 +201,52 @@ class _Scores:
         self.window_boots: list = []
         self.head2head: list[float] = []
         self.ranks: list[float] = []
+        self.cells = 0  # tables it has a row in (ranked there or alone)
+
+
+def in_cell(r: RunResult, H: int) -> bool:
+    """Whether a run has a row in its group's table at horizon `H`."""
+    return H in r.horizons and r.value(H, "error_rate") is not None
+
+
+def _run_command(model: str, task, dataset: str) -> str:
+    return " ".join(["python -m bench run --model", model, *replace(task, dataset=dataset).run_options()])
+
+
+def _comparable_sets(labels: dict, cells: list[list[tuple]]) -> list[set]:
+    """The models that can be ranked together: linked by sharing a table, directly or through others."""
+    parent = {mid: mid for mid in labels}
+
+    def root(m):
+        while parent[m] != m:
+            parent[m] = parent[parent[m]]
+            m = parent[m]
+        return m
+
+    for mids in cells:
+        for other in mids[1:]:
+            parent[root(other)] = root(mids[0])
+    sets: dict[tuple, set] = {}
+    for mid in labels:
+        sets.setdefault(root(mid), set()).add(mid)
+    return list(sets.values())
 
 
 def _cell(members: list[RunResult], H: int, base: RunResult | None, labels: dict, origins: Mapping[str, Any],
           gkey: tuple, scores: dict[tuple, _Scores]) -> list[dict[str, Any]]:
     """The rows of one (dataset, task, horizon) table; adds each model's comparisons to `scores`."""
-    cell = [r for r in members if H in r.horizons and r.value(H, "error_rate") is not None]
+    cell = [r for r in members if in_cell(r, H)]
     errs = [r.value(H, "error_rate") for r in cell]
     frames = {model_id(r): origins.get(r.run_key) for r in cell if origins.get(r.run_key) is not None}
     sample = stats.sample_cell(frames, H, cell[0].task.stride, gkey + (H,)) if frames else None
     bmid = None if base is None or H not in base.horizons else model_id(base)
     boot = sample.error if sample is not None else {}
     rows = []
-    for r, e, rank in zip(cell, errs, _ranks(errs)):
+    for r, e, rank in zip(cell, errs, _ranks(errs) if len(cell) > 1 else [None]):  # alone: nothing to rank against
         mid, h, sc = model_id(r), r.horizons[H], scores[model_id(r)]
-        sc.ranks.append(rank)
+        sc.cells += 1
+        if rank is not None:
+            sc.ranks.append(rank)
         for other, o in zip(cell, errs):
             if other is not r:
                 omid = model_id(other)
@@ -267,7 +319,7 @@ def build(
     for r in runs:
         groups.setdefault(group_of(r), []).append(r)
 
-    tables, per_layer, curves = [], [], []
+    tables, per_layer, curves, cells = [], [], [], []
     scores = {mid: _Scores() for mid in labels}
     for gkey in sorted(groups):
         members = sorted(groups[gkey], key=lambda r: labels[model_id(r)])
@@ -277,11 +329,16 @@ def build(
             for r in members:
                 if H in r.horizons:
                     _plots(origins.get(r.run_key), gkey, H, labels[model_id(r)], per_layer, curves)
-            rows.sort(key=lambda row: (row["rank"], row["label"]))
+            rows.sort(key=lambda row: (row["rank"] or 0, row["label"]))
+            cells.append([model_id(r) for r in members if in_cell(r, H)])
+            no_baseline = None
+            if base is None or H not in base.horizons:
+                no_baseline = (f"no {baseline} run in this table, so no skill; add one: "
+                               f"{_run_command(baseline, members[0].task, f'{gkey[0]}@{gkey[1]}')}")
             tables.append({
                 "dataset": gkey[0], "dataset_version": gkey[1], "task_fingerprint": gkey[2],
                 "task": {k: str(v) for k, v in members[0].task.to_dict().items()}, "horizon": H,
-                "baseline": None if base is None else labels[model_id(base)],
+                "baseline": None if base is None else labels[model_id(base)], "no_baseline": no_baseline,
                 **{f: next((row[f] for row in rows if row[f]), None) for f in FLOORS},
                 "rows": rows,
             })
@@ -299,7 +356,7 @@ def build(
             "skill_ci": _aggregate(sc.logs["all"], sc.layer_boots)["ci"],
             "win_rate": sum(h2h) / len(h2h) if h2h else None,
             "mean_rank": sum(sc.ranks) / len(sc.ranks) if sc.ranks else None,
-            "cells": len(sc.ranks), "layer_comparisons": len(sc.logs["all"]),
+            "cells": sc.cells, "layer_comparisons": len(sc.logs["all"]),
             "seconds_per_origin": sum(r.seconds for r in mine) / origins_run if origins_run else None,
             "training_seconds": sum(r.timings.get("start", 0) + r.timings.get("refit", 0) for r in mine)
             if all(r.timings for r in mine) else None,
@@ -313,13 +370,37 @@ def build(
         return (primary is None, -(primary or 0.0), e["skill"]["all"] is None, -(e["skill"]["all"] or 0.0),
                 e["win_rate"] is None, -(e["win_rate"] or 0.0), e["label"])
 
-    ranking.sort(key=order)
-    for i, e in enumerate(ranking, 1):
-        e["rank"] = i
+    # Models are ranked only against models they share a table with, directly or through others (a
+    # comparable set); a model alone in its tables is listed unranked, with the reason.
+    by_label = {e["label"]: e for e in ranking}
+    sets = [sorted((by_label[labels[mid]] for mid in group), key=order)
+            for group in _comparable_sets(labels, cells)]
+    sets.sort(key=lambda es: (not any(e["model"] == baseline for e in es), -len(es), es[0]["label"]))
+    ranked = [es for es in sets if len(es) > 1]
+    ranking, comparable = [], []
+    for k, es in enumerate(ranked, 1):
+        for i, e in enumerate(es, 1):
+            e.update(rank=i, comparable_set=k, unranked=None)
+        ranking += es
+        comparable.append({"set": k, "labels": [e["label"] for e in es],
+                           "datasets": sorted({d for e in es for d in e["datasets"]}),
+                           "baseline": any(e["model"] == baseline for e in es)})
+    for (e,) in [es for es in sets if len(es) == 1]:
+        mine = [r for r in runs if labels[model_id(r)] == e["label"]]
+        commands = dict.fromkeys(_run_command(baseline, r.task, f"{r.dataset}@{r.dataset_version}") for r in mine)
+        add = f"add {baseline}: {'; '.join(commands)}" if e["model"] != baseline else "run another model on its tasks"
+        e.update(rank=None, comparable_set=None,
+                 unranked=f"the only model on {', '.join(e['datasets'])} with its task: nothing to compare it with; "
+                          f"{add}")
+        ranking.append(e)
+    for e in ranking:
+        e["skill_missing"] = None if e["skill"]["all"] is not None else (
+            f"no {baseline} run shares a table with it" if e["model"] != baseline else None)
     return {
         "baseline": baseline,
         "primary": "headroom_skill",
         "ranking": ranking,
+        "comparable_sets": comparable,
         "tables": tables,
         "per_layer": per_layer,
         "curves": curves,
@@ -372,7 +453,9 @@ def from_store(
 
     for message in runner.log_pending(tracking_uri):
         warn(message)
-    results = select(tracking.load_results(tracking_uri, on_skip=warn), datasets, models, only)
+    every = tracking.load_results(tracking_uri, on_skip=warn)
+    results = select(every, datasets, models, only)
+    check_selection(every, results, tracking.tracking_uri(tracking_uri), datasets, models)
     winners, superseded = newest(results)
     origins = {}
     for r in winners:
@@ -404,7 +487,10 @@ def from_submissions(
     for path in files:
         for run in submission.load(path).runs:
             runs.setdefault((run.result.run_key, run.result.finished_at), run)
-    winners, superseded = newest(select([run.result for run in runs.values()], datasets, models))
+    every = [run.result for run in runs.values()]
+    selected = select(every, datasets, models)
+    check_selection(every, selected, f"the {len(files)} submission file(s)", datasets, models)
+    winners, superseded = newest(selected)
     origins = {r.run_key: runs[(r.run_key, r.finished_at)].origins for r in winners}
     board = build(winners, origins, superseded, baseline)
     board["submissions"] = [str(p) for p in files]
@@ -416,6 +502,8 @@ __all__ = [
     "from_store",
     "from_submissions",
     "select",
+    "check_selection",
+    "NoMatch",
     "newest",
     "identity",
     "model_id",

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.columns import fit_columns
 from bench.states import STATES
 
 from .build import ERROR_METRICS, FLOORS, PLACEMENT_METRICS
@@ -44,7 +45,9 @@ def _num(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def _rank(r: float) -> str:
+def _rank(r: float | None) -> str:
+    if r is None:
+        return "-"
     return str(int(r)) if float(r).is_integer() else f"{r:.1f}"
 
 
@@ -77,14 +80,39 @@ def _seconds(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
-def ranking_rows(board: dict, runtime: bool = True) -> tuple[list[str], list[list[str]]]:
+def ranking_groups(board: dict) -> list[tuple[str, list[dict]]]:
+    """(title, entries) of each comparable set (models that share tables, directly or through others), which
+    are ranked apart; one set, all models compared with each other, has no title."""
+    sets = board.get("comparable_sets")
+    ranked = [e for e in board["ranking"] if e.get("rank") is not None]
+    if sets is None or len(sets) <= 1:
+        return [("", ranked)] if ranked else []
+    return [(f"Set {c['set']}: {', '.join(c['labels'])}, compared on {', '.join(c['datasets'])}"
+             + ("" if c["baseline"] else f" (no {board['baseline']}: no skill)"),
+             [e for e in ranked if e.get("comparable_set") == c["set"]]) for c in sets]
+
+
+def unranked(board: dict) -> list[str]:
+    """``label: why`` for every model that shares no table with another."""
+    return [f"{e['label']}: {e['unranked']}" for e in board["ranking"] if e.get("unranked")]
+
+
+SETS_NOTE = ("Models are ranked only against the models they share a table with (the same dataset, task and "
+             "horizon), directly or through others: each set below is ranked apart.")
+
+
+def ranking_rows(board: dict, runtime: bool = True, entries: list[dict] | None = None) -> tuple[
+        list[str], list[list[str]]]:
+    """The ranking table of `entries` (default: every ranked model)."""
+    if entries is None:
+        entries = [e for e in board["ranking"] if e.get("rank") is not None]
     head = ["rank", "model", "headroom skill [95% CI]", "skill [95% CI]", "window skill [95% CI]", "win rate",
             "mean rank", "cells"] + (["s/origin", "training s", "hardware"] if runtime else []) + [
             "trained on test data", "datasets"]
     rows = []
-    for e in board["ranking"]:
+    for e in entries:
         rows.append(
-            [str(e["rank"]), e["label"], with_ci(e["headroom_skill"]["value"], e["headroom_skill"]["ci"]),
+            [_rank(e["rank"]), e["label"], with_ci(e["headroom_skill"]["value"], e["headroom_skill"]["ci"]),
              with_ci(e["skill"]["all"], e["skill_ci"]), with_ci(e["window_skill"]["value"], e["window_skill"]["ci"]),
              "-" if e["win_rate"] is None else f"{100 * e['win_rate']:.0f}%", _num(e["mean_rank"]), str(e["cells"])]
             + ([_seconds(e["seconds_per_origin"]), _seconds(e["training_seconds"]), "; ".join(e["hardware"]) or "-"]
@@ -151,9 +179,17 @@ def markdown(board: dict) -> str:
     out = ["# moe-load-bench leaderboard", "", board.get("note") or ABOUT, "", "## Ranking across datasets", ""]
     if not board["ranking"]:
         return "\n".join(out + ["No runs yet.", ""])
-    out += [markdown_table(*ranking_rows(board)), ""]
+    groups = ranking_groups(board)
+    if len(groups) > 1 or unranked(board):
+        out += [SETS_NOTE, ""]
+    for title, entries in groups:
+        out += ([f"### {title}", ""] if title else []) + [markdown_table(*ranking_rows(board, entries=entries)), ""]
+    if unranked(board):
+        out += ["Unranked (nothing to compare with):", ""] + [f"- {line}" for line in unranked(board)] + [""]
     for t in board["tables"]:
         out += [f"## {_cell_title(t)}", "", _task_line(t) + ".", "", markdown_table(*cell_rows(t, runtime=False)), ""]
+        if t.get("no_baseline"):
+            out += [t["no_baseline"][0].upper() + t["no_baseline"][1:] + ".", ""]
     if board.get("disqualified"):
         out += ["## Disqualified runs", "", DISQUALIFIED_NOTE, "", markdown_table(*disqualified_rows(board)), ""]
     return "\n".join(out)
@@ -370,8 +406,16 @@ def html_page(board: dict) -> str:
         parts.append("<p>No runs yet.</p>")
     else:
         parts.append("<h2>Ranking across datasets</h2>")
-        head, rows = ranking_rows(board)
-        parts.append(_html_table(head, rows, "ranking"))
+        groups = ranking_groups(board)
+        if len(groups) > 1 or unranked(board):
+            parts.append(f'<p class="note">{html.escape(SETS_NOTE)}</p>')
+        for title, entries in groups:
+            if title:
+                parts.append(f"<h3>{html.escape(title)}</h3>")
+            parts.append(_html_table(*ranking_rows(board, entries=entries), "ranking"))
+        if unranked(board):
+            parts.append('<p class="note">Unranked (nothing to compare with):</p><ul class="unranked">'
+                         + "".join(f"<li>{html.escape(line)}</li>" for line in unranked(board)) + "</ul>")
         figs = _figures(board)
         plots = [
             f'<h2>{html.escape(title)}</h2><div class="fig">'
@@ -387,6 +431,8 @@ def html_page(board: dict) -> str:
             parts.append(
                 _html_table(head, rows, "cell", ["best" if i == 0 else "" for i in range(len(rows) - 1)] + ["noise"])
             )
+            if t.get("no_baseline"):
+                parts.append(f'<p class="note no-baseline">{html.escape(t["no_baseline"])}</p>')
         parts += plots
         if board.get("disqualified"):
             parts.append(f"<h2>Disqualified runs</h2><p class=\"note\">{html.escape(DISQUALIFIED_NOTE)}</p>")
@@ -426,46 +472,66 @@ def write(board: dict, out_dir: Path) -> list[Path]:
     return paths
 
 
+#: Text columns of the terminal tables: folded onto several lines when narrow (numbers never are).
+TEXT_COLUMNS = ("model", "datasets", "trained on test data", "hardware")
+#: Columns left out first when a terminal table does not fit (the rest: rank, model, the primary numbers).
+RANKING_OPTIONAL = ("mean rank", "window skill [95% CI]", "cells", "skill [95% CI]", "trained on test data",
+                    "win rate")
+CELL_OPTIONAL = ("s/origin", "origins", "skill (all)", "window_error (all)", "error (transient)", "error (stable)",
+                 *(f"{m} (all)" for m in PLACEMENT_METRICS), "failed", "headroom")
+
+
 def print_rich(board: dict) -> None:
+    """The board as terminal tables that fit the terminal (80 columns where it is not one)."""
     from rich.console import Console
     from rich.table import Table
 
     con = Console()
 
-    def show(title: str, head: list[str], rows: list[list[str]]) -> None:
+    def show(title: str, head: list[str], rows: list[list[str]], optional: tuple[str, ...]) -> None:
+        keep = fit_columns(head, rows, con.width, optional, TEXT_COLUMNS)
         table = Table(title=title)
-        for i, h in enumerate(head):
-            table.add_column(
-                h,
-                justify="left" if h in ("model", "datasets") else "right",
-                min_width=max(len(r[i]) for r in rows) if h == "model" else None,
-            )
+        for i, width in keep.items():  # the header wraps at its spaces; a number never does, nor is it cut
+            table.add_column(head[i], justify="left" if head[i] in TEXT_COLUMNS else "right", overflow="fold",
+                             width=width)
         for row in rows:
-            table.add_row(*row)
+            table.add_row(*(row[i] for i in keep))
         con.print(table)
+        left = [head[i] for i in range(len(head)) if i not in keep]
+        if left:
+            con.print(f"(left out at {con.width} columns: {', '.join(left)}; a wider terminal or --json shows them)")
 
     def disqualified() -> None:
         for d in board.get("disqualified", []):
             con.print(f"[bold red]disqualified[/bold red] (never ranked): {d['model']} on {d['dataset']}: "
-                      + " ".join(d["reasons"]))
+                      + " ".join(d["reasons"]), highlight=False)
 
     if not board["ranking"]:
         where = board.get("tracking_uri", "the tracking store")
-        con.print(f"no ranked runs in {where}; run `python -m bench run` first")
+        con.print(f"no ranked runs in {where}; run `python -m bench run` first", highlight=False)
         disqualified()
         return
-    head, rows = ranking_rows(board, runtime=False)
-    show(f"ranking (headroom skill against {board['baseline']})", head[:-1], [r[:-1] for r in rows])
+    groups = ranking_groups(board)
+    if len(groups) > 1 or unranked(board):
+        con.print(SETS_NOTE, highlight=False)
+    for title, entries in groups:
+        head, rows = ranking_rows(board, runtime=False, entries=entries)
+        show(f"ranking (headroom skill against {board['baseline']})" + (f"; {title}" if title else ""),
+             head[:-1], [r[:-1] for r in rows], RANKING_OPTIONAL)
+    for line in unranked(board):
+        con.print(f"unranked: {line}", highlight=False)
     for t in board["tables"]:
         head, rows = cell_rows(t, runtime=True, compact=True)
         show(
             f"{_cell_title(t)}  [{t['task_fingerprint']}]",
             [h.replace("error_rate (", "error (").replace(" origins", "") for h in head],
-            rows,
+            rows, CELL_OPTIONAL + tuple(h for h in head if h.startswith("vs ")),
         )
+        if t.get("no_baseline"):
+            con.print(f"skill: {t['no_baseline']}", highlight=False)
     disqualified()
     for s in board["superseded"]:
         con.print(
             f"superseded: {s['label']} on {s['dataset']}@{s['dataset_version']} run {s['run_id']} (by "
-            f"{s['superseded_by']})"
+            f"{s['superseded_by']})", highlight=False
         )

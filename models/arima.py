@@ -289,7 +289,7 @@ INTERIM_ORDER = (0, 1, 1)
 
 
 class Arima(Predictor):
-    """Per-series ARIMA on a trailing window; see the module docstring."""
+    """The seed paper's ARIMA: one model per (layer, expert) series on a trailing window (docs/models.md)."""
 
     name = "arima"
     defaults = {

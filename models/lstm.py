@@ -150,7 +150,7 @@ def _build_module(layers: int, experts: int, cfg: dict):
 
 
 class LSTMPredictor(Predictor):
-    """Global LSTM over all layers and experts; see the module docstring."""
+    """The seed paper's LSTM as one global model over every layer and expert (docs/models.md)."""
 
     name = "lstm"
     defaults = {

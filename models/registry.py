@@ -14,6 +14,7 @@ import importlib.util
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from .base import Predictor
 
@@ -87,6 +88,26 @@ def check_name(name: str, spec: str) -> None:
     """A predictor that is not built in cannot go by a built-in's name (it would take its place on the leaderboard)."""
     if name in BUILTIN:
         raise LookupError(f"{spec}: the name {name!r} belongs to a built-in predictor; give the class another `name`")
+
+
+def about(name: str, doc: str, defaults: dict[str, Any], needs_training: bool, fits: bool | None = None) -> dict:
+    """What `bench predictors` says of a predictor: a one-line description (its docstring's first line), its
+    parameters with their defaults, whether it needs training data (`fits`: whether it can use any, where
+    known) and whether it uses a GPU (a `device` parameter: where torch sees one, as the LSTM)."""
+    lines = (doc or "").strip().splitlines()
+    training = "required (--train DATASET)" if needs_training else (
+        "optional (--train DATASET: it fits on it)" if fits else "not used" if fits is False else "not required")
+    gpu = f"optional (parameter device, default {defaults['device']!r})" if "device" in defaults else "no"
+    return {"name": name, "description": lines[0].strip() if lines else "", "parameters": dict(defaults),
+            "training_data": training, "gpu": gpu}
+
+
+def about_class(cls: type[Predictor], name: str | None = None) -> dict:
+    """:func:`about` of a predictor class this process may import (a built-in, an adapter)."""
+    import inspect
+
+    return about(name or cls.name, inspect.getdoc(cls) or "", cls.defaults, bool(cls.needs_training),
+                 fits=cls.fit is not Predictor.fit)
 
 
 def predictor_class(spec: str) -> type[Predictor]:

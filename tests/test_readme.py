@@ -30,3 +30,11 @@ def test_the_readme_shows_what_the_command_prints(smartmoe, name):
 def test_the_readme_quotes_the_top_of_the_committed_leaderboard():
     assert readme_outputs.shown_table() == readme_outputs.leaderboard_top(), (
         "README.md's leaderboard table is stale: run `python benchmarks/readme_outputs.py --write`")
+
+
+def test_the_quick_start_says_what_the_full_test_run_needs():
+    text = (REPO / "README.md").read_text()
+    quick = text[text.index("## Quick start"):text.index("\n## ", text.index("## Quick start") + 1)]
+    for needed in ("moe_trace.tar.xz", "../shared/datasets/smartmoe-ae/", "$MOE_LOAD_BENCH_SOURCES",
+                   "/usr/bin/chromium", "apt-get install -y chromium", "skipped"):
+        assert needed in quick, f"the quick start does not say {needed!r}"

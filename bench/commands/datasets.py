@@ -83,26 +83,29 @@ def cmd_list(args) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title="datasets")
-    columns = ["id", "version", "kind", "layers", "experts", "records", "steps", "licence"]
+    from bench.columns import fit_columns
+
     broken = any(r["error"] for r in rows)
-    for col in columns + ["problem"] * broken:
-        table.add_column(col, no_wrap=col == "id")
+    cells = []
     for r in rows:
-        steps = f"{r['first_step']}..{r['last_step']}" if r["records"] else "-"
         shown_id = r["id"].encode("unicode_escape").decode()  # a folder name may hold a newline
-        cells = [
-            shown_id,
-            str(r["version"]),
-            r["kind"],
-            str(r["layers"] or "-"),
-            str(r["experts"] or "-"),
-            str(r["records"] or "-"),
-            steps,
-            r["licence"] or "-",
-        ]
-        table.add_row(*map(escape, cells + [r["error"] or ""] * broken))
-    Console().print(table)
+        shape = "×".join(str(r[k] or "-") for k in ("records", "layers", "experts"))
+        steps = f"{r['first_step']}..{r['last_step']}" if r["records"] else "-"
+        kind, _, built = r["kind"].partition(" (")  # "public (not built)": its steps are not known yet
+        licence = (r["licence"] or "-").split(" (")[0]  # `datasets show` has it all
+        cells.append([shown_id, str(r["version"]), kind, shape, built.rstrip(")") or steps, licence]
+                     + [r["error"] or ""] * broken)
+    # Readable in 80 columns (a pipe, CI): numbers whole, headers wrapped at their spaces, text folded, never cut.
+    console = Console()
+    heads = ["id", "v", "kind", "records × layers × experts", "steps", "licence"] + ["problem"] * broken
+    text = ("id", "kind", "licence", "problem")
+    table = Table(title="datasets")
+    for i, width in fit_columns(heads, cells, console.width, text=text).items():
+        table.add_column(heads[i], justify="left" if heads[i] in text else "right", overflow="fold", width=width)
+    for c in cells:
+        table.add_row(*map(escape, c))
+    console.print(table)
+    console.print("`python -m bench datasets show ID`: a dataset's card, source and full licence", highlight=False)
     return 0
 
 

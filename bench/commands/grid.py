@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import progress_bar, result_json
+from .common import Progress, result_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -83,8 +83,7 @@ def cmd_grid(args) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a terminated grid stops its workers as Ctrl-C does
     try:
         with executor(config.executor, config.address, config.workers) as ex:
-            bar, update = progress_bar(f"grid on {ex.name} ({ex.workers} workers)", enabled=sys.stderr.isatty())
-            with bar:
+            with Progress(f"grid on {ex.name} ({ex.workers} workers)", "units") as progress:
                 outcome = run_all(
                     specs,
                     ex,
@@ -93,7 +92,7 @@ def cmd_grid(args) -> int:
                     retries=config.retries,
                     track=config.track,
                     tracking_uri=config.tracking_uri,
-                    progress=update,
+                    progress=progress.update,
                 )
     finally:
         signal.signal(signal.SIGTERM, previous)

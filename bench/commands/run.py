@@ -7,11 +7,11 @@ import json
 import sys
 
 from .common import (
+    Progress,
     add_limit_arguments,
     add_task_arguments,
     limits_from_args,
     parse_options,
-    progress_bar,
     result_json,
     task_from_args,
 )
@@ -104,10 +104,15 @@ def print_result(result) -> None:
     for H, h in sorted(result.horizons.items()):
         if h.verdict.disqualified:
             con.print(f"[bold red]DISQUALIFIED[/bold red] at horizon {H} (the fair-play test, docs/protocol.md; never "
-                      f"ranked): " + "; ".join(h.verdict.reasons))
+                      f"ranked): " + "; ".join(h.verdict.reasons), highlight=False)
+        elif None not in (err := h.value("error_rate"), floor := h.value("noise_floor")) and err < floor:
+            con.print(f"[bold yellow]warning[/bold yellow]: at horizon {H} error_rate {_cell('error_rate', err)} is "
+                      f"below the noise floor {_cell('noise_floor', floor)}: under token-choice "
+                      "routing no honest forecast scores that on average (it suggests the forecast saw the steps it "
+                      "forecasts); the fair-play test did not disqualify the run (docs/protocol.md)", highlight=False)
         if h.failures > h.origins / 2:
             con.print(f"[bold yellow]warning[/bold yellow]: {h.failures} of {h.origins} origins failed at horizon {H}; "
-                      "their scores are charged (docs/protocol.md)")
+                      "their scores are charged (docs/protocol.md)", highlight=False)
     isolation = "" if result.isolation == "in-process" else f"; ran isolated ({result.isolation})"
     con.print(f"{result.seconds:.2f} s; MLflow run {result.mlflow_run_id or '-'}; run {result.run_key}{isolation}")
 
@@ -125,8 +130,7 @@ def cmd_run(args) -> int:
 
             run_params = {**best_params(args.model, dataset), **params}
             task = held_out_task(args.model, dataset, task)  # only origins the tuning never saw
-        bar, update = progress_bar(f"{args.model} on {dataset}", enabled=sys.stderr.isatty())
-        with bar:
+        with Progress(f"{args.model} on {dataset}", "origins") as progress:
             result = runner.run(
                 args.model,
                 dataset,
@@ -136,7 +140,7 @@ def cmd_run(args) -> int:
                 force=args.force,
                 track=not args.no_track,
                 tracking_uri=args.tracking_uri,
-                progress=update,
+                progress=progress.update,
                 limits=limits_from_args(args),
             )
         results.append(result)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .common import add_limit_arguments, limits_from_args, parse_options, print_problems, progress_bar
+from .common import Progress, add_limit_arguments, limits_from_args, parse_options, print_problems
 
 #: Options that only submitting takes, and those that only verifying takes (argparse dest names).
 SUBMIT_ONLY = ("suite", "param", "train", "out", "no_track", "tracking_uri")
@@ -62,18 +62,17 @@ def submit(args) -> int:
     from bench import submission
     from bench.suites import DEFAULT_SUITE
 
-    def progress(task, done: int, total: int) -> None:
-        update(done, total)
-
     def on_run(run) -> None:
         r = run.result
         errors = ", ".join(f"{_cell(h.value('error_rate'))} at {H}" for H, h in sorted(r.horizons.items()))
         cached = " (cached)" if r.cached else ""
         print(f"{run.task.ref}: error_rate {errors}; {r.seconds:.2f} s{cached}", file=sys.stderr)
 
-    bar, update = progress_bar(f"{args.model} on the suite", enabled=sys.stderr.isatty())
     try:
-        with bar:
+        with Progress(f"{args.model} on the suite", "origins") as bar:
+            def progress(task, done: int, total: int) -> None:
+                bar.update(done, total, description=f"{args.model} on {task.ref}")
+
             sub = submission.submit(args.model, args.suite or DEFAULT_SUITE, params=parse_options(args.param or []),
                                     train=args.train or (), limits=limits_from_args(args), track=not args.no_track,
                                     tracking_uri=args.tracking_uri, progress=progress, on_run=on_run)
@@ -98,12 +97,11 @@ def submit(args) -> int:
 def verify(args) -> int:
     from bench import submission
 
-    def progress(task, done: int, total: int) -> None:
-        update(done, total)
-
-    bar, update = progress_bar(f"re-running tasks of {args.verify.name}", enabled=sys.stderr.isatty())
     try:
-        with bar:
+        with Progress(f"re-running tasks of {args.verify.name}", "origins") as bar:
+            def progress(task, done: int, total: int) -> None:
+                bar.update(done, total, description=f"re-running {task.ref} of {args.verify.name}")
+
             report = submission.verify(args.verify, sample=2 if args.sample is None else args.sample,
                                        seed=args.seed or 0, rtol=submission.VERIFY_RTOL if args.rtol is None
                                        else args.rtol, limits=limits_from_args(args), progress=progress)

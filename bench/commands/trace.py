@@ -19,6 +19,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from datasets_registry.tracer.config import GATES, PRESETS, ROUTERS  # plain dataclasses: no torch
+
     p = sub.add_parser(
         "trace",
         help="train an MoE model and record its expert load (the tracer); plot traces",
@@ -26,14 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         "iteration and MoE layer, the tokens routed to each expert. Sub-commands: plot, presets.",
     )
     p.add_argument(
-        "--preset", default="tiny-cpu", help="tiny-cpu, gpt3-125m-16e or gpt3-350m-128e (see `trace presets`)"
+        "--preset", default="tiny-cpu", help=f"{', '.join(PRESETS)} (see `trace presets`)"
     )
     p.add_argument(
         "--steps", type=int, default=None, help="train until this many iterations (default: the preset's decay_steps)"
     )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (cuda if available)")
-    p.add_argument("--router", default=None, choices=["softmax-topk", "switch", "hash", "expert-choice"])
+    p.add_argument(
+        "--router", default=None, choices=list(ROUTERS)
+    )
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--aux-loss", type=float, default=None, help="load-balancing loss coefficient (0 = none)")
     p.add_argument("--capacity-factor", type=float, default=None, help="<= 0: no capacity limit")
@@ -44,6 +48,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument(
+        "--gate", default=None, choices=list(GATES), help="deepseek-moe scores (default sigmoid, as V3)"
+    )
+    p.add_argument("--shared-experts", type=int, default=None, help="deepseek-moe shared experts (default 2)")
+    p.add_argument("--expert-ff", type=int, default=None, help="hidden width of each expert (default: d_ff)")
+    p.add_argument(
+        "--expert-bias", action="store_true", help="auxiliary-loss-free balancing: a per-expert selection bias"
+    )
+    p.add_argument("--bias-update-rate", type=float, default=None, help="with --expert-bias (default 1e-3)")
+    p.add_argument(
+        "--corpus-schedule", default=None, help='text source by step, e.g. "0:python,3000:text,6000:python+text"'
+    )
+    p.add_argument(
+        "--text-corpus", type=Path, action="append", default=None, help="folder of the text source (repeatable)"
+    )
+    p.add_argument("--probe-every", type=int, default=None, help="probe held-out text every K steps (default 0: no)")
+    p.add_argument("--probe-tokens", type=int, default=None, help="tokens per probe (default 262144)")
+    p.add_argument("--probe-chunk", type=int, default=None, help="tokens per probe forward pass (default 65536)")
+    p.add_argument("--holdout", type=float, default=None, help="fraction of files held out for probes (default 0.05)")
     p.add_argument("--id", default=None, help="dataset id (default: PRESET-ROUTER-sSEED)")
     p.add_argument(
         "--out",
@@ -146,60 +169,29 @@ def _device(name: str) -> str:
 
 
 def _progress(trace_id: str, steps: int, tokens_per_step: int, quiet: bool):
-    """(callback(step, first_step), bar or None): a rich bar under a terminal, else a line every 5%."""
+    """(callback(step, first_step), Progress): a bar with the time left under a terminal, else a line every 5%."""
     import time
 
-    if quiet:
-        return None, None
-    from rich.console import Console
+    from .common import Progress
 
-    console = Console(stderr=True)
-    t0 = time.monotonic()
+    t0, first_step = time.monotonic(), []
 
-    def rate(step: int, first: int) -> str:
+    def rate(step: int) -> str:
+        first = first_step[0] if first_step else 0
         return f"{(step - first) * tokens_per_step / max(time.monotonic() - t0, 1e-9):,.0f} tok/s"
 
-    if console.is_terminal:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+    progress = Progress(trace_id, "steps", every=0.05, detail=rate, transient=False, enabled=not quiet)
 
-        bar = Progress(
-            TextColumn(f"[bold]{trace_id}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-        )
-        task = bar.add_task("train", total=steps, completed=0, rate="")
+    def update(step: int, first: int) -> None:
+        if not first_step:
+            first_step.append(first)
+        if step % 10 == 0 or step == steps or progress.bar is None:
+            progress.update(step, steps)
 
-        def update(step: int, first: int) -> None:
-            if step % 10 == 0 or step == steps:
-                bar.update(task, completed=step, rate=rate(step, first))
-
-        return update, bar
-    every = max(1, steps // 20)
-
-    def say(step: int, first: int) -> None:
-        if step % every == 0 or step == steps:
-            print(
-                f"{trace_id}: step {step}/{steps}, {time.monotonic() - t0:.0f}s, {rate(step, first)}",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    return say, None
+    return update, progress
 
 
 def cmd_trace(args) -> int:
-    import contextlib
     import signal
 
     from datasets_registry import registry
@@ -221,6 +213,16 @@ def cmd_trace(args) -> int:
         seq_len=args.seq_len,
         batch_size=args.batch_size,
         lr=args.lr,
+        gate=args.gate,
+        n_shared=args.shared_experts,
+        expert_ff=args.expert_ff,
+        expert_bias=True if args.expert_bias else None,
+        bias_update_rate=args.bias_update_rate,
+        corpus_schedule=args.corpus_schedule,
+        probe_every=args.probe_every,
+        probe_tokens=args.probe_tokens,
+        probe_chunk=args.probe_chunk,
+        holdout=args.holdout,
     )
     steps = args.steps if args.steps is not None else cfg.decay_steps
     if steps < 1:
@@ -235,7 +237,7 @@ def cmd_trace(args) -> int:
 
     old = signal.signal(signal.SIGTERM, _term)
     try:
-        with bar if bar is not None else contextlib.nullcontext():
+        with bar:
             result = record_trace(
                 cfg,
                 steps,
@@ -251,6 +253,7 @@ def cmd_trace(args) -> int:
                 fresh=args.fresh,
                 register=not args.no_register,
                 progress=progress,
+                text_roots=args.text_corpus,
             )
     finally:
         signal.signal(signal.SIGTERM, old)

@@ -10,6 +10,8 @@ from .common import add_task_arguments, parse_options, task_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from datasets_registry.registry import DEFAULT_DATASET
+
     p = sub.add_parser(
         "tune",
         help="tune a model's parameters with Optuna on the early part of a trace",
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", required=True, help="built-in name, plugin name, sktime:NAME, darts:NAME or path/file.py:Class"
     )
-    p.add_argument("--dataset", default=None, help="dataset id (default smartmoe-ae)")
+    p.add_argument("--dataset", default=None, help=f"dataset id (default {DEFAULT_DATASET})")
     p.add_argument("--trials", type=int, default=20, help="completed trials wanted in the study, in all (default 20)")
     p.add_argument(
         "--split",

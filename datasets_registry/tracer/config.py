@@ -13,11 +13,33 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-ROUTERS = ("softmax-topk", "switch", "hash", "expert-choice")
+ROUTERS = ("softmax-topk", "switch", "hash", "expert-choice", "deepseek-moe")
+#: Score functions of the router (``gate``): softmax over the experts, or DeepSeek-V3's per-expert sigmoid.
+GATES = ("softmax", "sigmoid")
+#: Routers whose selection is a top-k of per-token scores, so that a per-expert bias can steer it.
+BIAS_ROUTERS = ("softmax-topk", "switch", "deepseek-moe")
+#: Text sources of ``corpus_schedule``: the Python standard library (or ``--corpus``), and installed documentation.
+SOURCES = ("python", "text")
 
 #: GPT-3 paper shapes (Brown et al. 2020, table 2.1) of the dense models the MoE presets follow.
 GPT3_REFERENCE = {
     "gpt3-125m-16e": {
+        "n_layers": 12,
+        "d_model": 768,
+        "n_heads": 12,
+        "seq_len": 2048,
+        "batch_tokens": 524288,
+        "lr": 6e-4,
+    },
+    "gpt3-125m-128e": {
+        "n_layers": 12,
+        "d_model": 768,
+        "n_heads": 12,
+        "seq_len": 2048,
+        "batch_tokens": 524288,
+        "lr": 6e-4,
+    },
+    "gpt3-125m-64e-ds": {
         "n_layers": 12,
         "d_model": 768,
         "n_heads": 12,
@@ -67,10 +89,50 @@ class TracerConfig:
     seed: int = 1
     notes: str = ""
     scaled: dict[str, Any] = field(default_factory=dict)  # what differs from the paper shape, and why
+    # routers in use today (defaults leave the four original routers exactly as they were)
+    gate: str | None = None  # score function: softmax or sigmoid; None: sigmoid for deepseek-moe, softmax otherwise
+    n_shared: int | None = None  # always-on shared experts (deepseek-moe only); None: 2 for deepseek-moe, else 0
+    expert_ff: int | None = None  # hidden width of each (routed and shared) expert; None: d_ff
+    expert_bias: bool = False  # auxiliary-loss-free balancing: a per-expert selection bias nudged after every step
+    bias_update_rate: float = 1e-3  # bias += rate * sign(mean load - load) (Megatron-Core's default rate)
+    # data
+    corpus_schedule: str | None = None  # "STEP:SOURCE[+SOURCE],...", e.g. "0:python,3000:text"; None: python only
+    # probe batches: a no-gradient forward pass on held-out text every probe_every steps (0: none)
+    probe_every: int = 0
+    probe_tokens: int = 262144  # tokens per probe (whole sequences: probe_tokens // seq_len of them)
+    probe_chunk: int = 65536  # tokens per forward pass of a probe (memory bound; capacity applies per chunk)
+    holdout: float = 0.05  # fraction of corpus files held out for probes (by a hash of their path; only when probing)
 
     def __post_init__(self):
         if self.router not in ROUTERS:
             raise ValueError(f"unknown router {self.router!r}; choose from {', '.join(ROUTERS)}")
+        if self.gate is not None and self.gate not in GATES:
+            raise ValueError(f"unknown gate {self.gate!r}; choose from {', '.join(GATES)}")
+        if self.gate == "sigmoid" and self.router != "deepseek-moe":
+            raise ValueError("the sigmoid gate is part of the deepseek-moe router (use --router deepseek-moe)")
+        if self.n_shared is not None and self.n_shared < 0:
+            raise ValueError("the number of shared experts must be >= 0")
+        if self.n_shared and self.router != "deepseek-moe":
+            raise ValueError("shared experts are part of the deepseek-moe router (use --router deepseek-moe)")
+        if self.expert_ff is not None and self.expert_ff < 1:
+            raise ValueError("expert_ff must be >= 1")
+        if self.expert_bias and self.router not in BIAS_ROUTERS:
+            raise ValueError(f"the expert bias (auxiliary-loss-free balancing) needs a top-k router: "
+                             f"{', '.join(BIAS_ROUTERS)}")
+        if self.bias_update_rate < 0:
+            raise ValueError("bias_update_rate must be >= 0")
+        if self.corpus_schedule is not None:
+            self.corpus_schedule = format_schedule(parse_schedule(self.corpus_schedule))
+            most = max(len(srcs) for _, srcs in parse_schedule(self.corpus_schedule))
+            if most > self.batch_size:
+                raise ValueError(f"a phase of the corpus schedule mixes {most} sources but a batch holds only "
+                                 f"{self.batch_size} sequences")
+        if self.probe_every < 0:
+            raise ValueError("probe_every must be >= 0 (0: no probes)")
+        if self.probe_tokens < self.seq_len or self.probe_chunk < self.seq_len:
+            raise ValueError(f"probe_tokens and probe_chunk must hold at least one sequence ({self.seq_len} tokens)")
+        if not 0 < self.holdout < 1:
+            raise ValueError("holdout must be between 0 and 1")
         if self.router == "switch" and self.top_k != 1:
             self.top_k = 1
         if not 1 <= self.top_k <= self.n_experts:
@@ -85,6 +147,41 @@ class TracerConfig:
     @property
     def ffn(self) -> int:
         return self.d_ff or 4 * self.d_model
+
+    @property
+    def gate_fn(self) -> str:
+        """The router's score function: ``gate``, else sigmoid for deepseek-moe and softmax for the others."""
+        return self.gate or ("sigmoid" if self.router == "deepseek-moe" else "softmax")
+
+    @property
+    def shared_experts(self) -> int:
+        """Shared (always-on) experts: ``n_shared``, else 2 for deepseek-moe and 0 for the others."""
+        if self.n_shared is not None:
+            return self.n_shared
+        return 2 if self.router == "deepseek-moe" else 0
+
+    @property
+    def expert_width(self) -> int:
+        """Hidden width of each expert (fine-grained experts are narrower than the dense FFN)."""
+        return self.expert_ff or self.ffn
+
+    @property
+    def schedule(self) -> list[tuple[int, tuple[str, ...]]]:
+        """The corpus schedule as [(first step, sources)], ``[(0, ("python",))]`` when none is set."""
+        return parse_schedule(self.corpus_schedule) if self.corpus_schedule else [(0, ("python",))]
+
+    def sources_at(self, step: int) -> tuple[str, ...]:
+        """The text sources that the batch of iteration `step` is drawn from."""
+        current = self.schedule[0][1]
+        for first, srcs in self.schedule:
+            if step < first:
+                break
+            current = srcs
+        return current
+
+    @property
+    def probe_sequences(self) -> int:
+        return max(1, self.probe_tokens // self.seq_len)
 
     @property
     def moe_layer_ids(self) -> list[int]:
@@ -116,16 +213,47 @@ class TracerConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
     def router_tag(self) -> str:
-        """Short name used in default dataset ids: top2, switch, hash, ec2 (+ -noaux)."""
+        """Short name used in default dataset ids: top2, switch, hash2, ec2, ds6 (+ -noaux, -auxfree, -shift)."""
         tag = {
             "softmax-topk": f"top{self.top_k}",
             "switch": "switch",
             "hash": f"hash{self.top_k}",
             "expert-choice": f"ec{self.top_k}",
+            "deepseek-moe": f"ds{self.top_k}",
         }[self.router]
-        if self.aux_loss == 0 and self.router in ("softmax-topk", "switch"):
+        if self.expert_bias:
+            tag += "-auxfree"
+        elif self.aux_loss == 0 and self.router in BIAS_ROUTERS:
             tag += "-noaux"
+        if self.corpus_schedule:
+            tag += "-shift"
         return tag
+
+
+def parse_schedule(text: str) -> list[tuple[int, tuple[str, ...]]]:
+    """``"0:python,3000:text,6000:python+text"`` -> [(0, ("python",)), (3000, ("text",)), (6000, ("python", "text"))].
+
+    Each entry is ``STEP:SOURCE`` or ``STEP:SOURCE+SOURCE...`` (a mix: the batch's sequences are shared out evenly
+    among the sources); steps start at 0 and increase; sources are those of :data:`SOURCES`."""
+    out: list[tuple[int, tuple[str, ...]]] = []
+    for part in str(text).split(","):
+        step, sep, srcs = part.strip().partition(":")
+        if not sep or not step.strip().isdigit():
+            raise ValueError(f"corpus schedule entry {part.strip()!r} is not STEP:SOURCE (e.g. 0:python,3000:text)")
+        names = tuple(x.strip() for x in srcs.split("+"))
+        bad = [n for n in names if n not in SOURCES]
+        if bad or len(set(names)) != len(names):
+            raise ValueError(f"corpus schedule entry {part.strip()!r}: sources are {', '.join(SOURCES)}, each once")
+        out.append((int(step), names))
+    if not out or out[0][0] != 0:
+        raise ValueError("the corpus schedule must start at step 0")
+    if any(b[0] <= a[0] for a, b in zip(out, out[1:])):
+        raise ValueError("the steps of the corpus schedule must increase")
+    return out
+
+
+def format_schedule(schedule: list[tuple[int, tuple[str, ...]]]) -> str:
+    return ",".join(f"{step}:{'+'.join(srcs)}" for step, srcs in schedule)
 
 
 PRESETS: dict[str, TracerConfig] = {
@@ -163,6 +291,57 @@ PRESETS: dict[str, TracerConfig] = {
             "batch_tokens": "524288 -> 4096",
             "why": "to fit 4 runs of 10,000 iterations into one 10-minute call on one H100 (the project had 30 "
             "minutes of GPU time in all)",
+        },
+    ),
+    "gpt3-125m-128e": TracerConfig(
+        preset="gpt3-125m-128e",
+        n_layers=12,
+        d_model=256,
+        n_heads=4,
+        n_experts=128,
+        top_k=2,
+        seq_len=512,
+        batch_size=16,
+        lr=6e-4,
+        warmup_steps=375,
+        decay_steps=5000,
+        notes="GPT-3 125M depth (12 layers, MoE every other layer: 6 MoE layers), 128 experts, top-2: the 128-expert "
+        "routing of gpt3-350m-128e at half its depth and 0.8 of its width (0.43B parameters against 1.3B), so that "
+        "three seeds of 5,000 iterations train at once on one H200 in under 5 minutes",
+        scaled={
+            "d_model": "768 -> 256",
+            "n_heads": "12 -> 4",
+            "seq_len": "2048 -> 512",
+            "batch_tokens": "524288 -> 8192",
+            "why": "128 experts per MoE layer at full width would be 4.8B parameters; scaled so that several seeds fit "
+            "one 10-minute call on one GPU",
+        },
+    ),
+    "gpt3-125m-64e-ds": TracerConfig(
+        preset="gpt3-125m-64e-ds",
+        n_layers=12,
+        d_model=512,
+        n_heads=8,
+        n_experts=64,
+        top_k=6,
+        router="deepseek-moe",
+        n_shared=2,
+        expert_ff=512,
+        seq_len=512,
+        batch_size=8,
+        lr=6e-4,
+        warmup_steps=375,
+        decay_steps=10000,
+        notes="DeepSeekMoE fine-grained segmentation of gpt3-125m-16e (6 MoE layers): each of its 16 experts split "
+        "into 4 (64 routed experts of width 512), top-6 routed plus 2 shared experts that take every token, "
+        "DeepSeek-V3's gate (sigmoid scores, weights normalised over the 6); the same active expert width as 16 "
+        "experts top-2 (8 x 512 = 2 x 2048)",
+        scaled={
+            "d_model": "768 -> 512",
+            "n_heads": "12 -> 8",
+            "seq_len": "2048 -> 512",
+            "batch_tokens": "524288 -> 4096",
+            "why": "the shape of gpt3-125m-16e, so that the two routings compare at equal cost",
         },
     ),
     "gpt3-350m-128e": TracerConfig(

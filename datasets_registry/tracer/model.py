@@ -7,8 +7,13 @@ input/output embeddings, learned positions. The MoE layer has fixed shapes throu
 * the router scores tokens (in float32) and picks experts (:data:`config.ROUTERS`):
   ``softmax-topk`` (GShard / Mixtral: softmax, top-k, weights renormalised over the k),
   ``switch`` (top-1, weight = probability), ``hash`` (a fixed random table from token id to k
-  distinct experts, Roller et al. 2021) and ``expert-choice`` (each expert takes its top-C
-  tokens, Zhou et al. 2022);
+  distinct experts, Roller et al. 2021), ``expert-choice`` (each expert takes its top-C
+  tokens, Zhou et al. 2022) and ``deepseek-moe`` (DeepSeekMoE / DeepSeek-V3: fine-grained routed
+  experts plus shared experts that take every token; sigmoid scores, top-k, weights normalised
+  over the k; or softmax scores, weights unnormalised, as DeepSeekMoE);
+* auxiliary-loss-free balancing (DeepSeek-V3; ``expert_bias``): a per-expert bias is added to the
+  scores for the top-k selection only (the weights use the scores), and after every step it moves
+  against that step's load, ``bias += rate * sign(mean load - load)`` (:meth:`MoEGPT.update_expert_bias`);
 * ``counts[e]``, the token slots sent to expert ``e`` BEFORE any capacity drop, is what the
   tracer records (for expert-choice, the token-choice top-k demand, since the dispatched load
   is always exactly C per expert);
@@ -16,6 +21,11 @@ input/output embeddings, learned positions. The MoE layer has fixed shapes throu
   token order) and slots past the capacity C = ceil(capacity_factor * tokens * k / E) are
   dropped (the token passes through the residual);
 * the experts run as two batched matrix products over ``[E, C, d]`` buffers.
+
+Another router (LocMoE's locality-aware routing, say) is added in one place: its name in
+:data:`config.ROUTERS` and a branch in :meth:`MoE.route` that returns the experts each token
+chose, their weights and (for the balancing loss) the per-token score distribution; counts,
+capacity, drops, recording and probes then work unchanged.
 """
 
 from __future__ import annotations
@@ -63,8 +73,8 @@ class MoE(nn.Module):
 
     def __init__(self, cfg: TracerConfig, layer_seed: int):
         super().__init__()
-        E, d, ff = cfg.n_experts, cfg.d_model, cfg.ffn
-        self.E, self.k, self.router = E, cfg.top_k, cfg.router
+        E, d, ff = cfg.n_experts, cfg.d_model, cfg.expert_width
+        self.E, self.k, self.router, self.gate_fn = E, cfg.top_k, cfg.router, cfg.gate_fn
         self.capacity_factor, self.min_capacity = cfg.capacity_factor, cfg.min_capacity
         self.w1 = nn.Parameter(torch.empty(E, d, ff))
         self.w2 = nn.Parameter(torch.empty(E, ff, d))
@@ -75,6 +85,13 @@ class MoE(nn.Module):
             self.gate = None
         else:
             self.gate = nn.Linear(d, E, bias=False)
+        # Modules of the newer routers exist only where used, so the original routers' parameters (and the
+        # random numbers that initialise them) are exactly what they were.
+        self.shared = MLP(d, cfg.shared_experts * ff) if cfg.shared_experts else None  # n shared experts as one MLP
+        if cfg.expert_bias:
+            self.register_buffer("expert_bias", torch.zeros(E), persistent=True)
+        else:
+            self.expert_bias = None
 
     def capacity(self, n: int) -> int:
         if self.capacity_factor <= 0:
@@ -84,24 +101,41 @@ class MoE(nn.Module):
     def _experts(self, h: torch.Tensor) -> torch.Tensor:  # [E, C, d] -> [E, C, d]
         return torch.bmm(F.gelu(torch.bmm(h, self.w1.to(h.dtype)), approximate="tanh"), self.w2.to(h.dtype))
 
+    def route(self, x: torch.Tensor, ids: torch.Tensor):
+        """The routing decision: ``(idx[N, k] experts chosen, w[N, k] float32 weights, probs[N, E] or None)``.
+
+        ``probs`` is each token's score distribution over the experts (the P of the balancing loss; the
+        expert-choice router picks tokens from it); None where the router has no scores (hash).
+        A new router adds its branch here."""
+        N, k = x.shape[0], self.k
+        if self.router == "hash":
+            idx = self.hash_table[ids]  # [N, k]
+            w = torch.full((N, k), 1.0 / k, device=x.device, dtype=torch.float32)
+            return idx, w, None
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            logits = self.gate(x.float())  # [N, E] float32 (router in fp32, as Switch advises)
+        if self.gate_fn == "sigmoid":  # DeepSeek-V3: independent per-expert affinities
+            scores = logits.sigmoid()
+            probs = scores / scores.sum(dim=-1, keepdim=True)
+        else:
+            scores = probs = logits.softmax(dim=-1)
+        if self.expert_bias is not None:  # the bias steers the selection only; the weights use the scores
+            idx = (scores + self.expert_bias).topk(k, dim=-1).indices
+            vals = scores.gather(1, idx)
+        else:
+            vals, idx = scores.topk(k, dim=-1)
+        if (self.router == "softmax-topk" and k > 1) or (self.router == "deepseek-moe" and self.gate_fn == "sigmoid"):
+            w = vals / vals.sum(dim=-1, keepdim=True)
+        else:
+            w = vals
+        return idx, w, probs
+
     def forward(self, x: torch.Tensor, ids: torch.Tensor):
         N, d = x.shape
         E, k = self.E, self.k
         C = self.capacity(N)
         zero = x.new_zeros((), dtype=torch.float32)
-        if self.router == "hash":
-            idx = self.hash_table[ids]  # [N, k]
-            w = torch.full((N, k), 1.0 / k, device=x.device, dtype=torch.float32)
-            probs = None
-        else:
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                logits = self.gate(x.float())  # [N, E] float32 (router in fp32, as Switch advises)
-            probs = logits.softmax(dim=-1)
-            vals, idx = probs.topk(k, dim=-1)
-            if self.router == "softmax-topk" and k > 1:
-                w = vals / vals.sum(dim=-1, keepdim=True)
-            else:
-                w = vals
+        idx, w, probs = self.route(x, ids)
         onehot = F.one_hot(idx.t().reshape(-1), E).to(torch.int32)  # [k*N, E], slot-major (GShard order)
         counts = onehot.sum(dim=0, dtype=torch.int64)  # [E]: slots per expert BEFORE capacity drops
 
@@ -132,6 +166,8 @@ class MoE(nn.Module):
         ypad = torch.cat([y, y.new_zeros(1, d)])
         wk = (w.t().reshape(-1) * keep).to(y.dtype)
         out = (ypad[dest] * wk[:, None]).view(k, N, d).sum(dim=0).to(x.dtype)
+        if self.shared is not None:  # shared experts: every token, never counted, never dropped
+            out = out + self.shared(x).to(x.dtype)
         if probs is not None:
             f = counts.float() / (N * k)  # fraction of slots per expert
             aux = E * (f * probs.mean(dim=0)).sum()  # Switch / GShard load-balancing loss
@@ -180,7 +216,7 @@ class MoEGPT(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() < 2 or "ln" in name.split(".")[-2]:
                 continue
-            is_out = name.endswith(("attn.proj.weight", "mlp.proj.weight", "moe.w2"))
+            is_out = name.endswith(("attn.proj.weight", "mlp.proj.weight", "moe.w2", "moe.shared.proj.weight"))
             nn.init.normal_(p, mean=0.0, std=resid if is_out else std)
 
     @property
@@ -189,6 +225,21 @@ class MoEGPT(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def expert_biases(self) -> torch.Tensor | None:
+        """The selection bias of every MoE layer, float32 [L, E] (None without auxiliary-loss-free balancing)."""
+        if not self.cfg.expert_bias:
+            return None
+        return torch.stack([b.moe.expert_bias for b in self.moe_blocks])
+
+    @torch.no_grad()
+    def update_expert_bias(self, counts: torch.Tensor, rate: float) -> None:
+        """Auxiliary-loss-free balancing (DeepSeek-V3; Megatron-Core's ``moe_router_bias_update_rate``): after a
+        step, move each layer's bias against that step's load: ``bias += rate * sign(mean load - load)``, with
+        the load counted before capacity drops. In place, on the device, no host sync."""
+        for block, c in zip(self.moe_blocks, counts):
+            load = c.float()
+            block.moe.expert_bias.add_(torch.sign(load.mean() - load), alpha=rate)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor):
         """Returns (lm_loss, aux_sum, counts[L, E] int64, dropped[L] int64)."""
@@ -212,15 +263,16 @@ class MoEGPT(nn.Module):
 def flops_per_token(cfg: TracerConfig) -> dict[str, float]:
     """Model FLOPs per trained token (forward + backward = 3x forward, PaLM appendix B convention).
 
-    Counts the matrix products a token needs: attention projections, the dense MLPs, k experts in
-    each MoE layer (not the padding of capacity slots), the router, the output head, and the
+    Counts the matrix products a token needs: attention projections, the dense MLPs, k experts (and
+    the shared ones) in each MoE layer (not the padding of capacity slots), the router, the output head, and the
     attention scores (causal attention counted in full, as PaLM does)."""
     d, ff, L = cfg.d_model, cfg.ffn, cfg.n_layers
     n_moe = len(cfg.moe_layer_ids)
     n_dense = L - n_moe
     attn = L * 4 * d * d
     dense = n_dense * 2 * d * ff
-    moe = n_moe * (cfg.top_k * 2 * d * ff + (0 if cfg.router == "hash" else d * cfg.n_experts))
+    experts = (cfg.top_k + cfg.shared_experts) * 2 * d * cfg.expert_width  # routed k and shared experts
+    moe = n_moe * (experts + (0 if cfg.router == "hash" else d * cfg.n_experts))
     head = d * cfg.vocab
     active = attn + dense + moe + head
     matmul = 6 * active

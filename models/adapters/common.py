@@ -177,7 +177,7 @@ class LibraryAdapter(Predictor):
         search = {**ADAPTER_SPACE, **(space or {})}
         name = f"{library}:{estimator.__name__}"
         doc = (
-            f"{name} through the {library} adapter (see models.adapters.common). "
+            f"{name} through the {library} adapter (models.adapters.common).\n\n"
             f"Parameters: the adapter's {sorted(adapter)} and {estimator.__name__}'s constructor parameters."
         )
         return type(

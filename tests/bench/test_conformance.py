@@ -1,6 +1,7 @@
 """Third-party predictors: loading from a file and from an entry point, and the conformance suite."""
 
 import json
+import re
 import textwrap
 
 import pytest
@@ -65,6 +66,29 @@ PLUGINS = textwrap.dedent('''
             from datasets_registry import registry
 
             return self.repeat(registry.load("synthetic-check").proportions[len(self.history)], horizon)
+
+
+    class NaNs(Predictor):
+        """A NaN in every forecast."""
+        name = "nans"
+
+        def predict(self, records):
+            import numpy as np
+
+            p = np.full((records, self.history.layers, self.history.experts), 1.0 / self.history.experts)
+            p[:, 0, 0] = np.nan
+            return p
+
+
+    class SomeNaNs(Predictor):
+        """NaN at every other origin, a deterministic mean elsewhere."""
+        name = "some_nans"
+
+        def predict(self, records):
+            p = self.repeat(self.history.proportions[-20:].mean(axis=0), records).copy()
+            if len(self.history) % 40 == 0:
+                p[:, 0, 0] = float("nan")
+            return p
 
 
     class Random(Predictor):
@@ -204,7 +228,9 @@ def test_an_installed_entry_point_is_found_and_runs(tmp_path, monkeypatch, store
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "tiny" in available()
     assert predictor_class("tiny").__name__ == "Tiny"
-    assert main(["predictors"]) == 0 and "tiny_plugin:Tiny" in capsys.readouterr().out
+    assert main(["predictors"]) == 0
+    out = capsys.readouterr().out  # described by a sandboxed worker: the class's docstring, its parameters
+    assert "tiny  (plugin, tiny_plugin:Tiny)\n    The last observed proportions.\n    parameters: none\n" in out
     assert main(["check-predictor", "tiny", "--dataset", stored]) == 0
     capsys.readouterr()
     assert (
@@ -227,3 +253,60 @@ def test_an_installed_entry_point_is_found_and_runs(tmp_path, monkeypatch, store
     )
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "tiny" and result["failures"] == 0
+
+
+@pytest.mark.parametrize("source, line, message", [
+    ("from models.base import Predictor\n\nclass Mine(Predictor):\n    name = 'mine'\n\n"
+     "    def predict(self, records)\n        return None\n", 6, "SyntaxError: expected ':'"),
+    ("import numpy\nimport no_such_module_here\n", 2, "ModuleNotFoundError: No module named 'no_such_module_here'"),
+])
+def test_a_broken_predictor_file_is_one_line_with_file_line_and_message(tmp_path, capsys, source, line, message):
+    """`run` and `check-predictor` on a file that does not load: no traceback, just where and what."""
+    f = tmp_path / "mine.py"
+    f.write_text(source)
+    expected = f"{f.resolve()}:{line}: {message}"
+    assert main(["run", "--model", f"{f}:Mine", "--dataset", "tiny-cpu-s1", "--no-track"]) == 1
+    out = capsys.readouterr()
+    assert out.err == f"error: {expected}\n" and out.out == ""
+    assert main(["check-predictor", f"{f}:Mine"]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines() == [f"check-predictor {f}:Mine", f"FAIL  load: {expected}", "FAILED: load"]
+
+
+def in_process(monkeypatch, plugin_file, cls: str, name: str) -> str:
+    """Run a class of the plugin file in the harness's process, as a built-in (not in a worker, which refuses a NaN
+    forecast before the harness records it)."""
+    from models import registry as models_registry
+
+    monkeypatch.syspath_prepend(str(plugin_file.parent))
+    monkeypatch.setitem(models_registry.BUILTIN, name, f"{plugin_file.stem}:{cls}")
+    return name
+
+
+def test_a_nan_forecast_fails_forecasts_only_and_the_skips_say_why(plugin_file, trace, monkeypatch):
+    report = check_predictor(in_process(monkeypatch, plugin_file, "NaNs", "nans"), dataset=trace)
+    assert status(report)["forecasts"] == "fail" and "nan" not in detail(report, "determinism").lower()
+    assert status(report)["determinism"] == "skip" and status(report)["no look-ahead"] == "skip"
+    assert detail(report, "determinism") == "no valid forecast to compare: every forecast failed the forecasts check"
+    assert detail(report, "no look-ahead") == detail(report, "determinism")
+    assert report.text().count("FAIL ") == 1
+
+
+def test_determinism_compares_the_valid_forecasts(plugin_file, trace, monkeypatch):
+    report = check_predictor(in_process(monkeypatch, plugin_file, "SomeNaNs", "some_nans"), dataset=trace)
+    assert status(report)["forecasts"] == "fail"
+    assert status(report)["determinism"] == "pass" and status(report)["no look-ahead"] == "pass"
+    assert re.search(r"\(\d+ origins compared; \d+ invalid forecast\(s\) \(see forecasts\) left out\)",
+                     detail(report, "determinism")), detail(report, "determinism")
+
+
+def test_a_nan_forecast_in_a_worker_is_refused_there_and_the_skips_say_why(plugin_file, trace):
+    report = check_predictor(f"{plugin_file}:NaNs", dataset=trace)
+    assert status(report)["forecasts"] == "fail" and status(report)["determinism"] == "skip"
+    assert "forecast has NaN or inf" in detail(report, "forecasts") and "Traceback" not in detail(report, "forecasts")
+    assert detail(report, "no look-ahead") == "no forecast to compare: no call of predict gave one (see forecasts)"
+
+
+def test_after_non_determinism_the_look_ahead_skip_says_why(plugin_file, trace):
+    report = check_predictor(f"{plugin_file}:Random", dataset=trace)
+    assert "two fresh instances already differ on the same data" in detail(report, "no look-ahead")

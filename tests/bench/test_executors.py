@@ -22,7 +22,7 @@ from datasets_registry.synthetic import switching_trace
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "executor_models.py"
-VOLATILE = {"seconds", "cached", "mlflow_run_id", "artifacts", "extras", "code_version", "finished_at"}
+VOLATILE = {"seconds", "cached", "mlflow_run_id", "artifacts", "extras", "code_version", "finished_at", "timings"}
 GRID = f"""
 datasets: [syn]
 models:

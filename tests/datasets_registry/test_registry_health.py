@@ -174,8 +174,8 @@ def test_list_shows_good_datasets_and_the_broken_ones_with_their_problem(home, c
     assert main(["datasets", "list"]) == 0
     table = capsys.readouterr().out
     assert "problem" in table.splitlines()[2]  # the header row
-    assert re.search(r"│ good +│ 1 +│ user +│ 2 +│ 3 +│ 5 +│ 0\.\.4 +│ unknown +│ +│", table), table
-    assert re.search(r"│ bad-card +│ 1 +│ user +│ - +│ - +│ - +│ - +│ - +│ \S", table), table
+    assert re.search(r"│ good +│ 1 +│ user +│ +5×2×3 +│ +0\.\.4 +│ unknown +│ +│", table), table
+    assert re.search(r"│ bad-card +│ 1 +│ user +│ +-×-×- +│ +- +│ - +│ \S", table), table
 
 
 # --------------------------------------------------------------------------- module structure

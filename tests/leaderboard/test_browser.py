@@ -3,8 +3,9 @@ leaderboard page.
 
 Chromium comes from the system (`apt-get install chromium`; `.ci/run` installs it), never from
 `playwright install`. Where /usr/bin/chromium is missing these tests fail when ``$CI`` is set and
-are skipped otherwise. Screenshots go to ``test-artifacts/``; with ``MOE_LOAD_BENCH_DOC_SCREENSHOTS=1``
-they are also written to ``docs/img/``.
+are skipped otherwise; they also need the raw smartmoe-ae trace (their runs are on it), and a skip
+names everything that is missing. Screenshots go to ``test-artifacts/``; with
+``MOE_LOAD_BENCH_DOC_SCREENSHOTS=1`` they are also written to ``docs/img/``.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ import pytest
 
 from bench.cli import main
 
+from ..conftest import CHROMIUM, browser_missing
 from .conftest import SECOND
 from .uiproc import REPO, free_port, start_ui, stop_ui
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -59,13 +60,19 @@ def screenshot(page, name: str, doc: bool = False) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def requirements():
+    """Checked before any other fixture (the runs on smartmoe-ae are session-wide): says all that is missing."""
+    missing = browser_missing()
+    if missing:
+        message = "the browser tests need " + "; and ".join(missing)
+        if os.environ.get("CI") and not CHROMIUM.exists():
+            pytest.fail(message)
+        pytest.skip(message + ("" if CHROMIUM.exists() else "; with $CI set, a missing chromium fails"))
+
+
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; .ci/run does)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message + "; with $CI set this fails")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -134,6 +141,58 @@ def test_mlflow_ui_shows_two_models_with_their_error_rates(ui_server, runs_2x2, 
     assert not page.errors
 
 
+def mlflow_duration(seconds: float) -> str:
+    """A duration as MLflow's UI writes it (its Utils.formatDuration)."""
+    ms = round(1000 * seconds)
+    for limit, unit, size in ((60_000, "s", 1000), (3_600_000, "min", 60_000), (86_400_000, "h", 3_600_000)):
+        if ms < limit:
+            return f"{ms}ms" if ms < 500 else f"{ms / size:.1f}{unit}"
+    return f"{ms / 86_400_000:.1f}d"
+
+
+GENAI = ("Judges", "Prompts", "Evaluation runs", "Playground")
+
+
+def test_the_runs_page_shows_the_headline_metrics_and_true_durations(ui_server, runs_2x2, page):
+    """The address `bench ui` prints: machine-learning pages, the headline metrics as columns, each run's Duration
+    the computation's (runs are logged after the fact); a run page follows the sidebar's switch, as the README says."""
+    from bench.tracking import HEADLINE_METRICS
+
+    runs = {m: runs_2x2[(m, "smartmoe-ae")] for m in ("sw_avg", "ema", "last")}
+    page.goto(ui_server["runs_url"], timeout=120_000)
+    for model in runs:
+        page.get_by_text(f"{model} · smartmoe-ae", exact=True).first.wait_for(timeout=120_000)
+    _close_assistant(page)
+    for metric in HEADLINE_METRICS:  # column headers
+        page.get_by_text(metric, exact=True).first.wait_for(timeout=30_000)
+    text = page.locator("body").inner_text()
+    for r in runs.values():
+        assert mlflow_duration(r.seconds) in text, (r.model, mlflow_duration(r.seconds))
+        for metric in HEADLINE_METRICS:
+            horizon, name, state = metric.split("/")
+            assert repr(r.value(int(horizon[1:]), name, state)) in text, (r.model, metric)
+    nav = page.locator("nav").first.inner_text()
+    assert "Runs" in nav and not any(word in nav for word in GENAI), nav
+    screenshot(page, "mlflow-runs-headline.png")
+
+    run = runs["ema"]
+    exp = ui_server["runs_url"].split("/experiments/")[1].split("/")[0]
+    run_page = f"{ui_server['base']}/#/experiments/{exp}/runs/{run.mlflow_run_id}"
+    page.goto(run_page, timeout=120_000)
+    page.get_by_text("Duration", exact=True).first.wait_for(timeout=60_000)
+    if any(word in page.locator("nav").first.inner_text() for word in GENAI):  # this browser's first run page
+        page.get_by_text("Model training", exact=True).first.click()  # the README's advice; the browser keeps it
+        page.wait_for_timeout(1000)
+        page.goto(run_page, timeout=120_000)
+        page.get_by_text("Duration", exact=True).first.wait_for(timeout=60_000)
+    page.wait_for_timeout(1000)
+    assert not any(word in page.locator("nav").first.inner_text() for word in GENAI)
+    assert page.get_by_text(mlflow_duration(run.seconds), exact=True).first.is_visible()
+    _close_assistant(page)
+    screenshot(page, "mlflow-run.png")
+    assert not page.errors
+
+
 def test_leaderboard_page_tables_and_plots(runs_2x2, page, tmp_path, capsys):
     assert main(["leaderboard", "--dataset", "smartmoe-ae", "--dataset", SECOND, "--out", str(tmp_path)]) == 0
     capsys.readouterr()
@@ -158,8 +217,8 @@ def test_leaderboard_page_tables_and_plots(runs_2x2, page, tmp_path, capsys):
     assert cells.count() == 4  # 2 datasets x 2 horizons
     for i in range(4):
         rows = cells.nth(i).locator("tbody tr")
-        assert rows.count() == 4  # 3 models, then the noise floor beside their errors
-        assert rows.nth(3).locator("td").nth(1).inner_text() == "noise floor"
+        assert rows.count() == 5  # 3 models, then the noise and hindsight floors beside their errors
+        assert [rows.nth(i).locator("td").nth(1).inner_text() for i in (3, 4)] == ["noise floor", "hindsight floor"]
         assert rows.nth(0).locator("td").nth(0).inner_text() == "1"
 
     plots = page.locator(".js-plotly-plot")

@@ -110,8 +110,9 @@ def test_newest_run_wins_and_tasks_and_versions_never_mix(capsys):
     }
     assert all(len(t["rows"]) == 1 for t in board["tables"])
     assert groups[("1", first.task_fingerprint)]["rows"][0]["run_id"] == again.mlflow_run_id
-    assert board["ranking"][0]["skill"]["all"] is None  # no sw_avg run: no skill, still a win rate over cells
+    assert board["ranking"][0]["skill"]["all"] is None  # no sw_avg run: no skill
     assert board["ranking"][0]["cells"] == 3
+    assert board["ranking"][0]["rank"] is None  # alone in each of its tables: nothing to rank it against
 
     only_v2 = board_json(capsys, "--dataset", f"{name}@2")
     assert [t["dataset_version"] for t in only_v2["tables"]] == ["2"]

@@ -38,3 +38,20 @@ def test_help_does_not_import_heavy_libraries():
 def test_unknown_dataset_is_a_clear_error(capsys):
     assert main(["datasets", "show", "no-such-thing"]) == 1
     assert "no dataset 'no-such-thing'" in capsys.readouterr().err
+
+
+def test_list_is_readable_at_80_columns(capsys, monkeypatch):
+    """Not a terminal (a pipe, CI): rich lays tables out in 80 columns; one line per dataset, nothing cut."""
+    from datasets_registry import registry
+
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["datasets", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) <= 80 and not any("…" in line for line in lines)
+    builtins = [e for e in registry.entries() if e.kind == "builtin"]
+    for entry in builtins:
+        (row,) = [line for line in lines if f" {entry.id} " in line]  # the whole id, on one line of its own
+        trace = registry.load(entry.ref)
+        assert f"{trace.records}×{trace.layers}×{trace.experts}" in row and "Apache-2.0" in row
+    assert len([line for line in lines if line.startswith("│")]) == len(registry.listing()) + (
+        "smartmoe-ae" not in {e.id for e in registry.entries()})  # one line a dataset (smartmoe-ae: not built)

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Traces v2: the tracer runs for one H200 and 30 minutes of GPU time, in three waves; each wave is one call of
+# under 10 minutes that trains its runs at once on the one GPU. Run from the repository root:
+#
+#     bash datasets_registry/tracer/gpu_runs.sh WAVE [RUN_DIR]      # WAVE: 1, 2 or 3
+#
+# Every run is `python -m bench trace ... --device cuda --no-register --out RUN_DIR/ID` with --no-state (the
+# runs are not continued, and a 125M model's state is 2.7 GB) and --time-limit (a run that is slower than
+# planned stops cleanly and keeps what it recorded; its card says so). When the variable OUT names a folder,
+# each run's trace/ and probe/ folders, its JSON result and its log are packed into OUT/ID.tar.gz (one archive
+# per run, a few MB each), to be copied back and stored with `python -m bench datasets add` or by hand.
+#
+# Time estimates. docs/tracer.md: four gpt3-125m-16e runs sharing one H100 took 494 s for 10,000 iterations
+# (331k tokens/s together, 12.4 ms per iteration of GPU time each). Measured on an H200 for this plan (after
+# compiling, 300-400 timed iterations): gpt3-125m-16e 9.4 ms per iteration alone, 23-27 ms each with three at
+# once; a probe of 262,144 tokens 0.09 s alone and 0.13-0.20 s with three at once, so probes every 100
+# iterations add 6-10% to a run; gpt3-125m-128e ~11.5 ms per iteration of GPU time (34 ms each with three at
+# once); gpt3-125m-64e-ds ~11.5 ms alone (23-24 ms each with two at once). Runs that share the GPU take about
+# the sum of their GPU times; compiling and reading the text take ~50-60 s at the start of a wave.
+#
+#   wave 1: 3 x gpt3-125m-16e top-2 with probes, seeds 3-5        ~3 x 104 s of GPU time
+#           + gpt3-125m-16e domain shift with probes              ~103 s: wave ~8 minutes
+#   wave 2: 3 x gpt3-125m-128e with probes, seeds 1-3 (5,000 it.)  ~3 x 64 s
+#           + gpt3-125m-64e-ds (DeepSeekMoE routing + aux loss)   ~127 s: wave ~6 minutes
+#   wave 3: gpt3-125m-64e-ds, auxiliary-loss-free (bias, no aux)  ~127 s
+#           + gpt3-125m-16e top-2, auxiliary-loss-free            ~105 s: wave ~5 minutes
+#   in all ~19 minutes of calls, plus a machine's start.
+set -euo pipefail
+
+WAVE=${1:?usage: gpu_runs.sh WAVE [RUN_DIR] (WAVE: 1, 2 or 3)}
+RUN_DIR=${2:-tracer-v2-runs}
+LIMIT=${LIMIT:-520}  # seconds of training per run: the runs of a wave end well inside a 10-minute call
+OUT_DIR=$RUN_DIR
+mkdir -p "$OUT_DIR"
+command -v python >/dev/null || python() { python3 "$@"; }
+export PYTHONUNBUFFERED=1
+
+NAMES=()
+PIDS=()
+run() {  # run ID COMMAND...: start one trace in the background; its JSON result and log go beside its folder
+    local id=$1
+    shift
+    NAMES+=("$id")
+    "$@" --quiet --json --no-state --time-limit "$LIMIT" >"$OUT_DIR/$id.json" 2>"$OUT_DIR/$id.log" &
+    PIDS+=($!)
+}
+
+PROBES=(--probe-every 100 --probe-tokens 262144)
+
+case "$WAVE" in
+1)
+    # ~104 s of GPU time each (10,000 iterations at 9.4 ms plus 100 probes at ~0.1 s)
+    for seed in 3 4 5; do
+        run "gpt3-125m-16e-top2-s$seed" python -m bench trace --preset gpt3-125m-16e --seed "$seed" "${PROBES[@]}" \
+            --id "gpt3-125m-16e-top2-s$seed" --device cuda --no-register --out "$OUT_DIR/gpt3-125m-16e-top2-s$seed"
+    done
+    # domain shift: standard library, then installed documentation, then the standard library again; ~103 s
+    run gpt3-125m-16e-top2-shift-s1 python -m bench trace --preset gpt3-125m-16e --seed 1 "${PROBES[@]}" \
+        --corpus-schedule 0:python,3000:text,6000:python \
+        --id gpt3-125m-16e-top2-shift-s1 --device cuda --no-register --out "$OUT_DIR/gpt3-125m-16e-top2-shift-s1"
+    ;;
+2)
+    # gpt3-125m-128e: ~64 s of GPU time each (5,000 iterations at ~11.5 ms, plus 50 probes)
+    for seed in 1 2 3; do
+        run "gpt3-125m-128e-top2-s$seed" python -m bench trace --preset gpt3-125m-128e --seed "$seed" "${PROBES[@]}" \
+            --id "gpt3-125m-128e-top2-s$seed" --device cuda --no-register --out "$OUT_DIR/gpt3-125m-128e-top2-s$seed"
+    done
+    # DeepSeekMoE routing (64 fine-grained experts, top-6 + 2 shared, sigmoid gate) with the aux loss; ~127 s
+    run gpt3-125m-64e-ds6-s1 python -m bench trace --preset gpt3-125m-64e-ds --seed 1 "${PROBES[@]}" \
+        --id gpt3-125m-64e-ds6-s1 --device cuda --no-register --out "$OUT_DIR/gpt3-125m-64e-ds6-s1"
+    ;;
+3)
+    # the same, auxiliary-loss-free as DeepSeek-V3 (bias update rate 1e-3, no aux loss); ~127 s
+    run gpt3-125m-64e-ds6-auxfree-s1 python -m bench trace --preset gpt3-125m-64e-ds --seed 1 "${PROBES[@]}" \
+        --expert-bias --bias-update-rate 0.001 --aux-loss 0 \
+        --id gpt3-125m-64e-ds6-auxfree-s1 --device cuda --no-register --out "$OUT_DIR/gpt3-125m-64e-ds6-auxfree-s1"
+    # softmax top-2 auxiliary-loss-free: compare with gpt3-125m-16e-noaux-s1, which collapses; ~105 s
+    run gpt3-125m-16e-top2-auxfree-s1 python -m bench trace --preset gpt3-125m-16e --seed 1 "${PROBES[@]}" \
+        --expert-bias --bias-update-rate 0.001 --aux-loss 0 \
+        --id gpt3-125m-16e-top2-auxfree-s1 --device cuda --no-register --out "$OUT_DIR/gpt3-125m-16e-top2-auxfree-s1"
+    ;;
+*)
+    echo "unknown wave $WAVE: 1, 2 or 3" >&2
+    exit 2
+    ;;
+esac
+
+status=0
+for pid in "${PIDS[@]}"; do
+    wait "$pid" || status=1
+done
+for id in "${NAMES[@]}"; do
+    echo "== $id"
+    cat "$OUT_DIR/$id.json" || true
+    tail -n 5 "$OUT_DIR/$id.log" || true
+    if [ -n "${OUT:-}" ]; then
+        parts=("$id/trace" "$id.json" "$id.log")
+        [ -d "$OUT_DIR/$id/probe" ] && parts+=("$id/probe")
+        tar -czf "$OUT/$id.tar.gz" -C "$OUT_DIR" "${parts[@]}" || status=1
+    fi
+done
+exit "$status"
