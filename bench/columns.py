@@ -21,20 +21,21 @@ def column_width(head: str, cells: list[str], text: bool) -> int:
 
 
 def fit_columns(head: list[str], rows: list[list[str]], width: int, optional: tuple[str, ...] = (),
-                text: tuple[str, ...] = ()) -> dict[int, int]:
-    """{column index: width} of the columns to show in `width` characters (a rich table spends 3 per
-    column and 1 on borders besides the text). Columns named in `text` fold; the others are numbers,
-    never narrower than their longest cell. Optional columns go, those that say nothing first, then in
-    the order of `optional`, until the table fits; the room left widens the narrowed columns back
-    towards their longest cell, then towards their header on one line."""
+                text: tuple[str, ...] = (), per_column: int = 3, fixed: int = 1) -> dict[int, int]:
+    """{column index: width} of the columns to show in `width` characters (a rich table with borders
+    spends `per_column` = 3 per column and `fixed` = 1 on borders besides the text; one without borders
+    or padding, 1 and -1). Columns named in `text` fold; the others are numbers, never narrower than
+    their longest cell. Optional columns go, those that say nothing first, then in the order of
+    `optional`, until the table fits; the room left widens the narrowed columns back towards their
+    longest cell, then towards their header on one line."""
     keep = list(range(len(head)))
     need = [column_width(h, [r[i] for r in rows], h in text) for i, h in enumerate(head)]
     blank = [i for i in keep if head[i] in optional and rows and all(r[i] in BLANK for r in rows)]
     order = blank + [head.index(h) for h in optional if h in head and head.index(h) not in blank]
-    while sum(need[i] + 3 for i in keep) + 1 > width and order:
+    while sum(need[i] + per_column for i in keep) + fixed > width and order:
         keep.remove(order.pop(0))
     widths = {i: need[i] for i in keep}
-    room = width - sum(widths[i] + 3 for i in keep) - 1
+    room = width - sum(widths[i] + per_column for i in keep) - fixed
     cells = {i: max([len(r[i]) for r in rows], default=0) for i in keep}
     for target in (cells, {i: max(cells[i], len(head[i])) for i in keep}):  # unfold text first, then headers
         while room > 0:

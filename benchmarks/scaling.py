@@ -21,7 +21,7 @@ The machine is shared: each round also records the CPU seconds the driver and it
 during the grid, and ``cores`` = CPU seconds / wall seconds, i.e. how much of the machine the
 executor actually got; the load average after each measurement is printed beside it.
 
-    MOE_LOAD_BENCH_HOME=/tmp/dask-home MOE_LOAD_BENCH_SOURCES=/work/shared/datasets \\
+    MOE_LOAD_BENCH_HOME=/tmp/dask-home MOE_LOAD_BENCH_SOURCES=../shared/datasets \\
         python benchmarks/scaling.py [--repeats 2] [--workers 2] [--trivial 200] [--dataset ID]
 """
 

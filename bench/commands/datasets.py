@@ -79,6 +79,7 @@ def cmd_list(args) -> int:
         json.dump(rows, sys.stdout, indent=2)
         print()
         return 0
+    from rich import box
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -95,13 +96,15 @@ def cmd_list(args) -> int:
         licence = (r["licence"] or "-").split(" (")[0]  # `datasets show` has it all
         cells.append([shown_id, str(r["version"]), kind, shape, built.rstrip(")") or steps, licence]
                      + [r["error"] or ""] * broken)
-    # Readable in 80 columns (a pipe, CI): numbers whole, headers wrapped at their spaces, text folded, never cut.
+    # Readable in 80 columns (a pipe, CI): ids and numbers whole, headers wrapped at their spaces, other text
+    # folded, never cut; no borders, so that the longest ids fit with every column.
     console = Console()
     heads = ["id", "v", "kind", "records × layers × experts", "steps", "licence"] + ["problem"] * broken
-    text = ("id", "kind", "licence", "problem")
-    table = Table(title="datasets")
-    for i, width in fit_columns(heads, cells, console.width, text=text).items():
-        table.add_column(heads[i], justify="left" if heads[i] in text else "right", overflow="fold", width=width)
+    text = ("kind", "licence", "problem")
+    table = Table(title="datasets", box=box.SIMPLE_HEAD, show_edge=False, padding=0)
+    for i, width in fit_columns(heads, cells, console.width, text=text, per_column=1, fixed=-1).items():
+        table.add_column(heads[i], justify="right" if heads[i] not in text + ("id",) else "left", overflow="fold",
+                         width=width)
     for c in cells:
         table.add_row(*map(escape, c))
     console.print(table)
