@@ -236,12 +236,7 @@ class Tracer:
 
     def sources_at(self, step: int) -> tuple[str, ...]:
         """The text sources of iteration `step` (the corpus schedule; python alone without one)."""
-        current = self.schedule[0][1]
-        for first, srcs in self.schedule:
-            if step < first:
-                break
-            current = srcs
-        return current
+        return self.cfg.sources_at(step)
 
     def _draw(self, data: dict[str, torch.Tensor], sources: tuple[str, ...], n: int, gen: torch.Generator):
         """`n` random windows of seq_len + 1 bytes, shared out evenly among `sources` (in order), as int64."""
