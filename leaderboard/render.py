@@ -129,7 +129,7 @@ def _versus(v: dict | None) -> str:
 
 
 def cell_rows(table: dict, runtime: bool, compact: bool = False) -> tuple[list[str], list[list[str]]]:
-    """Rows of one (dataset, task, horizon) table, then the two floors, in the error columns.
+    """Rows of one (dataset, task, horizon) table, then the two floors, in the error_rate columns.
 
     `compact` (the terminal): window_error for all states only, no intervals, short headers.
     """
@@ -156,8 +156,9 @@ def cell_rows(table: dict, runtime: bool, compact: bool = False) -> tuple[list[s
     tail = len(head) - 2 - len(cols)
     for floor, name in (("noise_floor", "noise floor"), ("hindsight_floor", "hindsight floor")):
         values = table.get(floor) or {}
-        if values:
-            rows.append(["", name] + [pct(values.get(s)) for _, s in cols] + [""] * tail)
+        if values and any(m == "error_rate" for m, _ in cols):
+            # the floors are error_rate's: a constant chosen in hindsight (the window's mean) has no window_error
+            rows.append(["", name] + [pct(values.get(s)) if m == "error_rate" else "" for m, s in cols] + [""] * tail)
     return head, rows
 
 
