@@ -474,7 +474,7 @@ def from_submissions(
     models: list[str] | None = None,
     baseline: str = BASELINE,
 ) -> dict[str, Any]:
-    """The leaderboard of submission files (:mod:`bench.submission`): files, or folders of ``*.json`` files.
+    """The leaderboard of submission files (:mod:`bench.submission`): files, or folders of ``*.json[.gz]`` files.
 
     Each file is loaded and checked (:func:`bench.submission.load` raises on a bad one, naming it);
     its results and per-origin rows feed :func:`build` as the store's do. A run found in several

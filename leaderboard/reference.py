@@ -36,8 +36,9 @@ def zoo_models() -> list[tuple[str, dict]]:
 
 
 def submission_path(model: str) -> Path:
-    """The committed file of a zoo model: its name with anything but letters, digits, '.', '_' and '-' as '-'."""
-    return SUBMISSIONS / (re.sub(r"[^A-Za-z0-9._-]+", "-", model) + ".json")
+    """The committed file of a zoo model: its name with anything but letters, digits, '.', '_' and '-' as '-',
+    gzip-compressed (``.json.gz``: the zoo's files would be 14 MB as plain JSON)."""
+    return SUBMISSIONS / (re.sub(r"[^A-Za-z0-9._-]+", "-", model) + ".json.gz")
 
 
 def refresh(tracking_uri: str | None = None, say: Callable[[str], None] = lambda s: None, limits=None) -> list[Path]:

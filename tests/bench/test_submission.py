@@ -323,3 +323,18 @@ def test_options_of_the_other_mode_are_refused(submitted, capsys):
     assert "error: --seed: only with --verify" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["submit", "--model", "sw_avg", "--verify", str(submitted)])
+
+
+def test_a_gz_name_writes_gzip_that_loads_the_same_and_a_bomb_is_refused(submitted, tmp_path, monkeypatch):
+    import gzip
+
+    recent = submission.load(submitted)
+    plain, packed = recent.save(tmp_path / "a.json"), recent.save(tmp_path / "a.json.gz")
+    assert packed.read_bytes()[:2] == b"\x1f\x8b" and packed.stat().st_size < plain.stat().st_size / 2
+    assert submission.load(packed).to_json() == submission.load(plain).to_json() == recent.to_json()
+    assert recent.save(tmp_path / "b.json.gz").read_bytes() == packed.read_bytes()  # reproducible: no time stamp
+    assert submission.submission_files([tmp_path]) == [plain, packed, tmp_path / "b.json.gz"]
+    monkeypatch.setattr(submission, "MAX_BYTES", 1000)
+    (tmp_path / "bomb.json.gz").write_bytes(gzip.compress(b" " * 10_000))
+    with pytest.raises(submission.SubmissionError, match="bomb.json.gz.*over 0 MiB once decompressed"):
+        submission.load(tmp_path / "bomb.json.gz")
