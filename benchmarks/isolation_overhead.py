@@ -18,19 +18,13 @@ import time
 from pathlib import Path
 
 CLONE = textwrap.dedent('''
-    from models.base import Predictor
+    from models.baselines import SlidingWindowAverage
 
 
-    class SwAvgClone(Predictor):
-        """A copy of sw_avg, loaded from a file as a submission would be."""
+    class SwAvgClone(SlidingWindowAverage):
+        """sw_avg itself, loaded from a file as a submission would be (and so run in the sandbox)."""
 
         name = "sw_avg_clone"
-        defaults = {"window": 100}
-        replayable = True
-
-        def predict(self, records):
-            h = self.history
-            return self.repeat(h.proportions[h.since(self.params["window"])].mean(axis=0), records)
 ''')
 
 

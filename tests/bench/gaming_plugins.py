@@ -6,7 +6,25 @@ import sys
 
 import numpy as np
 
+from models.base import Predictor
 from models.baselines import SlidingWindowAverage
+
+
+class Peeker(Predictor):
+    """Reads the future up the harness's stack: possible only in the harness's process (the Python API, or a
+    built-in), never in the sandboxed worker a submission runs in; its scores are its only tell."""
+
+    name = "peeker"
+
+    def predict(self, records):
+        frame = sys._getframe(1)
+        while frame is not None:
+            p = frame.f_locals.get("p_all")
+            if p is not None and len(p) > len(self.history):
+                n = len(self.history)
+                return p[n:n + records].copy()
+            frame = frame.f_back
+        raise LookupError("no truth found")
 
 
 class Impostor(SlidingWindowAverage):

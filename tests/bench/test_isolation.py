@@ -85,9 +85,10 @@ def test_metadata_comes_from_the_worker():
     with IsolatedPredictor(spec("SwAvgClone"), {"window": "50"}) as p:
         assert (p.name, p.defaults, p.params, p.version, p.replayable) == ("sw_avg_clone", {"window": 100},
                                                                            {"window": 50}, 1, True)
-        assert p.refit_policies == ("every", "every:K", "once") and p.search_space == {}
+        assert p.refit_policies == ("every", "every:K", "once")
+        assert p.search_space == {"window": ("log", 10, 2000)}  # sw_avg's, read in the worker
         assert p.kind == "file" and p.isolation == isolation_level() == p.sandbox["level"]
-        assert p.metadata["doc"] == "A copy of sw_avg (models.baselines.SlidingWindowAverage)."
+        assert p.metadata["doc"] == "sw_avg itself under another name, run as a submission."
         assert Path(p.metadata["module_file"]) == PLUGINS
     meta = describe("sw_avg", {"window": 10})
     assert meta["name"] == "sw_avg" and meta["params"] == {"window": 10} and meta["kind"] == "builtin"

@@ -99,57 +99,14 @@ def test_interrupted_study_resumes_without_duplicates(dataset, monkeypatch):
 
 
 def test_run_params_best_uses_the_test_task(dataset, capsys):
-    assert (
-        main(
-            [
-                "tune",
-                "--model",
-                "sw_avg",
-                "--dataset",
-                dataset,
-                "--trials",
-                "3",
-                "--no-track",
-                "--horizon",
-                "100",
-                "--horizon",
-                "200",
-                "--stride",
-                "50",
-                "--min-history",
-                "50",
-            ]
-        )
-        == 0
-    )
+    task = ["--dataset", dataset, "--no-track", "--horizon", "100", "--horizon", "200", "--stride", "50",
+            "--min-history", "50"]
+    assert main(["tune", "--model", "sw_avg", "--trials", "3", *task]) == 0
     out = capsys.readouterr().out
     assert "test task: origins from step 601" in out
     best = tuning.best_params("sw_avg", dataset)
     assert set(best) == {"window"}
-    assert (
-        main(
-            [
-                "run",
-                "--model",
-                "sw_avg",
-                "--dataset",
-                dataset,
-                "--params",
-                "best",
-                "--no-track",
-                "--json",
-                "--horizon",
-                "100",
-                "--horizon",
-                "200",
-                "--stride",
-                "50",
-                "--min-history",
-                "50",
-            ]
-        )
-        == 0
-    )
+    assert main(["run", "--model", "sw_avg", "--params", "best", "--json", *task]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["params"] == best and result["task"]["first_origin"] == 601
 

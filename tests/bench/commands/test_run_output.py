@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -13,37 +14,17 @@ from bench.commands.run import print_result
 from bench.results import Verdict
 
 TASK = ["--dataset", "tiny-cpu-s1", "--horizon", "1000", "--stride", "500", "--no-track"]
-PEEKER = textwrap.dedent('''
-    import sys
-
-    from models.base import Predictor
-
-
-    class Peeker(Predictor):
-        """Reads the future up the harness's stack (possible only in the harness's process)."""
-        name = "peeker_out"
-
-        def predict(self, records):
-            frame = sys._getframe(1)
-            while frame is not None:
-                p = frame.f_locals.get("p_all")
-                if p is not None and len(p) > len(self.history):
-                    n = len(self.history)
-                    return p[n:n + records].copy()
-                frame = frame.f_back
-            raise LookupError("no truth found")
-''')
+GAMERS = Path(__file__).resolve().parents[1]  # tests/bench: gaming_plugins.Peeker
 
 
 @pytest.fixture
-def peeker(tmp_path, monkeypatch):
+def peeker(monkeypatch):
     """A cheat run in-process, as a built-in would be: its scores are its only tell."""
     from models import registry
 
-    (tmp_path / "peeker_out_plugin.py").write_text(PEEKER)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(registry.BUILTIN, "peeker_out", "peeker_out_plugin:Peeker")
-    return "peeker_out"
+    monkeypatch.syspath_prepend(str(GAMERS))
+    monkeypatch.setitem(registry.BUILTIN, "peeker", "gaming_plugins:Peeker")
+    return "peeker"
 
 
 def run_json(capsys, *args) -> dict:
