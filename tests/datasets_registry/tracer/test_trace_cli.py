@@ -96,9 +96,13 @@ def test_a_run_of_another_config_is_refused(tmp_path, capsys):
     assert "another configuration" in capsys.readouterr().err
 
 
-def test_plot_writes_a_png(tmp_path, capsys):
+def test_plot_writes_a_paletted_png(tmp_path, capsys):
+    from PIL import Image
+
     assert main(["trace", "plot", "tiny-cpu-s1", "--out", str(tmp_path / "p.png"), "--points", "50"]) == 0
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    with Image.open(tmp_path / "p.png") as image:  # 256 colours: the committed plots stay small
+        assert image.mode == "P" and image.width > 300 and len(image.getcolors(256) or []) > 4
 
 
 def test_presets_list(capsys):
