@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "bench.commands.tune",
     "bench.commands.grid",
     "bench.commands.placement",
+    "bench.commands.gps",
     "bench.commands.doctor",
 ]
 

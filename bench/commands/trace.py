@@ -120,6 +120,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--dpi", type=int, default=72)
     q.set_defaults(func=cmd_plot)
 
+    q = tsub.add_parser(
+        "serve",
+        help="serve a trained tracer model on a stream of requests and record an inference trace",
+        description="Serve the model of a tracer run folder (trained without --no-state) to a closed loop of clients "
+        "sending windows of held-out text, batched as a serving engine batches (continuous batching with chunked "
+        "prefill), and record per forward pass and MoE layer the tokens sent to each expert, with the token-level "
+        "routing of every K-th pass (datasets_registry/tracer/serve.py).",
+    )
+    q.add_argument("run_folder", type=Path, help="a tracer run folder (its state.pt and trace/card.json)")
+    q.add_argument("--id", dest="serve_id", required=True, help="dataset id of the inference trace")
+    q.add_argument("--mixture", default="0:python", help='workload sources by pass, e.g. "0:python,1000:text+c"')
+    q.add_argument("--passes", type=int, default=2000, help="forward passes to record")
+    q.add_argument("--concurrency", type=int, default=16, help="clients in the closed loop (requests in flight)")
+    q.add_argument("--max-batch-tokens", type=int, default=512, help="token budget of a forward pass")
+    q.add_argument("--prompt", default="32:256", help="prompt length range in tokens, MIN:MAX")
+    q.add_argument("--output", default="16:128", help="output length range in tokens, MIN:MAX")
+    q.add_argument("--sample-every", type=int, default=10, help="token-level routing of every K-th pass (0: none)")
+    q.add_argument("--serve-seed", type=int, default=1, help="seed of the request stream")
+    q.add_argument("--serve-device", default="auto", help="cpu, cuda, cuda:N, or auto")
+    q.add_argument("--serve-out", type=Path, default=None, help="folder of the trace (default RUN/serve/ID)")
+    q.add_argument("--no-register", dest="serve_no_register", action="store_true")
+    q.add_argument("--json", dest="serve_json", action="store_true")
+    q.set_defaults(func=cmd_serve)
+
     q = tsub.add_parser("presets", help="list the presets")
     q.add_argument("--json", dest="presets_json", action="store_true")
     q.set_defaults(func=cmd_presets)
@@ -142,6 +166,37 @@ def cmd_presets(args) -> int:
         )
         if c.notes:
             print(f"{'':16s} {c.notes}")
+    return 0
+
+
+def _range(text: str, what: str) -> tuple[int, int]:
+    low, sep, high = text.partition(":")
+    if not sep or not low.isdigit() or not high.isdigit():
+        raise ValueError(f"--{what} {text!r}: expected MIN:MAX in tokens, e.g. 32:256")
+    return int(low), int(high)
+
+
+def cmd_serve(args) -> int:
+    from datasets_registry.tracer.serve import ServeConfig, record_inference
+
+    prompt, output = _range(args.prompt, "prompt"), _range(args.output, "output")
+    cfg = ServeConfig(mixture=args.mixture, passes=args.passes, concurrency=args.concurrency,
+                      max_batch_tokens=args.max_batch_tokens, prompt_min=prompt[0], prompt_max=prompt[1],
+                      output_min=output[0], output_max=output[1], sample_every=args.sample_every, seed=args.serve_seed)
+    progress, bar = _progress(args.serve_id, cfg.passes, cfg.max_batch_tokens, quiet=args.serve_json)
+    with bar:
+        result = record_inference(args.run_folder, cfg, args.serve_id, device=_device(args.serve_device),
+                                  out=args.serve_out, register=not args.serve_no_register,
+                                  progress=lambda n: progress(n, 0))
+    if args.serve_json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        T, L, E = result["shape"]
+        kinds = ", ".join(f"{n} {k}" for k, n in result["passes_by_kind"].items())
+        where = f"stored as dataset {result['dataset']}" if "dataset" in result else f"in {result['trace_folder']}"
+        print(f"{args.serve_id}: {T} forward passes ({kinds}) x {L} MoE layers x {E} experts, "
+              f"{result['tokens_sampled']} tokens sampled, {where}; {result['seconds']} s")
     return 0
 
 

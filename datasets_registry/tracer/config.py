@@ -18,8 +18,9 @@ ROUTERS = ("softmax-topk", "switch", "hash", "expert-choice", "deepseek-moe")
 GATES = ("softmax", "sigmoid")
 #: Routers whose selection is a top-k of per-token scores, so that a per-expert bias can steer it.
 BIAS_ROUTERS = ("softmax-topk", "switch", "deepseek-moe")
-#: Text sources of ``corpus_schedule``: the Python standard library (or ``--corpus``), and installed documentation.
-SOURCES = ("python", "text")
+#: Text sources of ``corpus_schedule`` (and of a serving run's workload mixture): the Python standard library (or
+#: ``--corpus``), installed documentation, and C headers (corpus.corpus_for).
+SOURCES = ("python", "text", "c")
 
 #: GPT-3 paper shapes (Brown et al. 2020, table 2.1) of the dense models the MoE presets follow.
 GPT3_REFERENCE = {

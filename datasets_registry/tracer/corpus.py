@@ -39,6 +39,9 @@ VOCAB = 256
 TEXT_ROOTS = ("/usr/share/doc", "/usr/share/common-licenses")
 #: Text files by name: these suffixes, no suffix (copyright, README, GPL-3), or a version (Apache-2.0, LGPL-2.1).
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".debian")
+#: C and C++ headers installed on the machine: a third workload source, one the tracer never trains on by default.
+C_ROOT = "/usr/include"
+C_SUFFIXES = (".h",)
 TEXT_RULE = (
     "regular files (symbolic links not followed, hidden folders skipped) named with no suffix, a numeric suffix "
     "(licence versions) or .txt, .md, .rst, .Debian, whose bytes are UTF-8 without NUL; compressed files are skipped"
@@ -215,3 +218,19 @@ def build_text_corpus(roots: list[str | os.PathLike] | None = None) -> Corpus:
     corpus = Corpus(data, info, names, starts)
     _CACHE[key] = corpus
     return corpus
+
+
+def corpus_for(name: str, corpus_root: str | os.PathLike | None = None,
+               text_roots: list[str | os.PathLike] | None = None) -> Corpus:
+    """The corpus of a source named in a corpus schedule or a workload mixture: ``python`` (the standard library,
+    or `corpus_root`), ``text`` (installed documentation, or `text_roots`) or ``c`` (the headers under
+    :data:`C_ROOT`)."""
+    if name == "python":
+        return build_corpus(corpus_root)
+    if name == "text":
+        return build_text_corpus(text_roots)
+    if name == "c":
+        if not Path(C_ROOT).is_dir():
+            raise FileNotFoundError(f"{C_ROOT}: not a folder (the c source reads the C headers installed there)")
+        return build_corpus(C_ROOT, C_SUFFIXES)
+    raise ValueError(f"unknown text source {name!r}; sources are python, text and c")

@@ -2,7 +2,7 @@
 # Traces v2: the tracer runs for one H200 and 30 minutes of GPU time, in three waves; each wave is one call of
 # under 10 minutes that trains its runs at once on the one GPU. Run from the repository root:
 #
-#     bash datasets_registry/tracer/gpu_runs.sh WAVE [RUN_DIR]      # WAVE: 1, 2 or 3
+#     bash datasets_registry/tracer/gpu_runs.sh WAVE [RUN_DIR]      # WAVE: 1, 2, 3 or serve
 #
 # Every run is `python -m bench trace ... --device cuda --no-register --out RUN_DIR/ID` with --no-state (the
 # runs are not continued, and a 125M model's state is 2.7 GB) and --time-limit (a run that is slower than
@@ -27,7 +27,7 @@
 #   in all ~19 minutes of calls, plus a machine's start.
 set -euo pipefail
 
-WAVE=${1:?usage: gpu_runs.sh WAVE [RUN_DIR] (WAVE: 1, 2 or 3)}
+WAVE=${1:?usage: gpu_runs.sh WAVE [RUN_DIR] (WAVE: 1, 2, 3 or serve)}
 RUN_DIR=${2:-tracer-v2-runs}
 LIMIT=${LIMIT:-520}  # seconds of training per run: the runs of a wave end well inside a 10-minute call
 OUT_DIR=$RUN_DIR
@@ -79,8 +79,33 @@ case "$WAVE" in
         --expert-bias --bias-update-rate 0.001 --aux-loss 0 \
         --id gpt3-125m-16e-top2-auxfree-s1 --device cuda --no-register --out "$OUT_DIR/gpt3-125m-16e-top2-auxfree-s1"
     ;;
+serve)
+    # Inference traces (datasets_registry/tracer/serve.py): train gpt3-125m-16e top-2 keeping its weights, then
+    # serve it to a closed loop of clients in two batch regimes and two workload mixtures. ~8 minutes in all.
+    model="$OUT_DIR/gpt3-125m-16e-top2-serving-s1"
+    python -m bench trace --preset gpt3-125m-16e --seed 1 --id gpt3-125m-16e-top2-serving-s1 --device cuda \
+        --no-register --out "$model" --quiet --time-limit "$LIMIT" >"$OUT_DIR/train.log" 2>&1 || exit 1
+    shift_mix=0:python,1000:python+text,2000:text+c
+    status=0
+    serve() {  # serve ID MIXTURE PASSES CONCURRENCY MAX_BATCH_TOKENS SAMPLE_EVERY; packed as soon as it ends
+        local id=$1
+        python -m bench trace serve "$model" --id "$id" --mixture "$2" --passes "$3" --concurrency "$4" \
+            --max-batch-tokens "$5" --sample-every "$6" --serve-device cuda --no-register \
+            --serve-out "$OUT_DIR/$id/trace" --json >"$OUT_DIR/$id.json" 2>"$OUT_DIR/$id.log" || status=1
+        echo "== $id"
+        cat "$OUT_DIR/$id.json" || true
+        tail -n 5 "$OUT_DIR/$id.log" || true
+        if [ -n "${OUT:-}" ]; then
+            tar -czf "$OUT/$id.tar.gz" -C "$OUT_DIR" "$id/trace" "$id.json" "$id.log" || status=1
+        fi
+    }
+    serve gpt3-125m-16e-serve-shift-b512 "$shift_mix" 3000 16 512 20
+    serve gpt3-125m-16e-serve-code-b512 0:c,1500:python 3000 16 512 20
+    serve gpt3-125m-16e-serve-shift-b4096 "$shift_mix" 2000 64 4096 100
+    exit "$status"
+    ;;
 *)
-    echo "unknown wave $WAVE: 1, 2 or 3" >&2
+    echo "unknown wave $WAVE: 1, 2, 3 or serve" >&2
     exit 2
     ;;
 esac

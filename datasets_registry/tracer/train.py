@@ -43,7 +43,7 @@ from .. import storage
 from ..trace import Card, ModelInfo, Trace, fingerprint
 from .buffer import StepBuffer
 from .config import GPT3_REFERENCE, PRESETS, TracerConfig
-from .corpus import build_corpus, build_text_corpus
+from .corpus import corpus_for
 from .model import MoEGPT, flops_per_token
 
 CONFIG_FILE = "config.json"
@@ -167,7 +167,7 @@ class Tracer:
         self.corpus_root, self.text_roots = corpus_root, list(text_roots) if text_roots else None
         self.schedule = cfg.schedule
         names = list(dict.fromkeys(n for _, srcs in self.schedule for n in srcs))
-        self.corpora = {n: build_corpus(corpus_root) if n == "python" else build_text_corpus(text_roots) for n in names}
+        self.corpora = {n: corpus_for(n, corpus_root, text_roots) for n in names}
         self.corpus = self.corpora[names[0]]
         self.train_data: dict[str, torch.Tensor] = {}  # source -> the bytes training batches are drawn from
         self.probe_data: dict[str, torch.Tensor] = {}  # source -> held-out bytes (probes only)
