@@ -23,7 +23,7 @@ def test_moe_load_v1_is_the_builtin_traces_and_smartmoe_under_the_default_task(s
 
 
 def test_engine_horizons_is_moe_load_v1_at_the_engines_rebalance_intervals():
-    from models.engines import SGLangEPLB, VLLMEPLB
+    from models.engines import VLLMEPLB, SGLangEPLB
 
     intervals = (SGLangEPLB.defaults["rebalance_num_iterations"], VLLMEPLB.defaults["step_interval"])
     assert suites.get("engine-horizons") is ENGINE_HORIZONS_V1
@@ -74,8 +74,8 @@ def test_a_suite_round_trips_through_json_and_refuses_bad_input():
 def test_suite_commands(smartmoe, capsys):
     assert main(["suite", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert listed == [{"name": "moe-load-v1", "version": 1, "description": MOE_LOAD_V1.description, "tasks": 8,
-                       "datasets": list(MOE_LOAD_V1.datasets)}]
+    assert listed == [{"name": s.name, "version": 1, "description": s.description, "tasks": 8,
+                       "datasets": list(MOE_LOAD_V1.datasets)} for s in (MOE_LOAD_V1, ENGINE_HORIZONS_V1)]
     assert main(["suite", "show", "moe-load-v1", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["problems"] == [] and len(shown["tasks"]) == 8
