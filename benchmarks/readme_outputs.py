@@ -3,12 +3,14 @@
     python benchmarks/readme_outputs.py            # print them
     python benchmarks/readme_outputs.py --write    # replace the blocks in README.md
     python benchmarks/readme_outputs.py --check    # exit 1 if README.md shows other numbers
+    python benchmarks/readme_outputs.py --write --tables   # only the tables of the committed board
 
 Each block in README.md follows a ``<!-- output: NAME -->`` marker. The commands run in a fresh data
 home (no cached run); the last line of a run's output (seconds, run ids) differs from run to run
-and is not compared by `--check`. The README's top of the leaderboard (between ``<!-- table:
-leaderboard -->`` and ``<!-- /table -->``) is made from the committed result files the same way.
-tests/test_readme.py keeps the quick blocks and the table in step.
+and is not compared by `--check`. The README's tables between ``<!-- table: NAME -->`` and
+``<!-- /table -->`` are made from the committed result files the same way: the top of the
+leaderboard (``leaderboard``) and, per dataset, the best zoo model against the best engine
+estimator (``engines``). tests/test_readme.py keeps the quick blocks and the tables in step.
 """
 
 from __future__ import annotations
@@ -33,16 +35,21 @@ BLOCKS = {
                 "--param", "window=100"], True),
 }
 MARKER = re.compile(r"<!-- output: (\w+) -->\n```\n(.*?)```\n", re.S)
-TABLE = re.compile(r"(<!-- table: leaderboard -->\n)(.*?)(<!-- /table -->)", re.S)
 #: Models of the committed board the README quotes.
 TOP = 5
 
 
-def leaderboard_top() -> str:
-    """The first rows of the committed leaderboard's ranking, as Markdown."""
-    from leaderboard import build, reference, render
+def committed_board() -> dict:
+    """The committed leaderboard, built from its result files."""
+    from leaderboard import build, reference
 
-    board = build.from_submissions([reference.SUBMISSIONS])
+    return build.from_submissions([reference.SUBMISSIONS])
+
+
+def leaderboard_top(board: dict) -> str:
+    """The first rows of the committed leaderboard's ranking, as Markdown."""
+    from leaderboard import render
+
     head, rows = render.ranking_rows(board, runtime=True)
     keep = [head.index(h) for h in ("rank", "model", "headroom skill [95% CI]", "skill [95% CI]",
                                     "window skill [95% CI]", "win rate", "s/origin")]
@@ -51,9 +58,36 @@ def leaderboard_top() -> str:
                    "(leaderboard/leaderboard.md))\n"
 
 
-def shown_table() -> str:
-    match = TABLE.search(README.read_text())
+def engines_versus_zoo(board: dict) -> str:
+    """Per dataset and horizon of the committed board: does a zoo model beat the engines' own estimators?"""
+    from leaderboard import render
+
+    head, rows = render.engine_rows(board)
+    verdicts = [row[head.index("verdict")] for row in rows]
+    datasets = {row[0] for row in rows}
+    beaten = sorted({row[0] for row in rows if row[head.index("verdict")] == "beats"})
+    return (render.markdown_table(head, rows) + f"\n\nA zoo model beats the best engine estimator in "
+            f"{verdicts.count('beats')} of {len(rows)} tables ({len(beaten)} of {len(datasets)} datasets at one "
+            f"horizon or both), ties in {verdicts.count('ties')} and loses in {verdicts.count('loses')}.\n")
+
+
+#: name -> the function of the committed board that makes the README table `<!-- table: NAME -->`.
+TABLES = {"leaderboard": leaderboard_top, "engines": engines_versus_zoo}
+
+
+def table_pattern(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- table: {name} -->\n)(.*?)(<!-- /table -->)", re.S)
+
+
+def shown_table(name: str) -> str:
+    match = table_pattern(name).search(README.read_text())
     return match.group(2) if match else ""
+
+
+def tables() -> dict[str, str]:
+    """name -> the README table as the committed result files make it."""
+    board = committed_board()
+    return {name: make(board) for name, make in TABLES.items()}
 
 
 def output(name: str) -> str:
@@ -84,29 +118,35 @@ def main() -> int:
     parser.add_argument("--write", action="store_true", help="replace the blocks in README.md")
     parser.add_argument("--check", action="store_true", help="exit 1 if README.md shows other numbers")
     parser.add_argument("--only", action="append", choices=sorted(BLOCKS), help="only these blocks")
+    parser.add_argument("--tables", action="store_true", help="only the tables of the committed board (runs nothing)")
     args = parser.parse_args()
-    names = args.only or list(BLOCKS)
+    names = [] if args.tables else args.only or list(BLOCKS)
     fresh = {name: output(name) for name in names}
-    table = leaderboard_top()
+    made = tables()
     if args.check:
         stale = [n for n in names if comparable(shown().get(n, "")) != comparable(fresh[n])]
-        stale += ["leaderboard"] if shown_table() != table else []
+        stale += [name for name, table in made.items() if shown_table(name) != table]
         for n in stale:
             print(f"README.md block {n!r} is stale; run `python benchmarks/readme_outputs.py --write`")
         return 1 if stale else 0
     if args.write:
-        text = TABLE.sub(lambda m: m.group(1) + table + m.group(3), README.read_text())
+        text = README.read_text()
+        for name, table in made.items():
+            text, n = table_pattern(name).subn(lambda m, table=table: m.group(1) + table + m.group(3), text)
+            if n != 1:
+                raise SystemExit(f"README.md has {n} tables marked {name!r}, expected 1")
         for name, out in fresh.items():
             text, n = re.subn(rf"<!-- output: {name} -->\n```\n.*?```\n",
                               lambda m, out=out: f"<!-- output: {name} -->\n```\n{out}```\n", text, flags=re.S)
             if n != 1:
                 raise SystemExit(f"README.md has {n} blocks marked {name!r}, expected 1")
         README.write_text(text)
-        print(f"wrote {', '.join(fresh)} into {README}")
+        print(f"wrote {', '.join([*fresh, *made])} into {README}")
         return 0
     for name, out in fresh.items():
         print(f"$ {BLOCKS[name][0]}\n{out}")
-    print(table)
+    for table in made.values():
+        print(table)
     return 0
 
 

@@ -232,9 +232,41 @@ def _comparable_sets(labels: dict, cells: list[list[tuple]]) -> list[set]:
     return list(sets.values())
 
 
+def is_engine(r: RunResult) -> bool:
+    """Whether a run is of a serving engine's own estimator (models/engines.py), the baselines to beat."""
+    from models.registry import ENGINE_ESTIMATORS
+
+    return r.model in ENGINE_ESTIMATORS and r.model_source == "builtin"
+
+
+def versus_engines(cell: list[RunResult], errs: list[float], H: int, sample, labels: dict) -> dict[str, Any] | None:
+    """The best model of the zoo (every other model) against the best engine estimator in one table.
+
+    "Best" is the lowest ``error_rate`` (all). The interval is that of the paired bootstrap difference
+    (zoo less engine) on the cell's shared resamples; a zoo model *beats* the engines where it lies below
+    0, *loses* where above, and ties where it contains 0. Placement metrics are compared where both runs
+    have them. None where the table lacks either kind.
+    """
+    scored = sorted(zip(errs, (labels[model_id(r)] for r in cell), cell), key=lambda x: x[:2])
+    engine = next(((e, r) for e, _, r in scored if is_engine(r)), None)
+    zoo = next(((e, r) for e, _, r in scored if not is_engine(r)), None)
+    if engine is None or zoo is None:
+        return None
+    (eb, rb), (ez, rz) = engine, zoo
+    paired = sample is not None and model_id(rz) in sample.error and model_id(rb) in sample.error
+    ci = stats.interval(sample.difference(model_id(rz), model_id(rb))) if paired else None
+    verdict = None if ci is None else "beats" if ci[1] < 0 else "loses" if ci[0] > 0 else "ties"
+    placement = {m: {"zoo": rz.value(H, m), "engine": rb.value(H, m)} for m in PLACEMENT_METRICS
+                 if rz.value(H, m) is not None and rb.value(H, m) is not None}
+    return {"engine": labels[model_id(rb)], "engine_error": eb, "zoo": labels[model_id(rz)], "zoo_error": ez,
+            "difference": ez - eb, "relative": (ez - eb) / eb if eb else None, "ci": ci, "verdict": verdict,
+            "placement": placement}
+
+
 def _cell(members: list[RunResult], H: int, base: RunResult | None, labels: dict, origins: Mapping[str, Any],
-          gkey: tuple, scores: dict[tuple, _Scores]) -> list[dict[str, Any]]:
-    """The rows of one (dataset, task, horizon) table; adds each model's comparisons to `scores`."""
+          gkey: tuple, scores: dict[tuple, _Scores]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The rows of one (dataset, task, horizon) table and its best zoo model against the best engine estimator;
+    adds each model's comparisons to `scores`."""
     cell = [r for r in members if in_cell(r, H)]
     errs = [r.value(H, "error_rate") for r in cell]
     frames = {model_id(r): origins.get(r.run_key) for r in cell if origins.get(r.run_key) is not None}
@@ -290,7 +322,7 @@ def _cell(members: list[RunResult], H: int, base: RunResult | None, labels: dict
             "seconds_per_origin": r.seconds / h.origins if h.origins else None,
             "trained_on": list(r.task.train), "hardware": r.hardware, "run_id": r.mlflow_run_id, "run_key": r.run_key,
         })
-    return rows
+    return rows, versus_engines(cell, errs, H, sample, labels)
 
 
 def build(
@@ -325,7 +357,7 @@ def build(
         members = sorted(groups[gkey], key=lambda r: labels[model_id(r)])
         base = baseline_of(members, baseline)
         for H in sorted({H for r in members for H in r.horizons}):
-            rows = _cell(members, H, base, labels, origins, gkey, scores)
+            rows, versus = _cell(members, H, base, labels, origins, gkey, scores)
             for r in members:
                 if H in r.horizons:
                     _plots(origins.get(r.run_key), gkey, H, labels[model_id(r)], per_layer, curves)
@@ -340,6 +372,7 @@ def build(
                 "task": {k: str(v) for k, v in members[0].task.to_dict().items()}, "horizon": H,
                 "baseline": None if base is None else labels[model_id(base)], "no_baseline": no_baseline,
                 **{f: next((row[f] for row in rows if row[f]), None) for f in FLOORS},
+                "versus_engines": versus,
                 "rows": rows,
             })
 

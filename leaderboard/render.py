@@ -162,6 +162,29 @@ def cell_rows(table: dict, runtime: bool, compact: bool = False) -> tuple[list[s
     return head, rows
 
 
+ENGINES_NOTE = ("Per table, the model of the zoo with the lowest error_rate (all) against the engine estimator "
+                "(sglang, vllm, trtllm: the serving engines' own load estimates as they ship, docs/models.md) with "
+                "the lowest; the difference is zoo less engine, in points of error_rate, with the 95% interval of "
+                "the paired block bootstrap. *beats*: the interval lies below 0; *ties*: it contains 0.")
+
+
+def engine_rows(board: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per table holding both kinds: the best zoo model against the best engine estimator."""
+    tables = [t for t in board["tables"] if t.get("versus_engines")]
+    place = [m for m in PLACEMENT_METRICS if any(m in t["versus_engines"]["placement"] for t in tables)]
+    head = (["dataset", "horizon", "best engine estimator", "error_rate", "best zoo model", "error_rate",
+             "zoo - engine [95% CI]", "relative", "verdict"] + [f"{m} zoo / engine" for m in place])
+    rows = []
+    for t in tables:
+        v = t["versus_engines"]
+        rows.append([t["dataset"], str(t["horizon"]), v["engine"], pct(v["engine_error"], 2), v["zoo"],
+                     pct(v["zoo_error"], 2), with_ci(v["difference"], v["ci"], 2), pct(v["relative"], 1, signed=True),
+                     v["verdict"] or "-"]
+                    + [" / ".join(pct(v["placement"][m][k], 1) for k in ("zoo", "engine")) if m in v["placement"]
+                       else "-" for m in place])
+    return head, rows
+
+
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     right = [i for i, h in enumerate(head) if h not in ("model", "datasets")]
     lines = [
@@ -187,6 +210,10 @@ def markdown(board: dict) -> str:
         out += ([f"### {title}", ""] if title else []) + [markdown_table(*ranking_rows(board, entries=entries)), ""]
     if unranked(board):
         out += ["Unranked (nothing to compare with):", ""] + [f"- {line}" for line in unranked(board)] + [""]
+    head, rows = engine_rows(board)
+    if rows:
+        out += ["## The best zoo model against the engines' own estimators", "", ENGINES_NOTE, "",
+                markdown_table(head, rows), ""]
     for t in board["tables"]:
         out += [f"## {_cell_title(t)}", "", _task_line(t) + ".", "", markdown_table(*cell_rows(t, runtime=False)), ""]
         if t.get("no_baseline"):

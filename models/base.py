@@ -108,6 +108,8 @@ class Predictor:
     refit_policies: ClassVar[tuple[str, ...]] = ("every", "every:K", "once")
     #: Optuna search space: param -> ("int"|"float"|"log"|"cat", low, high) or ("cat", [choices]).
     search_space: ClassVar[dict[str, tuple]] = {}
+    #: Where an engine's estimator reads its defaults from (files and commits); empty for the others.
+    source: ClassVar[str] = ""
     #: Bumped when the model's behaviour changes, so cached results are not reused.
     version: ClassVar[int] = 1
     #: Whether, with refit "every", its forecasts depend only on the history shown (however it was

@@ -37,10 +37,12 @@ class LastValue(Predictor):
 
 
 class ExponentialMovingAverage(Predictor):
-    """EMA with a decay per iteration (TensorRT-LLM's online balancer uses 0.95).
+    """EMA of the proportions with a decay per iteration (default 0.95).
 
     Records spaced by d iterations decay by ``decay**d``, so the estimate means the same on
-    traces recorded every iteration and every 10th.
+    traces recorded every iteration and every 10th. Not TensorRT-LLM's balancer: that one decays
+    token counts by 0.9 per pass and clears them at each placement update (``trtllm``,
+    models/engines.py).
     """
 
     name = "ema"
@@ -97,11 +99,12 @@ class StaticShare(Predictor):
 
 
 class SlidingWindowSum(Predictor):
-    """SGLang/vLLM EPLB: token counts summed over the last `window` passes, normalised.
+    """Token counts summed over the last `window` iterations, normalised (the EPLB engines' statistic).
 
     Unlike SW_Avg it weights records by their token counts. With `rebalance_every` > 0 the
-    estimate is refreshed only every that many iterations, as those systems rebalance
-    (SGLang every 1,000, vLLM every 3,000); 0 refreshes at every origin.
+    estimate is refreshed only every that many iterations counted from the first origin it is
+    asked at; 0 refreshes at every origin. The engines' own schedules, as they ship, are
+    `sglang` and `vllm` (models/engines.py).
     """
 
     name = "sw_sum"

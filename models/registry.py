@@ -29,7 +29,13 @@ BUILTIN: dict[str, str] = {
     "sw_sum": "models.baselines:SlidingWindowSum",
     "arima": "models.arima:Arima",
     "lstm": "models.lstm:LSTMPredictor",
+    "sglang": "models.engines:SGLangEPLB",
+    "vllm": "models.engines:VLLMEPLB",
+    "trtllm": "models.engines:TensorRTLLMLoadBalancer",
 }
+
+#: The serving engines' own estimators (models/engines.py): the baselines a forecast has to beat.
+ENGINE_ESTIMATORS = ("sglang", "vllm", "trtllm")
 
 #: "prefix:" -> "module:function(name) -> class" for library adapters.
 ADAPTERS: dict[str, str] = {
@@ -90,16 +96,18 @@ def check_name(name: str, spec: str) -> None:
         raise LookupError(f"{spec}: the name {name!r} belongs to a built-in predictor; give the class another `name`")
 
 
-def about(name: str, doc: str, defaults: dict[str, Any], needs_training: bool, fits: bool | None = None) -> dict:
+def about(name: str, doc: str, defaults: dict[str, Any], needs_training: bool, fits: bool | None = None,
+          source: str = "") -> dict:
     """What `bench predictors` says of a predictor: a one-line description (its docstring's first line), its
     parameters with their defaults, whether it needs training data (`fits`: whether it can use any, where
-    known) and whether it uses a GPU (a `device` parameter: where torch sees one, as the LSTM)."""
+    known), whether it uses a GPU (a `device` parameter: where torch sees one, as the LSTM) and, for an
+    engine's estimator, the source files its defaults were read from."""
     lines = (doc or "").strip().splitlines()
     training = "required (--train DATASET)" if needs_training else (
         "optional (--train DATASET: it fits on it)" if fits else "not used" if fits is False else "not required")
     gpu = f"optional (parameter device, default {defaults['device']!r})" if "device" in defaults else "no"
     return {"name": name, "description": lines[0].strip() if lines else "", "parameters": dict(defaults),
-            "training_data": training, "gpu": gpu}
+            "training_data": training, "gpu": gpu, "source": source or None}
 
 
 def about_class(cls: type[Predictor], name: str | None = None) -> dict:
@@ -107,7 +115,7 @@ def about_class(cls: type[Predictor], name: str | None = None) -> dict:
     import inspect
 
     return about(name or cls.name, inspect.getdoc(cls) or "", cls.defaults, bool(cls.needs_training),
-                 fits=cls.fit is not Predictor.fit)
+                 fits=cls.fit is not Predictor.fit, source=cls.source)
 
 
 def predictor_class(spec: str) -> type[Predictor]:

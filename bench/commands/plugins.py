@@ -140,7 +140,8 @@ def cmd_list(args) -> int:
             continue
         params = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in r["parameters"].items())
         params = "; ".join(x for x in (params, r.get("more")) if x) or "none"
-        for text in (r["description"], f"parameters: {params}",
+        source = f"defaults from {r['source']}" if r.get("source") else ""
+        for text in (r["description"], f"parameters: {params}", source,
                      f"training data: {r['training_data']}; GPU: {r['gpu']}"):
             if text:
                 print(textwrap.fill(text, width, initial_indent=pad, subsequent_indent=pad + "  ",

@@ -8,7 +8,7 @@ import pytest
 
 from bench import suites
 from bench.cli import main
-from bench.suites import MOE_LOAD_V1, Suite, SuiteTask
+from bench.suites import ENGINE_HORIZONS_V1, MOE_LOAD_V1, Suite, SuiteTask
 from bench.task import Task
 from datasets_registry import registry
 
@@ -20,6 +20,17 @@ def test_moe_load_v1_is_the_builtin_traces_and_smartmoe_under_the_default_task(s
     for t in MOE_LOAD_V1.tasks:
         assert t.task == Task(dataset=t.ref)  # horizons 1,000 and 2,000, stride 100, min history 100, refit every
     assert suites.get("moe-load-v1") is MOE_LOAD_V1 and suites.DEFAULT_SUITE == "moe-load-v1"
+
+
+def test_engine_horizons_is_moe_load_v1_at_the_engines_rebalance_intervals():
+    from models.engines import VLLMEPLB, SGLangEPLB
+
+    intervals = (SGLangEPLB.defaults["rebalance_num_iterations"], VLLMEPLB.defaults["step_interval"])
+    assert suites.get("engine-horizons") is ENGINE_HORIZONS_V1
+    assert [(t.dataset, t.version, t.fingerprint) for t in ENGINE_HORIZONS_V1.tasks] == [
+        (t.dataset, t.version, t.fingerprint) for t in MOE_LOAD_V1.tasks]
+    for t in ENGINE_HORIZONS_V1.tasks:
+        assert t.task == Task(dataset=t.ref, horizons=intervals)
 
 
 def test_moe_load_v1_matches_the_local_data(smartmoe):
@@ -63,8 +74,8 @@ def test_a_suite_round_trips_through_json_and_refuses_bad_input():
 def test_suite_commands(smartmoe, capsys):
     assert main(["suite", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert listed == [{"name": "moe-load-v1", "version": 1, "description": MOE_LOAD_V1.description, "tasks": 8,
-                       "datasets": list(MOE_LOAD_V1.datasets)}]
+    assert listed == [{"name": s.name, "version": 1, "description": s.description, "tasks": 8,
+                       "datasets": list(MOE_LOAD_V1.datasets)} for s in (MOE_LOAD_V1, ENGINE_HORIZONS_V1)]
     assert main(["suite", "show", "moe-load-v1", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["problems"] == [] and len(shown["tasks"]) == 8

@@ -46,3 +46,22 @@ def test_a_committed_result_file_checks_out(smartmoe, capsys):
     """Re-running a task of sw_avg's file from scratch gives its numbers (the other files: `bench submit --verify`)."""
     assert main(["submit", "--verify", str(reference.submission_path("sw_avg")), "--sample", "1"]) == 0, (
         capsys.readouterr().err)
+
+
+def test_each_table_sets_the_best_zoo_model_against_the_best_engine_estimator():
+    """The engines' estimators are in the zoo; per table the lowest error of each kind, and their paired interval."""
+    from models.registry import ENGINE_ESTIMATORS
+
+    board = build.from_submissions([reference.SUBMISSIONS])
+    assert {t["dataset"] for t in board["tables"] if t["versus_engines"]} == {t["dataset"] for t in board["tables"]}
+    for t in board["tables"]:
+        v = t["versus_engines"]
+        engines = [r for r in t["rows"] if r["model"] in ENGINE_ESTIMATORS]
+        zoo = [r for r in t["rows"] if r["model"] not in ENGINE_ESTIMATORS]
+        assert len(engines) == len(ENGINE_ESTIMATORS)
+        best_engine = min(engines, key=lambda r: r["error_rate"]["all"])
+        best_zoo = min(zoo, key=lambda r: r["error_rate"]["all"])
+        assert (v["engine"], v["zoo"]) == (best_engine["label"], best_zoo["label"])
+        assert v["difference"] == pytest.approx(best_zoo["error_rate"]["all"] - best_engine["error_rate"]["all"])
+        assert v["ci"][0] <= v["ci"][1]
+        assert v["verdict"] == ("beats" if v["ci"][1] < 0 else "loses" if v["ci"][0] > 0 else "ties")
