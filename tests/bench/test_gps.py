@@ -84,3 +84,12 @@ def test_docs_show_what_the_script_computes(judged):
         letter, budget = row[3].split(" ")[0], row[3].rsplit("(", 1)[1]
         assert letter == ("D" if s["winner"] == "distribution-only" else "T")
         assert budget == f"{s['token_budget_us']:.0f} us)"
+
+
+def test_the_prose_quotes_the_largest_overhead_budget_of_the_map():
+    import re
+
+    budgets = [int(cell.rsplit("(", 1)[1].split()[0]) for row in gps_map.shown("gps-map") for cell in row[3:]]
+    quoted = f"0-{max(budgets)} us"
+    assert quoted in gps_map.DOC.read_text().replace("\n", " ")
+    assert quoted in re.sub(r"\s+", " ", (REPO / "README.md").read_text())
