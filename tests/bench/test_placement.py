@@ -223,3 +223,18 @@ def test_place_is_deepseeks_own_eplb_on_continuous_loads():
         assert ours.replicas.tolist() == theirs.replicas.tolist(), (E, G, N, K, spec.replicas)
         assert canonical(ours) == canonical(theirs), (E, G, N, K, spec.replicas)
 
+
+def test_docs_quote_the_comparison_with_deepseeks_eplb_on_real_traces():
+    """The rows of one trace in docs/placement.md are what benchmarks/eplb_reference.py computes now."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "eplb_reference.py"
+    spec = importlib.util.spec_from_file_location("eplb_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fresh = module.rows(traces=("gpt3-125m-64e-ds6-s1",))
+    assert fresh[2:] == [r for r in module.shown() if "| gpt3-125m-64e-ds6-s1 |" in r], (
+        "docs/placement.md's EPLB table is stale: run `python benchmarks/eplb_reference.py --write`")
+    own, eplb = (float(fresh[2].split("|")[k]) for k in (4, 5))
+    assert abs(own - eplb) < 1e-3  # equal up to float32 ties
