@@ -162,6 +162,18 @@ class Placement:
     def devices(self) -> int:
         return self.share.shape[-1]
 
+    @classmethod
+    def from_slots(cls, slot_expert, slot_device, replicas, devices: int, nodes: int = 1) -> "Placement":
+        """From the expert ``slot_expert[L, P]`` and device ``slot_device[L, P]`` of each physical slot."""
+        L, E = replicas.shape
+        order = np.argsort(slot_device, axis=1, kind="stable")
+        slots = np.take_along_axis(slot_expert, order, axis=1)
+        dev = np.take_along_axis(slot_device, order, axis=1)
+        share = np.zeros((L, E, devices))
+        idx = np.arange(L)[:, None]
+        np.add.at(share, (idx, slots, dev), 1.0 / replicas[idx, slots])
+        return cls(replicas, slots, dev, share, nodes)
+
     def device_loads(self, counts: np.ndarray) -> np.ndarray:
         """Tokens per device: ``counts[T, L, E]`` -> ``[T, L, G]`` (replicas split their expert's load evenly)."""
         return np.einsum("tle,leg->tlg", counts, self.share)
@@ -238,24 +250,30 @@ def place(weight: np.ndarray, spec: PlacementSpec) -> Placement:
     device = device.reshape(L, P)
     replicas = np.zeros((L, E), dtype=np.int64)
     np.put_along_axis(replicas, local.reshape(L, E), count.reshape(L, E), axis=1)
-    return _placement(slot_expert, device, replicas, G, N)
+    return Placement.from_slots(slot_expert, device, replicas, G, N)
+
+
+def deepseek_place(weight: np.ndarray, spec: PlacementSpec) -> Placement:
+    """The placement DeepSeek's own EPLB code (``rebalance_experts``, vendored in bench/vendor) makes
+    from ``weight[L, E]``: the reference :func:`place` is checked against (physical slot ``p`` is
+    on device ``p // ((E + R) / G)``, as in EPLB)."""
+    import torch
+
+    from .vendor.deepseek_eplb import rebalance_experts
+
+    weight = np.asarray(weight, dtype=np.float64)
+    L, E = weight.shape
+    spec.check(E)
+    P = E + spec.replicas
+    phy2log, _, logcnt = rebalance_experts(torch.from_numpy(weight), P, spec.groups or E, spec.nodes, spec.devices)
+    slot_device = np.broadcast_to(np.arange(P) // (P // spec.devices), (L, P))
+    return Placement.from_slots(phy2log.numpy(), slot_device, logcnt.numpy(), spec.devices, spec.nodes)
 
 
 def static_placement(layers: int, experts: int, devices: int, nodes: int = 1) -> Placement:
     """Round-robin, no replicas: expert e on device e mod G."""
     slots = np.broadcast_to(np.arange(experts), (layers, experts))
-    return _placement(slots, slots % devices, np.ones((layers, experts), dtype=np.int64), devices, nodes)
-
-
-def _placement(slot_expert, slot_device, replicas, devices, nodes) -> Placement:
-    L, E = replicas.shape
-    order = np.argsort(slot_device, axis=1, kind="stable")
-    slots = np.take_along_axis(slot_expert, order, axis=1)
-    dev = np.take_along_axis(slot_device, order, axis=1)
-    share = np.zeros((L, E, devices))
-    idx = np.arange(L)[:, None]
-    np.add.at(share, (idx, slots, dev), 1.0 / replicas[idx, slots])
-    return Placement(replicas, slots, dev, share, nodes)
+    return Placement.from_slots(slots, slots % devices, np.ones((layers, experts), dtype=np.int64), devices, nodes)
 
 
 def imbalance(loads: np.ndarray) -> np.ndarray:
@@ -375,6 +393,7 @@ __all__ = [
     "Placement",
     "StepTimeModel",
     "place",
+    "deepseek_place",
     "static_placement",
     "replicate",
     "pack",

@@ -43,6 +43,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="layer (index or name) whose placement to print (default: the most imbalanced under static)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument(
+        "--export",
+        metavar="FORMAT",
+        choices=("sglang", "trtllm", "deepseek", "vllm"),
+        help="write the placement in an engine's file format: sglang (--init-expert-location JSON), trtllm "
+             "(load balancer YAML), deepseek (EPLB's phy2log/log2phy/logcnt JSON); vllm reads none (says why)",
+    )
+    p.add_argument("--output", "-o", default=None, help="file to write the export to (default: standard output)")
+    p.add_argument(
+        "--first-layer",
+        type=int,
+        default=0,
+        help="model layer index of the first MoE layer, for the export (e.g. DeepSeek-V3's first_k_dense_replace=3)",
+    )
+    p.add_argument(
+        "--model-layers",
+        type=int,
+        default=None,
+        help="the model's num_hidden_layers, for the sglang export (default: up to the last MoE layer)",
+    )
     p.set_defaults(func=cmd_placement)
 
 
@@ -55,6 +75,8 @@ def cmd_placement(args) -> int:
         f",K={args.groups}" if args.groups else ""
     )
     spec = PlacementSpec.parse(",".join([text, *args.hw])).check(trace.experts)
+    if args.export:
+        return _export(args, trace, spec)
     out = dataset_placement(trace, spec)
     if args.json:
         json.dump(out, sys.stdout, indent=2)
@@ -66,6 +88,26 @@ def cmd_placement(args) -> int:
     else:
         layer = names.index(args.layer) if args.layer in names else int(args.layer)
     _print(out, layer, out["layers"][layer]["device_share"])
+    return 0
+
+
+def _export(args, trace, spec) -> int:
+    """Write the placement of the trace's mean load in the engine's format; vLLM's answer is an error."""
+    from bench.engines import FORMATS, export
+    from bench.placement import place
+
+    try:
+        text = export(place(trace.proportions.mean(axis=0), spec), args.export, args.first_layer, args.model_layers)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    with open(args.output, "w") as f:
+        f.write(text)
+    print(f"wrote {args.output}: {spec.describe()} on {trace.id}@{trace.card.version}, for {FORMATS[args.export][1]}",
+          file=sys.stderr)
     return 0
 
 

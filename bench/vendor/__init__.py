@@ -1,0 +1,1 @@
+"""Third-party files kept verbatim (each keeps its licence header); docs/placement.md says which and why."""
