@@ -123,6 +123,33 @@ MOE_LOAD_V1 = Suite(
     ),
 )
 
+#: moe-load-v1 and the probe traces of the tracer's v2 runs: the load of 262,144 held-out tokens every 100 iterations,
+#: the large-batch regime where per-step noise no longer hides the load signal (docs/tracer.md: a noise floor 6-8
+#: times lower, about half of sw_avg's error closable), so that forecasters can be told apart per step.
+MOE_LOAD_V2 = Suite(
+    name="moe-load-v2",
+    version=1,
+    description="moe-load-v1 and the 10 large-batch probe traces of the tracer's v2 runs, default task",
+    tasks=MOE_LOAD_V1.tasks + tuple(
+        SuiteTask(dataset, 1, fingerprint)
+        for dataset, fingerprint in (
+            ("gpt3-125m-128e-top2-s1-probe", "sha256:50fdc19a8bb08cd218a6d7753d311d3a82bd5097e2852a6d5c98bebf1781d4cc"),
+            ("gpt3-125m-128e-top2-s2-probe", "sha256:948f7538c326c4f54f4430f5db0db4db13f1a9c0eceb2690da5ec0fd3423a49d"),
+            ("gpt3-125m-128e-top2-s3-probe", "sha256:aac7bf148d2bcea13665f7734520f50740591157cb52ab28881995e2627ec165"),
+            ("gpt3-125m-16e-top2-auxfree-s1-probe",
+             "sha256:b22e4d3cbbc8eb15915e8f4e3fb60f5076b0408f6964b52c32f53b6922b8dadd"),
+            ("gpt3-125m-16e-top2-s3-probe", "sha256:edace8fcf9e21aa781984371e33f7c0c73a6807d8e979433497118d540b63d9b"),
+            ("gpt3-125m-16e-top2-s4-probe", "sha256:bf2588ece4dd111f39e6016bc59d225d74176b39eed4fd91cced2a660744ce26"),
+            ("gpt3-125m-16e-top2-s5-probe", "sha256:f13f164accd981489631cd0da022d2c8a736e800df36961cf8020cf401b444c4"),
+            ("gpt3-125m-16e-top2-shift-s1-probe",
+             "sha256:8ee98c55d78c1bfa9619485fde01d1ac3be59a52bfcdfe3ec9f59d21c6058623"),
+            ("gpt3-125m-64e-ds6-auxfree-s1-probe",
+             "sha256:39af113e28c0770a3b3633b55f1fe0dbd354874698e67a954db80d187a5ae303"),
+            ("gpt3-125m-64e-ds6-s1-probe", "sha256:d2ae628de644ed3b26a90c12e599b48430c953ebabf8418bc85c57abf9bd39b8"),
+        )
+    ),
+)
+
 #: The datasets of moe-load-v1 at the serving engines' own re-estimation intervals: SGLang rebalances every 1,000
 #: forward passes and vLLM every 3,000 (models/engines.py), so each engine's estimator is scored at the horizon it
 #: is used for (moe-load-v1 keeps the seed paper's 1,000 and 2,000).
@@ -134,8 +161,8 @@ ENGINE_HORIZONS_V1 = Suite(
 )
 
 #: Every declared suite by name.
-SUITES: dict[str, Suite] = {s.name: s for s in (MOE_LOAD_V1, ENGINE_HORIZONS_V1)}
-DEFAULT_SUITE = MOE_LOAD_V1.name
+SUITES: dict[str, Suite] = {s.name: s for s in (MOE_LOAD_V1, MOE_LOAD_V2, ENGINE_HORIZONS_V1)}
+DEFAULT_SUITE = MOE_LOAD_V2.name
 
 
 def get(name: str) -> Suite:
@@ -183,5 +210,5 @@ def check(suite: Suite) -> list[Problem]:
     return problems
 
 
-__all__ = ["Suite", "SuiteTask", "Problem", "SUITES", "DEFAULT_SUITE", "MOE_LOAD_V1", "ENGINE_HORIZONS_V1", "get",
-           "check", "local_fingerprint"]
+__all__ = ["Suite", "SuiteTask", "Problem", "SUITES", "DEFAULT_SUITE", "MOE_LOAD_V1", "MOE_LOAD_V2",
+           "ENGINE_HORIZONS_V1", "get", "check", "local_fingerprint"]

@@ -1,4 +1,4 @@
-"""The committed leaderboard: the zoo of ``leaderboard/zoo.yaml`` on the suite ``moe-load-v1``, from result files.
+"""The committed leaderboard: the zoo of ``leaderboard/zoo.yaml`` on the suite ``moe-load-v2``, from result files.
 
 Every number of the committed ``leaderboard.{md,csv}`` comes from the submission files in
 ``leaderboard/submissions/`` (one per model: :mod:`bench.submission`), so the board rebuilds in
@@ -24,7 +24,7 @@ from typing import Callable
 OUT_DIR = Path(__file__).resolve().parent
 ZOO = OUT_DIR / "zoo.yaml"
 SUBMISSIONS = OUT_DIR / "submissions"
-SUITE = "moe-load-v1"
+SUITE = "moe-load-v2"
 
 
 def zoo_models() -> list[tuple[str, dict]]:
@@ -42,7 +42,8 @@ def submission_path(model: str) -> Path:
 
 
 def refresh(tracking_uri: str | None = None, say: Callable[[str], None] = lambda s: None, limits=None) -> list[Path]:
-    """Write the submission file of every zoo model that has none or whose file does not load; returns them."""
+    """Write the submission file of every zoo model that has none, whose file does not load, or whose file is of
+    another suite; returns them."""
     from bench import submission
 
     written = []
@@ -50,10 +51,13 @@ def refresh(tracking_uri: str | None = None, say: Callable[[str], None] = lambda
         path = submission_path(model)
         if path.exists():
             try:
-                submission.load(path)
-                continue
+                suite = submission.load(path).suite.name
             except submission.SubmissionError as exc:
                 say(f"{path}: {'; '.join(exc.problems)}: submitting again")
+            else:
+                if suite == SUITE:
+                    continue
+                say(f"{path}: a submission to {suite}, not {SUITE}: submitting again (cached runs are reused)")
         say(f"submitting {model} {params or ''} on {SUITE}")
         done = submission.submit(model, SUITE, params=params, limits=limits, tracking_uri=tracking_uri)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--write",
         action="store_true",
         help="rebuild the committed leaderboard/leaderboard.{md,csv,html} (or --out DIR) from the result files in "
-        "leaderboard/submissions/ (the zoo of leaderboard/zoo.yaml on the suite moe-load-v1)",
+        "leaderboard/submissions/ (the zoo of leaderboard/zoo.yaml on the suite moe-load-v2)",
     )
     p.add_argument("--refresh", action="store_true",
                    help="with --write: first submit every zoo model whose result file is missing (runs what is not "

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--model", help="built-in name, plugin name, sktime:NAME, darts:NAME or path/file.py:Class")
     what.add_argument("--verify", type=Path, metavar="FILE", help="verify a results file instead of submitting")
-    p.add_argument("--suite", default=None, help="the suite to run on (default moe-load-v1; `bench suite list`)")
+    p.add_argument("--suite", default=None, help="the suite to run on (default moe-load-v2; `bench suite list`)")
     p.add_argument("--param", action="append", default=None, metavar="KEY=VALUE", help="model parameter; repeatable")
     p.add_argument("--train", action="append", default=None, metavar="DATASET",
                    help="a whole training trace for the predictor on every task; repeatable (recorded, and flagged "

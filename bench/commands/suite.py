@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_list)
 
     q = ssub.add_parser("show", help="show a suite's tasks, and where the local data differs from them")
-    q.add_argument("name", help="suite name, e.g. moe-load-v1")
+    q.add_argument("name", help="suite name, e.g. moe-load-v2")
     q.add_argument("--json", action="store_true", help="print one JSON document")
     q.set_defaults(func=cmd_show)
 

@@ -108,6 +108,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-register", action="store_true", help="do not store the trace in the registry (it stays in --out/trace)"
     )
+    p.add_argument(
+        "--plan", default=None, metavar="MODEL",
+        help="while training, feed the records to this predictor and plan a placement every --plan-every iterations "
+        "(bench/live.py); the plans and their scores go to RUN/plans.json",
+    )
+    p.add_argument("--plan-every", type=int, default=1000, help="iterations between plans (default 1000)")
+    p.add_argument("--plan-spec", default="G=8,R=8", help="placement of the plans (default G=8,R=8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_trace)
@@ -215,6 +222,18 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _write_plans(planner, path: Path) -> str:
+    """What a live system would have decided, beside the trace: each plan's iteration, forecast mean, replicas,
+    slots and (once its horizon was recorded) scores."""
+    plans = [{"step": p.step, "estimate": p.estimate.round(6).tolist(), "replicas": p.placement.replicas.tolist(),
+              "slots": p.placement.slots.tolist(), "slot_device": p.placement.slot_device.tolist(),
+              "scores": p.scores} for p in planner.plans]
+    doc = {"model": planner.model if isinstance(planner.model, str) else type(planner.model).__name__,
+           "every": planner.every, "horizon": planner.horizon, "spec": planner.spec.describe(), "plans": plans}
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return str(path)
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -290,6 +309,11 @@ def cmd_trace(args) -> int:
     def _term(signum, frame):
         raise KeyboardInterrupt
 
+    planner = None
+    if args.plan:
+        from bench.live import LivePlanner
+
+        planner = LivePlanner(args.plan, args.plan_spec, every=args.plan_every)
     old = signal.signal(signal.SIGTERM, _term)
     try:
         with bar:
@@ -309,9 +333,12 @@ def cmd_trace(args) -> int:
                 register=not args.no_register,
                 progress=progress,
                 text_roots=args.text_corpus,
+                on_records=None if planner is None else planner.feed,
             )
     finally:
         signal.signal(signal.SIGTERM, old)
+    if planner is not None:
+        result["plans"] = _write_plans(planner, Path(result["run_folder"]) / "plans.json")
     if result["already_complete"]:
         print(
             f"{result['run_folder']} already holds {steps} iterations or more; its trace was written again",

@@ -14,7 +14,10 @@ import torch
 
 
 class StepBuffer:
-    def __init__(self, fields: dict[str, tuple[tuple[int, ...], torch.dtype]], rows: int, device: torch.device | str):
+    def __init__(self, fields: dict[str, tuple[tuple[int, ...], torch.dtype]], rows: int, device: torch.device | str,
+                 on_host=None):
+        """`on_host(block)`, if given, is called with every block of records (``{field: array}``) as it lands on the
+        host, in order: a live consumer (a planner) sees the records without a sync of its own."""
         if rows < 1:
             raise ValueError("rows must be >= 1")
         self.fields = dict(fields)
@@ -38,6 +41,7 @@ class StepBuffer:
         self.pending: tuple[int, int, torch.cuda.Event] | None = None
         self.host: dict[str, list[np.ndarray]] = {k: [] for k in self.fields}
         self.host_rows = 0
+        self.on_host = on_host
 
     def __len__(self) -> int:
         return self.host_rows + (self.pending[1] if self.pending else 0) + self.row
@@ -61,9 +65,7 @@ class StepBuffer:
                 ev.record()
                 self.pending = (s, n, ev)
             else:
-                for k in self.fields:
-                    self.host[k].append(self.dev[s][k][:n].numpy().copy())
-                self.host_rows += n
+                self._land({k: self.dev[s][k][:n].numpy().copy() for k in self.fields})
         self.slot ^= 1
         self.row = 0
 
@@ -72,10 +74,15 @@ class StepBuffer:
             return
         s, n, ev = self.pending
         ev.synchronize()
-        for k in self.fields:
-            self.host[k].append(self.pinned[s][k][:n].numpy().copy())
-        self.host_rows += n
         self.pending = None
+        self._land({k: self.pinned[s][k][:n].numpy().copy() for k in self.fields})
+
+    def _land(self, block: dict[str, np.ndarray]) -> None:
+        for k, v in block.items():
+            self.host[k].append(v)
+        self.host_rows += len(next(iter(block.values())))
+        if self.on_host is not None:
+            self.on_host(block)
 
     def flush(self) -> None:
         """Bring every pushed record to the host (waits for the device)."""

@@ -151,8 +151,12 @@ class Tracer:
         corpus_root: str | os.PathLike | None = None,
         amp: bool | None = None,
         text_roots: list[str | os.PathLike] | None = None,
+        on_records: Callable[[np.ndarray, np.ndarray], None] | None = None,
     ):
+        """`on_records(counts[n, L, E], steps[n])`: called with each block of new records as it reaches the host
+        (every `flush_every` iterations, in order), e.g. to plan placements while the run goes on."""
         self.cfg = cfg
+        self.on_records = on_records
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda asked for, but torch sees no CUDA GPU")
@@ -203,7 +207,7 @@ class Tracer:
         if cfg.expert_bias:
             fields["bias"] = ((self.L, cfg.n_experts), torch.float32)
         self.record_keys = tuple(fields)
-        self.buffer = StepBuffer(fields, flush_every, self.device)
+        self.buffer = StepBuffer(fields, flush_every, self.device, on_host=self._landed if on_records else None)
         self.probes: dict[str, list] = {"steps": [], "counts": [], "dropped": [], "loss": []}  # host records
         self.prev: dict[str, np.ndarray] | None = None  # records loaded from a checkpoint
         self.step = 0
@@ -324,6 +328,13 @@ class Tracer:
             out = dict(new)
         out["steps"] = np.arange(self.first_step, self.first_step + out["counts"].shape[0], dtype=np.int64)
         return out
+
+    def _landed(self, block: dict[str, np.ndarray]) -> None:
+        """A block of the buffer reached the host: hand its counts and their iterations to `on_records`."""
+        n = len(block["counts"])
+        loaded = self.prev["counts"].shape[0] if self.prev is not None else 0
+        first = self.first_step + loaded + self.buffer.host_rows - n
+        self.on_records(block["counts"].astype(np.int64), np.arange(first, first + n, dtype=np.int64))
 
     def probe_records(self) -> dict[str, np.ndarray]:
         """Every probe so far: steps [P], counts [P, L, E] int64, dropped [P, L] int64, loss [P] float32."""
@@ -819,6 +830,7 @@ def record_trace(
     register: bool = True,
     progress: Callable[[int, int], None] | None = None,
     text_roots: list[str | os.PathLike] | None = None,
+    on_records: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
     """Train (or continue) a tracer run to `steps` iterations, write its trace and store it as a dataset.
 
@@ -826,6 +838,7 @@ def record_trace(
     continues it; `fresh` starts over. `progress(step, first_step)` is called after every iteration.
     With probes, the probe trace is written to ``out/probe`` and stored as dataset ``<trace_id>-probe``; the two
     cards link each other (by id and fingerprint). `text_roots`: the folders of the ``text`` source.
+    `on_records(counts, steps)`: each block of new records as it reaches the host (:class:`Tracer`).
     Returns what happened: shape, folders, throughput, final loss, fingerprint, the dataset stored (and the probe's).
     """
     from .. import registry
@@ -844,6 +857,7 @@ def record_trace(
         flush_every=flush_every,
         corpus_root=corpus_root,
         text_roots=text_roots,
+        on_records=on_records,
     )
     resumed = tracer.load_checkpoint(out)
     first = tracer.step

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -107,3 +108,25 @@ def test_lightning_callback_on_the_tiny_preset_logs_the_plans_computed_offline(t
     assert [m.step for m in history] == [10, 20, 30, 40]
     assert [m.value for m in history] == pytest.approx([p.scores["imbalance"] for p in planning.plans[:4]])
     assert not planning.plans[4].scores  # its horizon has not happened
+
+
+def test_the_tracer_plans_while_it_trains_as_offline(tmp_path, capsys):
+    """`bench trace --plan`: the plans made from the blocks of records as they reached the host equal the plans
+    computed offline from the finished trace."""
+    import json
+
+    from bench.cli import main
+    from datasets_registry import storage
+
+    run = tmp_path / "run"
+    assert main(["trace", "--preset", "tiny-cpu", "--steps", "130", "--seq-len", "32", "--batch-size", "2",
+                 "--flush-every", "16", "--out", str(run), "--no-register", "--quiet", "--json",
+                 "--plan", "ema", "--plan-every", "25", "--plan-spec", "G=4,R=4"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    doc = json.loads(Path(result["plans"]).read_text())
+    offline = offline_plans(storage.load(run / "trace"), "ema", "G=4,R=4", 25)
+    assert [p["step"] for p in doc["plans"]] == [p.step for p in offline] == [25, 50, 75, 100, 125]
+    for live, off in zip(doc["plans"], offline):
+        assert np.allclose(live["estimate"], off.estimate, atol=1e-6)
+        assert live["slots"] == off.placement.slots.tolist() and live["replicas"] == off.placement.replicas.tolist()
+    assert set(doc["plans"][0]["scores"]) >= {"error_rate", "imbalance", "imbalance_static", "imbalance_oracle"}

@@ -1,4 +1,4 @@
-"""Suites: moe-load-v1 matches the local data; a suite's check names every dataset missing or changed."""
+"""Suites: moe-load-v1 and v2 match the local data; a suite's check names every dataset missing or changed."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from bench import suites
 from bench.cli import main
-from bench.suites import ENGINE_HORIZONS_V1, MOE_LOAD_V1, Suite, SuiteTask
+from bench.suites import ENGINE_HORIZONS_V1, MOE_LOAD_V1, MOE_LOAD_V2, Suite, SuiteTask
 from bench.task import Task
 from datasets_registry import registry
 
@@ -19,7 +19,15 @@ def test_moe_load_v1_is_the_builtin_traces_and_smartmoe_under_the_default_task(s
     assert len(v1) == 8 and set(v1[:7]) <= builtin and v1[7] == ("smartmoe-ae", 1)
     for t in MOE_LOAD_V1.tasks:
         assert t.task == Task(dataset=t.ref)  # horizons 1,000 and 2,000, stride 100, min history 100, refit every
-    assert suites.get("moe-load-v1") is MOE_LOAD_V1 and suites.DEFAULT_SUITE == "moe-load-v1"
+    assert suites.get("moe-load-v1") is MOE_LOAD_V1
+
+
+def test_moe_load_v2_adds_every_probe_trace_and_is_the_default(smartmoe):
+    probes = sorted(e.id for e in registry.entries() if e.kind == "builtin" and e.id.endswith("-probe"))
+    assert MOE_LOAD_V2.tasks[:8] == MOE_LOAD_V1.tasks and list(MOE_LOAD_V2.datasets[8:]) == probes
+    assert len(probes) == 10 and suites.DEFAULT_SUITE == "moe-load-v2" and suites.check(MOE_LOAD_V2) == []
+    for t in MOE_LOAD_V2.tasks:
+        assert t.task == Task(dataset=t.ref)
 
 
 def test_engine_horizons_is_moe_load_v1_at_the_engines_rebalance_intervals():
@@ -74,8 +82,8 @@ def test_a_suite_round_trips_through_json_and_refuses_bad_input():
 def test_suite_commands(smartmoe, capsys):
     assert main(["suite", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert listed == [{"name": s.name, "version": 1, "description": s.description, "tasks": 8,
-                       "datasets": list(MOE_LOAD_V1.datasets)} for s in (MOE_LOAD_V1, ENGINE_HORIZONS_V1)]
+    assert listed == [{"name": s.name, "version": 1, "description": s.description, "tasks": len(s.tasks),
+                       "datasets": list(s.datasets)} for s in (MOE_LOAD_V1, MOE_LOAD_V2, ENGINE_HORIZONS_V1)]
     assert main(["suite", "show", "moe-load-v1", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["problems"] == [] and len(shown["tasks"]) == 8
