@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..guards import check_dims
+from ..guards import TraceError, env_var, limit
 from ..token_sample import fields, smallest_uint
 from .dumps import bincount_last, int_option, warn
 
@@ -37,7 +37,11 @@ def adds_up(experts: np.ndarray, counts: np.ndarray) -> bool:
 
 def check_size(source: Path, tokens: int, layers: int, top_k: int) -> None:
     """Refuse a sample over the ``cells`` limit before it is put together (or kept while a dump is read)."""
-    check_dims(source, cells=tokens * layers * top_k)
+    cells = tokens * layers * top_k
+    if cells > limit("cells"):
+        raise TraceError(str(source), f"the token-level routing kept ({cells:,} expert ids) is more than the limit of "
+                                      f"{limit('cells'):,} cells (set {env_var('cells')} to raise it, or give "
+                                      "--option sample_every=K to keep every K-th record, 0 for none)")
 
 
 def assemble(parts: list[tuple[int, dict[str, np.ndarray]]], source: Path, notes: list[str], extra: dict,
