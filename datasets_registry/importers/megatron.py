@@ -32,8 +32,8 @@ from ..guards import TraceError, check_dims, parse_json, read_regular
 from ..token_sample import smallest_uint
 from ..trace import ModelInfo
 from .common import build_trace, file_hashes
-from .dumps import bincount_last, dump_files, expert_ids, finish_notes, int_option, ranges, require_keys, warn, whole
-from .token_routing import assemble, check_size, is_sampled, sample_every_option
+from .dumps import bincount_last, dump_files, expert_ids, finish_notes, int_option, require_keys, warn, whole
+from .token_routing import check_size, collect, sample_every_option
 
 FIELDS = ("step", "layer", "rank", "num_tokens", "topk", "top_indices")
 
@@ -107,28 +107,23 @@ def _step_tokens(by_rank: dict, layers: list[int]) -> np.ndarray | None:
     return np.concatenate(out)
 
 
-def _sample(kept: Kept, steps: list[int], layers: list[int], topks: set, every: int, path: Path, notes: list[str],
-            extra: dict) -> dict | None:
+def _sample(kept: Kept, steps: list[int], layers: list[int], topks: set, counts: np.ndarray, every: int, path: Path,
+            notes: list[str], extra: dict) -> dict | None:
+    """The token-level sample of every `every`-th step from the indices kept while the files were read."""
     if len(topks) != 1:
         warn(notes, f"records route to different numbers of experts ({sorted(topks)}): no token-level sample")
         return None
     by_step: dict = {}
     for (step, rank), per_layer in kept.ids.items():
         by_step.setdefault(step, {})[rank] = per_layer
-    parts, left_out = [], []
-    for t, step in enumerate(steps):
-        if not is_sampled(t, every):
-            continue
+
+    def part_of(step: int) -> dict | None:
         ids = _step_tokens(by_step[step], layers)
-        if ids is None or ids.shape[0] == 0:
-            left_out.append(step)
-        else:
-            parts.append((t, {"token_experts": ids}))
-    if left_out:
-        warn(notes, f"left {len(left_out)} step(s) out of the token-level sample ({ranges(left_out)}): a rank's "
-                    "records there do not hold the same tokens in every layer (a layer missing, as under pipeline "
-                    "parallelism, or other numbers of records or tokens)")
-    return assemble(parts, path, notes, extra, every)
+        return None if ids is None else {"token_experts": ids}
+
+    return collect(steps, every, part_of, counts, path, notes, extra, "steps", "a rank's records there do not hold "
+                   "the same tokens in every layer (a layer missing, as under pipeline parallelism, or other numbers "
+                   "of records or tokens)")
 
 
 def read_megatron(path: Path, experts: int | None = None, sample_every: int | None = None) -> "Trace":  # noqa: F821
@@ -157,7 +152,7 @@ def read_megatron(path: Path, experts: int | None = None, sample_every: int | No
              f"{len(files)} file(s) summed per (step, layer) over ranks and micro-batches; steps are the recorded "
              "iterations"]
     extra: dict = {"records": n_records}
-    sample = _sample(kept, steps, layers, topks, every, path, notes, extra) if kept is not None else None
+    sample = _sample(kept, steps, layers, topks, counts, every, path, notes, extra) if kept is not None else None
     return build_trace(counts, np.asarray(steps), path=path, fmt=fmt,
                        files=file_hashes(files, path if path.is_dir() else None),
                        layer_names=[f"layer{x}" for x in layers],

@@ -61,7 +61,7 @@ from .dumps import (
     whole,
     whole_array,
 )
-from .token_routing import adds_up, assemble, is_sampled, sample_every_option
+from .token_routing import collect, sample_every_option
 
 SOURCE_FILE = "python/sglang/srt/eplb/expert_distribution.py"
 
@@ -207,22 +207,9 @@ def _sample(tokens: dict, steps: np.ndarray, counts: np.ndarray, mapping: np.nda
     """The per_token sample of every `every`-th pass: the passes whose tokens add up to their counts exactly."""
     if not any(r is not None for recs in tokens.values() for r in recs):
         return None  # a per_pass dump
-    parts, left_out = [], []
-    for t, step in enumerate(steps.tolist()):
-        if not is_sampled(t, every):
-            continue
-        part = _pass_tokens(tokens[step], mapping, moe_layers)
-        if part is not None and (parts and part["token_experts"].shape[2] != parts[0][1]["token_experts"].shape[2]):
-            part = None
-        if part is None or not adds_up(part["token_experts"], counts[t]):
-            left_out.append(step)
-            continue
-        parts.append((t, part))
-    if left_out:
-        warn(notes, f"left {len(left_out)} forward pass(es) out of the token-level sample ({ranges(left_out)}): a "
-                    "rank recorded no tokens for them, a token has fewer experts than the others, or their tokens do "
-                    "not add up to global_physical_count")
-    return assemble(parts, path, notes, extra, every)
+    return collect(steps.tolist(), every, lambda step: _pass_tokens(tokens[step], mapping, moe_layers), counts, path,
+                   notes, extra, "forward passes", "a rank recorded no tokens for them, a token has fewer experts than "
+                   "the others, or their tokens do not add up to global_physical_count")
 
 
 def read_per_pass(path: Path, experts: int | None = None, sample_every: int | None = None) -> "Trace":  # noqa: F821

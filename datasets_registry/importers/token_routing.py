@@ -10,12 +10,13 @@ anything of that size is put together.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from ..guards import TraceError, env_var, limit
 from ..token_sample import fields, smallest_uint
-from .dumps import bincount_last, int_option, warn
+from .dumps import bincount_last, int_option, ranges, warn
 
 WHY = "the token-level sample keeps every K-th record (0: none)"
 
@@ -70,3 +71,23 @@ def assemble(parts: list[tuple[int, dict[str, np.ndarray]]], source: Path, notes
     notes.append(f"token-level sample in extras.npz: {n} tokens of {len(parts)} record(s) (every {every}), with "
                  f"{', '.join(have)}")
     return sample
+
+
+def collect(steps: list[int], every: int, part_of: Callable[[int], dict | None], counts: np.ndarray, source: Path,
+            notes: list[str], extra: dict, unit: str, why: str) -> dict[str, np.ndarray] | None:
+    """The sample of every `every`-th record, ``part_of(step)`` giving its tokens (None where they cannot be had
+    whole); a record whose tokens do not add up to its counts, or have another top-k, is left out, warned with
+    `why` (`unit`: what the records are, plural, e.g. "forward passes")."""
+    parts, left_out = [], []
+    for t, step in enumerate(steps):
+        if not is_sampled(t, every):
+            continue
+        part = part_of(step)
+        if (part is None or (parts and part["token_experts"].shape[2] != parts[0][1]["token_experts"].shape[2])
+                or not adds_up(part["token_experts"], counts[t])):
+            left_out.append(step)
+            continue
+        parts.append((t, part))
+    if left_out:
+        warn(notes, f"left {len(left_out)} {unit} out of the token-level sample ({ranges(left_out)}): {why}")
+    return assemble(parts, source, notes, extra, every)

@@ -112,7 +112,7 @@ def test_sglang_per_token_keeps_the_routing_of_every_pass(tmp_path, capsys):
 
 def test_sglang_sample_leaves_out_passes_not_recorded_per_token(tmp_path):
     sglang_dump(tmp_path / "dump", passes=range(6), per_pass_only=(2,))
-    with pytest.warns(DumpWarning, match=r"left 1 forward pass\(es\) out of the token-level sample \(2\)"):
+    with pytest.warns(DumpWarning, match=r"left 1 forward passes out of the token-level sample \(2\)"):
         trace = import_path(tmp_path / "dump", "sglang-per-pass", sample_every=2)
     assert_sample_is_the_counts(trace, trace.extras, [0, 4])  # every 2nd pass, pass 2 not per token
     assert trace.card.extra["token_sample"]["every"] == 2
@@ -226,7 +226,7 @@ def test_megatron_matches_forwards_across_layers(tmp_path, capsys):
 
 def test_megatron_pipeline_stages_have_no_sample(tmp_path):
     d = megatron_dump(tmp_path / "trace", steps=range(3), rank_layers={0: (1, 2), 1: (3,)})
-    with pytest.warns(DumpWarning, match="left 3 step"):
+    with pytest.warns(DumpWarning, match="left 3 steps out"):
         trace = import_path(d, "megatron-router-trace", experts=E)
     assert trace.extras == {} and "no token-level sample" in trace.card.notes
     assert trace.fingerprint == import_path(d, "megatron-router-trace", experts=E, sample_every=0).fingerprint
