@@ -39,6 +39,11 @@ from .steptime import LINKS, NETWORKS, StepTimeModel
 #: average, the engines' window sum (SGLang and vLLM sum the last 1,000 passes) and the last pass alone.
 DISTRIBUTION = {"sw_avg": {"window": 100}, "ema": {"decay": 0.95}, "sw_sum": {"window": 1000}, "last": {}}
 TOKEN = ("freq-token", "freq-bigram", "layer-transition", "pre-gate")
+#: What each token-to-expert strategy reads of the trace's extras beyond ``token_pass`` and ``token_experts``: an
+#: imported trace's sample has only the fields its engine's dump carries (docs/formats.md), and a strategy whose
+#: fields are missing is left out. The pre-gate's predictions and overhead come from the serving loop only.
+NEEDS = {"freq-token": ("token_id",), "freq-bigram": ("token_id", "token_prev"), "layer-transition": (),
+         "pre-gate": ("token_pregate", "pregate_seconds", "batch_tokens")}
 #: Expert shapes (hidden, ffn) of the end-to-end sweep: Mixtral 8x7B's, and a small one of a quarter the width.
 EXPERTS = {"mixtral": (4096, 14336), "small": (1024, 3584)}
 #: Interconnects: (intra-node link, inter-node network), GB/s per direction per GPU (bench.steptime).
@@ -58,18 +63,30 @@ class Judged:
     estimate: dict[str, np.ndarray] = field(default_factory=dict)  # strategy -> [V, L, E] load proportions
     overhead: dict[str, np.ndarray] = field(default_factory=dict)  # strategy -> [V] seconds per judged pass
     token_figures: dict[str, dict[str, float]] = field(default_factory=dict)  # strategy -> per-token accuracy
+    left_out: dict[str, str] = field(default_factory=dict)  # token-to-expert strategy -> why it could not run
+    caveats: dict[str, str] = field(default_factory=dict)  # strategy -> how it ran short of its full form
 
     def kind(self, strategy: str) -> str:
         return "token-to-expert" if strategy in TOKEN else "distribution-only"
 
 
 def load_inference(dataset: str) -> tuple[Any, dict[str, np.ndarray]]:
-    """An inference trace and its extras (per-pass arrays and the token-level sample)."""
-    from datasets_registry import registry
-    from datasets_registry.tracer.serve import read_token_sample
+    """An inference trace (or an imported one with a token-level sample) and its extras (the token-level sample,
+    and per-pass arrays where it has them)."""
+    from datasets_registry import registry, token_sample
 
     entry = registry.resolve(dataset)
-    return registry.load(dataset), read_token_sample(entry.folder)
+    return registry.load(dataset), token_sample.read(entry.folder)
+
+
+def runnable(ex: dict[str, np.ndarray]) -> tuple[list[str], dict[str, str]]:
+    """The token-to-expert strategies the extras allow, and why each other one is left out."""
+    left_out = {}
+    for name, needs in NEEDS.items():
+        missing = [f for f in needs if f not in ex]
+        if missing:
+            left_out[name] = f"needs {', '.join(missing)}, which this trace's extras do not have"
+    return [s for s in TOKEN if s not in left_out], left_out
 
 
 def judge(dataset: str, pool: int = 1) -> Judged:
@@ -82,33 +99,44 @@ def judge(dataset: str, pool: int = 1) -> Judged:
     trace, ex = load_inference(dataset)
     T, L, E = trace.shape
     k = int(ex["token_experts"].shape[2])
+    token, left_out = runnable(ex)
+    N = ex["token_pass"].shape[0]
+    tok_all = ex["token_id"] if "token_id" in ex else np.zeros(N, dtype=np.int64)
+    prev_all = ex["token_prev"] if "token_prev" in ex else np.zeros(N, dtype=np.int64)
     sampled = np.unique(ex["token_pass"])
     groups = [sampled[i: i + pool] for i in range(0, len(sampled) - pool + 1, pool)]
     groups = [g for g in groups if g[0] > 0]  # distribution-only needs one earlier pass
     rows_of = {int(p): np.flatnonzero(ex["token_pass"] == p) for p in sampled}
     V = len(groups)
-    out = Judged(dataset, pool, np.array([g[0] for g in groups]), np.zeros(V, dtype=np.int64), np.zeros((V, L, E)))
+    if not V:
+        raise ValueError(f"{dataset}: its token-level sample has no record after the first to judge (pool {pool})")
+    out = Judged(dataset, pool, np.array([g[0] for g in groups]), np.zeros(V, dtype=np.int64), np.zeros((V, L, E)),
+                 left_out=left_out)
+    if "token_id" not in ex and "layer-transition" in token:
+        out.caveats["layer-transition"] = "no token ids: its first layer is predicted from the overall frequencies"
     counts = trace.counts
     # token-to-expert: online tables, the recorded pre-gate
     tables = {"freq-token": FrequencyTable(L, E, k), "freq-bigram": FrequencyTable(L, E, k, "bigram"),
               "layer-transition": LayerTransition(L, E, k)}
-    fit = np.polyfit(ex["batch_tokens"].astype(np.float64), ex["pregate_seconds"].astype(np.float64), 1)
-    hits = {s: np.zeros(3) for s in TOKEN}  # overlap, exact, tokens
-    for name in TOKEN:
+    tables = {name: table for name, table in tables.items() if name in token}
+    if "pre-gate" in token:
+        fit = np.polyfit(ex["batch_tokens"].astype(np.float64), ex["pregate_seconds"].astype(np.float64), 1)
+    hits = {s: np.zeros(3) for s in token}  # overlap, exact, tokens
+    for name in token:
         out.estimate[name] = np.zeros((V, L, E))
         out.overhead[name] = np.zeros(V)
     learned = 0  # sampled passes the tables have learned from
     for v, group in enumerate(groups):
         rows = np.concatenate([rows_of[int(p)] for p in group])
-        tok, prev, truth = ex["token_id"][rows], ex["token_prev"][rows], ex["token_experts"][rows].astype(np.int64)
+        tok, prev, truth = tok_all[rows], prev_all[rows], ex["token_experts"][rows].astype(np.int64)
         while learned < len(sampled) and sampled[learned] < group[0]:
             r = rows_of[int(sampled[learned])]
             for table in tables.values():
-                table.update(ex["token_id"][r], ex["token_prev"][r], ex["token_experts"][r].astype(np.int64))
+                table.update(tok_all[r], prev_all[r], ex["token_experts"][r].astype(np.int64))
             learned += 1
         out.tokens[v] = len(rows)
         out.actual[v] = [np.bincount(truth[:, layer].ravel(), minlength=E) for layer in range(L)]
-        for name in TOKEN:
+        for name in token:
             t0 = time.perf_counter()
             if name == "pre-gate":
                 pred = ex["token_pregate"][rows].astype(np.int64)
@@ -201,14 +229,15 @@ def end_to_end(judged: Judged, system: System) -> dict[str, float]:
 def recommend(times: dict[str, float]) -> dict[str, Any]:
     """The best strategy of each kind and which wins, by how much (the slower's time over the faster's, less 1);
     ``token_budget_us``: the overhead per pass under which the best token-to-expert predictor, free, would win."""
+    token = [s for s in TOKEN if s in times]  # those that ran
     best_dist = min(DISTRIBUTION, key=lambda s: times[s])
-    best_token = min(TOKEN, key=lambda s: times[s])
+    best_token = min(token, key=lambda s: times[s])
     a, b = times[best_dist], times[best_token]
     winner = "distribution-only" if a <= b else "token-to-expert"
     return {"distribution_only": best_dist, "distribution_only_us": a, "token_to_expert": best_token,
             "token_to_expert_us": b, "none_us": times["none"], "oracle_us": times["oracle"], "winner": winner,
             "margin": max(a, b) / min(a, b) - 1.0,
-            "token_budget_us": max(0.0, a - min(times[f"{s}@free"] for s in TOKEN))}
+            "token_budget_us": max(0.0, a - min(times[f"{s}@free"] for s in token))}
 
 
 def sweep(judged: Judged, gpus=(4, 8, 16, 32, 64), experts=tuple(EXPERTS), interconnects=tuple(INTERCONNECTS)):

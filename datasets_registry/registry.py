@@ -180,7 +180,7 @@ def add(trace: Trace, name: str, version: int | None = None) -> Entry:
             raise FileExistsError(f"dataset {name!r} already has version {version} ({folder}); datasets are immutable: "
                                   "give another version, or none for the next free one")
         card = dataclasses.replace(trace.card, id=name, version=version)
-        storage.save(Trace(trace.counts, trace.steps, card), folder)
+        storage.save(Trace(trace.counts, trace.steps, card, trace.extras), folder)
     return Entry(name, version, "user", folder)
 
 

@@ -1,4 +1,5 @@
-"""The canonical on-disk form of a trace: a folder with `trace.npz` and `card.json`.
+"""The canonical on-disk form of a trace: a folder with `trace.npz` and `card.json` (and `extras.npz`, the
+trace's side arrays, where it has some).
 
 `trace.npz` is a zip-deflated numpy archive with two arrays, `counts` (stored in the smallest
 unsigned integer type that holds them) and `steps` (int64). It is read with
@@ -31,6 +32,8 @@ from .trace import Card, Trace
 
 TRACE_FILE = "trace.npz"
 CARD_FILE = "card.json"
+#: A trace's side arrays (:attr:`Trace.extras`), beside ``trace.npz``; written only where there are some.
+EXTRAS_FILE = "extras.npz"
 #: A card is a few kilobytes to a megabyte (it lists the hash of every imported file); more is not a card.
 CARD_MAX_BYTES = 64 * 2**20
 #: Name of a save's temporary folder: ``.<target>.<random>[.<pid>.saving]`` (older saves have no pid).
@@ -46,7 +49,7 @@ def _compact_dtype(counts: np.ndarray) -> np.dtype:
 
 
 def save(trace: Trace, folder: str | os.PathLike) -> Path:
-    """Write `trace` to `folder` (which must not exist yet) atomically."""
+    """Write `trace` (and its extras, if any) to `folder` (which must not exist yet) atomically."""
     folder = Path(folder)
     if folder.exists():
         raise FileExistsError(f"{folder}: already exists; datasets are immutable, give a new version")
@@ -55,6 +58,8 @@ def save(trace: Trace, folder: str | os.PathLike) -> Path:
     try:
         counts = trace.counts.astype(_compact_dtype(trace.counts))
         np.savez_compressed(tmp / TRACE_FILE, counts=counts, steps=trace.steps)
+        if trace.extras:
+            np.savez_compressed(tmp / EXTRAS_FILE, **trace.extras)
         (tmp / CARD_FILE).write_text(trace.card.to_json() + "\n")
         os.replace(tmp, folder)
     except BaseException:

@@ -219,20 +219,26 @@ def fingerprint(counts: np.ndarray, steps: np.ndarray) -> str:
 class Trace:
     """A validated, read-only expert-load trace.
 
-    Construct through :meth:`from_arrays` (validates) or the registry/loader functions.
+    Construct through :meth:`from_arrays` (validates) or the registry/loader functions. `extras` are side
+    arrays kept beside the counts (``extras.npz``: a token-level sample, per-record figures); a save writes
+    them, a load leaves them on disk (:func:`datasets_registry.token_sample.read` reads them when needed).
     """
 
-    __slots__ = ("counts", "steps", "card", "__dict__")
+    __slots__ = ("counts", "steps", "card", "extras", "__dict__")
 
-    def __init__(self, counts: np.ndarray, steps: np.ndarray, card: Card):
+    def __init__(self, counts: np.ndarray, steps: np.ndarray, card: Card, extras: dict[str, np.ndarray] | None = None):
         counts.setflags(write=False)
         steps.setflags(write=False)
         self.counts = counts
         self.steps = steps
         self.card = card
+        self.extras = dict(extras or {})
+        for arr in self.extras.values():
+            arr.setflags(write=False)
 
     @classmethod
-    def from_arrays(cls, counts: Any, steps: Any = None, card: Card | None = None, source: str = "<arrays>") -> "Trace":
+    def from_arrays(cls, counts: Any, steps: Any = None, card: Card | None = None, source: str = "<arrays>",
+                    extras: dict[str, np.ndarray] | None = None) -> "Trace":
         c, s = validate_arrays(counts, steps, card, source)
         card = card if card is not None else Card(id="unnamed")
         card = dataclasses.replace(card, model=dataclasses.replace(card.model))
@@ -247,7 +253,7 @@ class Trace:
             raise TraceError(source, f"card fingerprint {card.fingerprint} does not match the arrays ({fp}): the data "
                                      "or the card was changed")
         card.fingerprint = fp
-        return cls(c, s, card)
+        return cls(c, s, card, extras)
 
     @property
     def id(self) -> str:

@@ -3,7 +3,7 @@
 Where a load predictor (:mod:`models.base`) forecasts the distribution over experts from past records, these
 predict, token by token, the router's top-k choice per MoE layer; counting the predictions gives the batch's
 load. They learn online from the token-level sample of an inference trace (earlier sampled passes only) and
-are scored by :mod:`bench.gps`. Arrays: ``tokens[N]`` and ``prev[N]`` (byte ids), ``experts[N, L, k]``.
+are scored by :mod:`bench.gps`. Arrays: ``tokens[N]`` and ``prev[N]`` (token ids), ``experts[N, L, k]``.
 
 * :class:`FrequencyTable` -- the experts each token id (or token id and previous token) went to most often;
 * :class:`LayerTransition` -- the experts of layer l most often chosen by tokens that chose the given experts at
@@ -17,7 +17,40 @@ from __future__ import annotations
 
 import numpy as np
 
-VOCAB = 256  # the tracer's byte-level vocabulary
+
+class ContextCounts:
+    """Expert counts ``[L, E]`` per context (a token id, or a pair of them), a row for each context seen so far:
+    memory grows with the contexts met, not with the vocabulary (byte-level for the tracer's models, 100,000+ ids
+    for imported traces)."""
+
+    def __init__(self, layers: int, experts: int):
+        self.row_of: dict[int, int] = {}
+        self.table = np.zeros((16, layers, experts), dtype=np.int64)  # row 0: every unseen context, all zeros
+
+    def rows(self, keys: np.ndarray, add: bool = False) -> np.ndarray:
+        """The row of each key (0 for an unseen key, unless `add`, which gives it a new row)."""
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        if add:
+            for key in uniq.tolist():
+                if key not in self.row_of:
+                    self.row_of[key] = len(self.row_of) + 1
+            if len(self.row_of) >= self.table.shape[0]:
+                grown = np.zeros((2 * len(self.row_of), *self.table.shape[1:]), dtype=np.int64)
+                grown[: self.table.shape[0]] = self.table
+                self.table = grown
+        return np.array([self.row_of.get(key, 0) for key in uniq.tolist()], dtype=np.int64)[inverse.ravel()]
+
+    def add(self, keys: np.ndarray, layer: np.ndarray, experts: np.ndarray) -> None:
+        rows = self.rows(keys, add=True)  # first: it may grow the table
+        np.add.at(self.table, (rows, layer, experts), 1)
+
+    def __getitem__(self, keys: np.ndarray) -> np.ndarray:
+        return self.table[self.rows(keys)]
+
+
+def pair_keys(prev: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """One number per (previous token, token) pair."""
+    return (prev.astype(np.int64) << 32) | tokens.astype(np.int64)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -53,26 +86,24 @@ class FrequencyTable(TokenExpertPredictor):
             raise ValueError("context is token or bigram")
         self.context = context
         self.name = "freq-bigram" if context == "bigram" else "freq-token"
-        self.by_token = np.zeros((VOCAB, layers, experts), dtype=np.int64)
-        self.by_pair = np.zeros((VOCAB * VOCAB, layers, experts), dtype=np.int64) if context == "bigram" else None
+        self.by_token = ContextCounts(layers, experts)
+        self.by_pair = ContextCounts(layers, experts) if context == "bigram" else None
         self.overall = np.zeros((layers, experts), dtype=np.int64)
 
     def update(self, tokens, prev, experts):
         N, L, k = experts.shape
-        rows = np.repeat(tokens.astype(np.int64), L * k)
         layer = np.tile(np.repeat(np.arange(L), k), N)
-        np.add.at(self.by_token, (rows, layer, experts.ravel()), 1)
+        self.by_token.add(np.repeat(tokens.astype(np.int64), L * k), layer, experts.ravel())
         np.add.at(self.overall, (layer, experts.ravel()), 1)
         if self.by_pair is not None:
-            pair = np.repeat(prev.astype(np.int64) * VOCAB + tokens.astype(np.int64), L * k)
-            np.add.at(self.by_pair, (pair, layer, experts.ravel()), 1)
+            self.by_pair.add(np.repeat(pair_keys(prev, tokens), L * k), layer, experts.ravel())
 
     def predict(self, tokens, prev, experts=None):
         tokens = tokens.astype(np.int64)
         # scores: the context's counts, ties broken by the token's and then the overall counts (scaled below 1)
         scores = self.by_token[tokens] + self.overall[None] / (self.overall.sum(axis=-1, keepdims=True)[None] + 1.0)
         if self.by_pair is not None:
-            scores = self.by_pair[prev.astype(np.int64) * VOCAB + tokens] * (1.0 + scores.max()) + scores
+            scores = self.by_pair[pair_keys(prev, tokens)] * (1.0 + scores.max()) + scores
         return top_k(scores, self.k)
 
 

@@ -5,7 +5,9 @@
     python -m bench gps --dataset gpt3-125m-16e-serve-shift-b4096 --pool 4 --sweep --json
 
 Scores every strategy on an inference trace (bench/gps.py, docs/gps.md) and prints, for one system (or the
-whole grid with --sweep), which kind gives the lower MoE time per pass, and by how much.
+whole grid with --sweep), which kind gives the lower MoE time per pass, and by how much. On an imported trace
+whose token-level sample lacks a field a strategy needs (token ids, the pre-gate's predictions), that strategy
+is left out and said so.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ def cmd_gps(args) -> int:
          **recommend(end_to_end(judged, System(args.gpus, args.expert, args.interconnect)))}]
     if args.json:
         json.dump({"dataset": args.dataset, "pool": args.pool, "judged_passes": int(len(judged.tokens)),
-                   "strategies": rows, "systems": systems}, sys.stdout, indent=2)
+                   "strategies": rows, "left_out": judged.left_out, "caveats": judged.caveats, "systems": systems},
+                  sys.stdout, indent=2)
         print()
         return 0
     print(f"{args.dataset}: {len(judged.tokens)} judged passes of {judged.tokens.mean():.0f} tokens on average "
@@ -61,6 +64,10 @@ def cmd_gps(args) -> int:
                f"{'':6s}")
         where = "" if r["critical_path"] else " (off path)"
         print(f"{r['strategy']:17s} {r['kind']:18s} {r['error_rate']:10.1%} {acc} {r['overhead_ms']:8.3f} ms{where}")
+    for name, why in judged.left_out.items():
+        print(f"left out: {name} ({why})")
+    for name, how in judged.caveats.items():
+        print(f"note: {name}: {how}")
     for s in systems:
         faster = s["distribution_only"] if s["winner"] == "distribution-only" else s["token_to_expert"]
         print(f"{s['gpus']} GPUs, {s['expert']} experts, {s['interconnect']}: {s['winner']} ({faster}) by "

@@ -3,7 +3,9 @@
 Each format is one function ``read(path, **options) -> Trace`` in its own module, listed in
 :data:`FORMATS` as ``"module:function"`` so that nothing is imported until it is used. An
 importer reads everything into memory and validates it before anything is stored: a failed
-import leaves nothing in the registry.
+import leaves nothing in the registry. Importers of per-token dumps also return the token-level
+routing as the trace's extras (:mod:`datasets_registry.token_sample`), which the registry stores
+in ``extras.npz``.
 """
 
 from __future__ import annotations
@@ -27,15 +29,16 @@ FORMATS: dict[str, tuple[str, str]] = {
     "sglang-stat": ("sglang:read_stat", "SGLang stat/stat_approx recorder .pt, logical_count [passes, layers, "
                                         "experts]; option ring_start=K"),
     "sglang-per-pass": ("sglang:read_per_pass", "SGLang per_pass/per_token recorder .pt per rank (folder or file), "
-                                                "physical -> logical; option experts=N"),
+                                                "physical -> logical, per_token routing kept; options experts=N, "
+                                                "sample_every=K"),
     "eplb-json": ("eplb:read_eplb_json",
                   'EPLB statistics JSON {"logical_count": [layers, experts] (static) or [T, layers, experts]}'),
     "trtllm": ("trtllm:read_trtllm", "TensorRT-LLM EXPERT_STATISTIC_PATH folder: meta_info.json + rank{r}.safetensors "
                                      "keyed {iter}_{layer}"),
     "megatron-router-trace": ("megatron:read_megatron", "Megatron-Core router trace JSONL per rank (folder or file); "
-                                                        "option experts=N (required)"),
+                                                        "options experts=N (required), sample_every=K"),
     "vllm-routed-experts": ("vllm:read_vllm", "vLLM routed experts [tokens, layers, top_k] .npy/.npz/.pt; options "
-                                              "step_tokens=N, experts=N (required)"),
+                                              "step_tokens=N, experts=N (required), sample_every=K"),
     "mindspeed-json": ("mindspeed:read_mindspeed_json",
                        'MindSpeed EPLB JSON {"<layer>": {"<expert>": count}} (static); option experts=N'),
 }

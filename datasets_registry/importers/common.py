@@ -9,6 +9,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..guards import open_regular
+from ..token_sample import validate
 from ..trace import Card, ModelInfo, Trace
 
 
@@ -42,8 +43,10 @@ def build_trace(
     step_unit: str = "training iteration",
     notes: str = "",
     extra: dict[str, Any] | None = None,
+    tokens: dict[str, np.ndarray] | None = None,
 ) -> Trace:
-    """Validate arrays read by an importer and give them a card naming the format and files."""
+    """Validate arrays read by an importer and give them a card naming the format and files; `tokens`, a
+    token-level sample of the records (:mod:`datasets_registry.token_sample`), becomes the trace's extras."""
     counts = np.asarray(counts)
     card = Card(
         id=path.stem.split(".")[0].lower().replace(" ", "-") or "imported",
@@ -55,4 +58,7 @@ def build_trace(
         notes=notes,
         extra=dict(extra or {}),
     )
-    return Trace.from_arrays(counts, steps, card, source=str(path))
+    trace = Trace.from_arrays(counts, steps, card, source=str(path))
+    if tokens is None:
+        return trace
+    return Trace(trace.counts, trace.steps, trace.card, validate(tokens, trace.counts, path))

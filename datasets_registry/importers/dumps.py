@@ -216,6 +216,17 @@ def counts_array(value: Any, source: Path, what: str, ndim: int | Sequence[int])
     return out
 
 
+def whole_array(value: Any, source: Path, what: str, ndim: int, minimum: int = 0) -> np.ndarray:
+    """Whole numbers of at least `minimum` (token ids, positions), of rank `ndim` -> int64."""
+    arr = as_numpy(value, source, what)
+    if arr.ndim != ndim:
+        raise TraceError(str(source), f"{what} must be a {ndim}-D array, got shape {arr.shape}")
+    out = whole_numbers(arr, source, what)
+    if out.size and out.min() < minimum:
+        raise TraceError(str(source), f"{_at(what, out, out < minimum)}: must be at least {minimum}")
+    return out
+
+
 def expert_ids(value: Any, source: Path, what: str, experts: int | None, ndim: int) -> np.ndarray:
     """Expert indices: whole numbers in [0, experts) (or >= 0 where `experts` is None), of rank `ndim` -> int64."""
     arr = as_numpy(value, source, what)

@@ -10,24 +10,46 @@ The trace holds expert indices only, so the number of experts is required: ``exp
 not guessed from the largest index seen (an expert that no token chose would vanish).
 Every layer must be recorded by the same ranks at every step, so that a truncated rank file
 cannot quietly lower the counts.
+
+The file of a rank lists, per step, one record per layer and forward (micro-batch), each of the same tokens
+in the same order (the router's input, ``megatron/core/transformer/moe/router_trace.py``): the i-th record of
+every layer holds the same tokens. So the routing is also kept per token (option ``sample_every=K``):
+``token_experts[N, L, k]`` from the i-th records of all layers, for the steps where every rank recorded every
+layer with the same number of records and tokens (not so under pipeline parallelism, where a rank holds some
+layers only: the sample is then left out, and said). The trace holds no token ids, positions or requests.
+While the files are read the indices are kept in the smallest integer type that holds them (uint8 up to
+256 experts), within the ``cells`` limit.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..guards import TraceError, check_dims, parse_json, read_regular
+from ..token_sample import smallest_uint
 from ..trace import ModelInfo
 from .common import build_trace, file_hashes
-from .dumps import bincount_last, dump_files, expert_ids, finish_notes, int_option, require_keys, whole
+from .dumps import bincount_last, dump_files, expert_ids, finish_notes, int_option, require_keys, warn, whole
+from .token_routing import check_size, collect, sample_every_option
 
 FIELDS = ("step", "layer", "rank", "num_tokens", "topk", "top_indices")
 
 
-def _read_file(f: Path, experts: int, sums: dict, seen: dict, topks: set) -> int:
-    """Add one rank file's records into `sums[(step, layer)]`; note who recorded what in `seen`."""
+@dataclass
+class Kept:
+    """The indices of every record, ``ids[(step, rank)][layer]`` in file order, and their number of cells."""
+
+    dtype: np.dtype
+    ids: dict = field(default_factory=dict)
+    cells: int = 0
+
+
+def _read_file(f: Path, experts: int, sums: dict, seen: dict, topks: set, kept: Kept | None) -> int:
+    """Add one rank file's records into `sums[(step, layer)]`; note who recorded what in `seen`; keep the
+    records' indices in `kept` (if given)."""
     n = 0
     try:
         lines = read_regular(f).decode("utf-8").splitlines()
@@ -56,21 +78,65 @@ def _read_file(f: Path, experts: int, sums: dict, seen: dict, topks: set) -> int
         sums[key] = sums.get(key, 0) + bincount_last(ids[:, None, :], experts)[0]
         seen.setdefault(key, set()).add(rank)
         topks.add(topk)
+        if kept is not None:
+            kept.cells += ids.size
+            check_size(f, kept.cells, 1, 1)
+            kept.ids.setdefault((step, rank), {}).setdefault(layer, []).append(ids.astype(kept.dtype))
         n += 1
     if not n:
         raise TraceError(str(f), "holds no records")
     return n
 
 
-def read_megatron(path: Path, experts: int | None = None) -> "Trace":  # noqa: F821
+def _step_tokens(by_rank: dict, layers: list[int]) -> np.ndarray | None:
+    """``[tokens, L, k]`` of one step over its ranks (in rank order), or None where a rank's records cannot be
+    matched across layers (a layer missing, or other numbers of records or tokens)."""
+    out = []
+    for rank in sorted(by_rank):
+        per_layer = by_rank[rank]
+        if sorted(per_layer) != layers:
+            return None
+        forwards = [per_layer[layer] for layer in layers]
+        if len({len(x) for x in forwards}) != 1:
+            return None
+        for i in range(len(forwards[0])):
+            ids = [x[i] for x in forwards]
+            if len({a.shape for a in ids}) != 1:
+                return None
+            out.append(np.stack(ids, axis=1))
+    return np.concatenate(out)
+
+
+def _sample(kept: Kept, steps: list[int], layers: list[int], topks: set, counts: np.ndarray, every: int, path: Path,
+            notes: list[str], extra: dict) -> dict | None:
+    """The token-level sample of every `every`-th step from the indices kept while the files were read."""
+    if len(topks) != 1:
+        warn(notes, f"records route to different numbers of experts ({sorted(topks)}): no token-level sample")
+        return None
+    by_step: dict = {}
+    for (step, rank), per_layer in kept.ids.items():
+        by_step.setdefault(step, {})[rank] = per_layer
+
+    def part_of(step: int) -> dict | None:
+        ids = _step_tokens(by_step[step], layers)
+        return None if ids is None else {"token_experts": ids}
+
+    return collect(steps, every, part_of, counts, path, notes, extra, "steps", "a rank's records there do not hold "
+                   "the same tokens in every layer (a layer missing, as under pipeline parallelism, or other numbers "
+                   "of records or tokens)")
+
+
+def read_megatron(path: Path, experts: int | None = None, sample_every: int | None = None) -> "Trace":  # noqa: F821
     fmt = "megatron-router-trace"
     experts = int_option(experts, "experts", path, fmt, "the trace holds expert indices only, not how many experts "
                          "there are", dimension="experts")
+    every = sample_every_option(sample_every, path, fmt)
     files = dump_files(path, "*.jsonl", "router trace files")
     sums: dict = {}
     seen: dict = {}
     topks: set = set()
-    n_records = sum(_read_file(f, experts, sums, seen, topks) for f in files)
+    kept = Kept(smallest_uint(experts - 1)) if every else None
+    n_records = sum(_read_file(f, experts, sums, seen, topks, kept) for f in files)
     steps = sorted({s for s, _ in sums})
     layers = sorted({layer for _, layer in sums})
     check_dims(path, records=len(steps), layers=len(layers), experts=experts)
@@ -85,8 +151,10 @@ def read_megatron(path: Path, experts: int | None = None) -> "Trace":  # noqa: F
     notes = [f"Megatron-Core router trace: bincount of top_indices over {experts} experts, {n_records} records from "
              f"{len(files)} file(s) summed per (step, layer) over ranks and micro-batches; steps are the recorded "
              "iterations"]
+    extra: dict = {"records": n_records}
+    sample = _sample(kept, steps, layers, topks, counts, every, path, notes, extra) if kept is not None else None
     return build_trace(counts, np.asarray(steps), path=path, fmt=fmt,
                        files=file_hashes(files, path if path.is_dir() else None),
                        layer_names=[f"layer{x}" for x in layers],
                        model=ModelInfo(experts=experts, top_k=topks.pop() if len(topks) == 1 else None),
-                       notes=finish_notes(notes), extra={"records": n_records})
+                       notes=finish_notes(notes), extra=extra, tokens=sample)

@@ -24,6 +24,14 @@ The dump holds no forward-pass ids: steps are the pass's position, 0..T-1.
 are summed over ranks per forward pass and mapped from physical to logical experts with
 ``last_physical_to_logical_map [layers, physical] -> logical id``.
 
+In ``per_token`` mode a record also holds the pass's tokens on that rank (``_DetailSinglePassGatherer``):
+``input_ids`` and ``positions`` (lists) and ``topk_ids_of_layer [layers, tokens, 8]`` (int32 physical expert
+ids, -1 past the model's top-k and in dense layers), of which ``global_physical_count`` is the bincount. They
+are kept as the trace's token-level sample (``token_experts`` mapped to logical experts, ``token_id``,
+``token_position``; option ``sample_every=K``) for the passes every rank recorded per token and whose tokens
+add up to their counts; the dump has no request ids (``rids`` is not recorded), so neither ``token_request``
+nor ``token_prev`` (a decode token's previous token is in an earlier pass).
+
 In both modes whole-model layer arrays include dense layers as all-zero columns: they are
 dropped and named in the card.
 """
@@ -51,7 +59,9 @@ from .dumps import (
     require_keys,
     warn,
     whole,
+    whole_array,
 )
+from .token_routing import collect, sample_every_option
 
 SOURCE_FILE = "python/sglang/srt/eplb/expert_distribution.py"
 
@@ -129,13 +139,35 @@ def read_stat(path: Path, ring_start: int | None = None) -> "Trace":  # noqa: F8
                        notes=finish_notes(notes), extra=extra)
 
 
-def _read_rank_file(f: Path, experts: int | None) -> tuple[dict, np.ndarray]:
-    """(forward_pass_id, rank, gatherer_key) -> global_physical_count, and the mapping, of one rank's file."""
+TOKEN_KEYS = ("input_ids", "positions", "topk_ids_of_layer")
+
+
+def _read_tokens(rec: dict, f: Path, what: str, shape: tuple[int, int]) -> dict[str, np.ndarray] | None:
+    """A per_token record's tokens: ids, positions and physical top-k ids ``[tokens, layers, 8]`` (-1: none)."""
+    if not all(k in rec for k in TOKEN_KEYS):
+        return None
+    ids = whole_array(rec["input_ids"], f, f"{what}.input_ids", 1)
+    positions = whole_array(rec["positions"], f, f"{what}.positions", 1)
+    topk = whole_array(rec["topk_ids_of_layer"], f, f"{what}.topk_ids_of_layer", 3, minimum=-1)
+    layers, physical = shape
+    if topk.shape[:2] != (layers, ids.shape[0]) or positions.shape != ids.shape:
+        raise TraceError(str(f), f"{what}: topk_ids_of_layer has shape {topk.shape}, input_ids {ids.shape[0]} and "
+                                 f"positions {positions.shape[0]} tokens; expected [{layers} layers, tokens, top_k]")
+    if topk.size and topk.max() >= physical:
+        raise TraceError(str(f), f"{what}.topk_ids_of_layer holds physical expert {topk.max()}, but the map has "
+                                 f"{physical}")
+    return {"token_id": ids, "token_position": positions, "topk": topk.transpose(1, 0, 2).astype(np.int32)}
+
+
+def _read_rank_file(f: Path, experts: int | None) -> tuple[dict, dict, np.ndarray]:
+    """(forward_pass_id, rank, gatherer_key) -> global_physical_count, -> its tokens (per_token mode, else None),
+    and the mapping, of one rank's file."""
     data = require_keys(load_pt(f), ["records", "last_physical_to_logical_map"], f, "the dump")
     mapping = expert_ids(data["last_physical_to_logical_map"], f, "last_physical_to_logical_map", experts, 2)
     if not isinstance(data["records"], (list, tuple)):
         raise TraceError(str(f), f"records must be a list, got {type(data['records']).__name__}")
     out: dict = {}
+    tokens: dict = {}
     for i, rec in enumerate(data["records"]):
         what = f"records[{i}]"
         require_keys(rec, ["forward_pass_id", "rank", "global_physical_count"], f, what)
@@ -148,29 +180,59 @@ def _read_rank_file(f: Path, experts: int | None) -> tuple[dict, np.ndarray]:
         if key in out:
             raise TraceError(str(f), f"{what} repeats forward pass {key[0]} of rank {key[1]}")
         out[key] = phys
+        tokens[key] = _read_tokens(rec, f, what, mapping.shape)
     if not out:
         raise TraceError(str(f), "records is empty")
-    return out, mapping
+    return out, tokens, mapping
 
 
-def read_per_pass(path: Path, experts: int | None = None) -> "Trace":  # noqa: F821
+def _pass_tokens(recs: list, mapping: np.ndarray, moe_layers: np.ndarray) -> dict | None:
+    """The tokens of one pass over all ranks, logical experts of the MoE layers ``[tokens, L, k]``; None unless
+    every record has them and every token has the same number of experts (the first k columns) in every layer."""
+    if any(r is None for r in recs):
+        return None
+    topk = np.concatenate([r["topk"] for r in recs])[:, moe_layers]  # [tokens, L, 8]
+    valid = topk >= 0
+    k = int(valid[:, :, 0].all() and valid.sum(axis=2).max())
+    if k == 0 or not (valid[:, :, :k].all() and not valid[:, :, k:].any()):
+        return None
+    layer = moe_layers[None, :, None]
+    return {"token_experts": mapping[layer, topk[:, :, :k]],
+            "token_id": np.concatenate([r["token_id"] for r in recs]),
+            "token_position": np.concatenate([r["token_position"] for r in recs])}
+
+
+def _sample(tokens: dict, steps: np.ndarray, counts: np.ndarray, mapping: np.ndarray, moe_layers: np.ndarray,
+            every: int, path: Path, notes: list[str], extra: dict) -> dict | None:
+    """The per_token sample of every `every`-th pass: the passes whose tokens add up to their counts exactly."""
+    if not any(r is not None for recs in tokens.values() for r in recs):
+        return None  # a per_pass dump
+    return collect(steps.tolist(), every, lambda step: _pass_tokens(tokens[step], mapping, moe_layers), counts, path,
+                   notes, extra, "forward passes", "a rank recorded no tokens for them, a token has fewer experts than "
+                   "the others, or their tokens do not add up to global_physical_count")
+
+
+def read_per_pass(path: Path, experts: int | None = None, sample_every: int | None = None) -> "Trace":  # noqa: F821
     """``per_pass`` / ``per_token`` dump: a folder of per-rank ``.pt`` files (or one of them)."""
     fmt = "sglang-per-pass"
     experts = int_option(experts, "experts", path, fmt, "", required=False, dimension="experts")
+    every = sample_every_option(sample_every, path, fmt)
     files = dump_files(path, "*.pt", "SGLang per-pass recorder files")
     records: dict = {}
+    tokens: dict = {}
     rank_file: dict[int, Path] = {}
     mapping = first = None
     for f in files:
-        recs, m = _read_rank_file(f, experts)
+        recs, toks, m = _read_rank_file(f, experts)
         if mapping is None:
             mapping, first = m, f
         elif not np.array_equal(m, mapping):
             raise TraceError(str(f), f"last_physical_to_logical_map differs from the one in {first.name}")
-        for (pass_id, rank, _), phys in recs.items():
+        for (pass_id, rank, gatherer), phys in recs.items():
             if rank_file.setdefault(rank, f) != f:
                 raise TraceError(str(f), f"rank {rank} also has records in {rank_file[rank].name}")
             records.setdefault(pass_id, {}).setdefault(rank, []).append(phys)
+            tokens.setdefault(pass_id, {}).setdefault(rank, []).append(toks[(pass_id, rank, gatherer)])
     ranks = sorted(rank_file)
     steps = np.array(sorted(records), dtype=np.int64)
     for pass_id in steps.tolist():
@@ -188,7 +250,10 @@ def read_per_pass(path: Path, experts: int | None = None) -> "Trace":  # noqa: F
     extra: dict = {"ranks": ranks, "physical_experts": int(mapping.shape[1])}
     counts = physical_to_logical(physical, mapping, E)
     counts, steps = drop_empty_records(counts, steps, notes, extra, "forward pass")
+    moe_layers = np.flatnonzero(counts.sum(axis=(0, 2)) > 0)
     counts, labels = drop_dense_layers(counts, [f"layer{i}" for i in range(counts.shape[1])], path, notes, extra)
+    by_pass = {s: [x for r in ranks for x in tokens[s][r]] for s in steps.tolist()}
+    sample = _sample(by_pass, steps, counts, mapping, moe_layers, every, path, notes, extra)
     return build_trace(counts, steps, path=path, fmt=fmt, files=file_hashes(files, path if path.is_dir() else None),
                        layer_names=labels, model=ModelInfo(experts=E), step_unit="forward pass",
-                       notes=finish_notes(notes), extra=extra)
+                       notes=finish_notes(notes), extra=extra, tokens=sample)

@@ -46,15 +46,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import token_sample
+from ..token_sample import TOKEN_FIELDS
 from ..trace import Card, ModelInfo, Trace
 from .config import TracerConfig, format_schedule, parse_schedule
 from .corpus import corpus_for
 from .model import MoEGPT
 
 PASS_KINDS = ("prefill", "decode", "mixed")
-#: The arrays of the token-level sample in ``extras.npz`` (N sampled tokens, L MoE layers, k experts each).
-TOKEN_FIELDS = ("token_pass", "token_id", "token_prev", "token_position", "token_request", "token_experts",
-                "token_pregate")
 
 
 @dataclass(frozen=True)
@@ -474,24 +473,9 @@ def serve_command(trace_id: str, cfg: ServeConfig) -> str:
 
 
 def read_token_sample(folder: str | Path) -> dict[str, np.ndarray]:
-    """The token-level sample and per-pass arrays of an inference trace folder (``extras.npz``), read with
-    ``allow_pickle=False`` after checking the archive's declared size."""
-    import zipfile
-
-    from ..guards import TraceError, zip_declared_size
-    from .train import EXTRAS_FILE
-
-    path = Path(folder) / EXTRAS_FILE
-    if not path.is_file():
-        raise TraceError(f"{path}: missing (an inference trace keeps its token-level sample there)")
-    with zipfile.ZipFile(path) as zf:
-        zip_declared_size(zf, path)
-    with np.load(path, allow_pickle=False) as z:
-        out = {n: z[n] for n in z.files}
-    missing = [n for n in TOKEN_FIELDS if n not in out]
-    if missing:
-        raise TraceError(f"{path}: no token-level sample ({', '.join(missing)} missing)")
-    return out
+    """The token-level sample (every field, the pre-gate's included) and per-pass arrays of an inference trace
+    folder (``extras.npz``)."""
+    return token_sample.read(folder, required=TOKEN_FIELDS)
 
 
 def record_inference(

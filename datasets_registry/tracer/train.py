@@ -51,7 +51,7 @@ RECORDS_FILE = "records.npz"
 STATE_FILE = "state.pt"
 TRACE_DIR = "trace"
 PROBE_DIR = "probe"
-EXTRAS_FILE = "extras.npz"
+EXTRAS_FILE = storage.EXTRAS_FILE
 #: Added to the seed of a probe batch's generator, so that probe draws never repeat a training batch's.
 PROBE_SEED_OFFSET = 1 << 48
 _REPO = Path(__file__).resolve().parents[2]
