@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from .placement import derive
+from .probabilistic import DERIVED as PROBABILISTIC_DERIVED
 from .results import ByState, HorizonResult
 from .states import STATES
 
@@ -44,6 +45,7 @@ def summarize(frame, failures: list[dict], horizons, metrics: list[str], layers:
             if m in PER_LAYER_METRICS:
                 per_layer[m] = by_layer
         derive(entry)  # ratio metrics (gap closed, speed-ups) from the aggregated means of their parts
+        derive(entry, derived=PROBABILISTIC_DERIVED)  # the quantile loss scaled by the reference's
         n_failed = sum(1 for f in failures if f["horizon"] == H)
         out[int(H)] = HorizonResult(  # failed origins have rows too: their charged metrics
             horizon=int(H), metrics={m: ByState.of(v) for m, v in entry.items()},

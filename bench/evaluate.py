@@ -24,9 +24,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from datasets_registry.trace import Trace
-from models.base import Predictor
+from models.base import QUANTILE_LEVELS, Predictor
 
 from .metrics import forecast_errors, noise_floor
+from .probabilistic import QUANTILE_SCORES, quantile_record_scores, reference_quantiles
 from .states import detect_states
 from .task import Task, rolling_origins
 
@@ -61,6 +62,28 @@ def check_forecast(phat: Any, horizon: int, layers: int, experts: int) -> np.nda
     if dev > 1e-6:
         raise ForecastError(f"forecast rows do not sum to 1 (off by up to {dev:.3g})")
     return phat
+
+
+def check_quantiles(qhat: Any, horizon: int, layers: int, experts: int) -> np.ndarray:
+    """A quantile forecast's rules: shape [H, L, E, levels] at the levels of ``QUANTILE_LEVELS``, finite,
+    shares within [0, 1], non-decreasing in the level. Anything else fails the origin, like a bad point forecast."""
+    levels = len(QUANTILE_LEVELS)
+    try:
+        qhat = np.asarray(qhat, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ForecastError(f"quantile forecast is not an array of numbers (got {type(qhat).__name__})") from None
+    if qhat.shape != (horizon, layers, experts, levels):
+        raise ForecastError(f"quantile forecast has shape {qhat.shape}, expected {(horizon, layers, experts, levels)} "
+                            f"(records, layers, experts, one per level of {QUANTILE_LEVELS})")
+    if not np.isfinite(qhat).all():
+        raise ForecastError("quantile forecast has NaN or inf")
+    if (qhat < 0).any() or (qhat > 1).any():
+        raise ForecastError(f"quantile forecast has shares outside [0, 1] (from {qhat.min():.3g} to {qhat.max():.3g})")
+    drop = np.diff(qhat, axis=-1).min(initial=0.0)
+    if drop < 0:
+        raise ForecastError(f"quantile forecast decreases with the level (by up to {-drop:.3g}): quantiles must be "
+                            "non-decreasing along the last axis")
+    return qhat
 
 
 @dataclass
@@ -174,6 +197,7 @@ def evaluate(
             f"forecasting; use it for placement scoring"
         )
     scorers = list(scorers)
+    probabilistic = bool(getattr(predictor, "probabilistic", False))  # asked for quantiles only if it has them
     T, L, E = trace.shape
     origins = rolling_origins(trace.steps, task)
     by_origin: dict[int, dict[int, int]] = {}
@@ -200,23 +224,48 @@ def evaluate(
         rec["failed"] = f"{stage}: {type(exc).__name__}: {exc}"
         rec["traceback"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
-    def measure(phat: np.ndarray, o: int, n: int) -> dict[str, np.ndarray]:
-        """The forecast's metrics at origin record `o` over its `n` target records, per layer."""
+    def measure(phat: np.ndarray, o: int, n: int, scored: dict | None = None) -> dict[str, np.ndarray]:
+        """The forecast's metrics at origin record `o` over its `n` target records, per layer; `scored`, a quantile
+        forecast's scores per record (:func:`quantile_record_scores`), adds their means over the `n` records."""
         truth_p, truth_c = p_all[o : o + n], counts[o : o + n]
         m = forecast_errors(phat, truth_p)
         for scorer in scorers:
             m.update(scorer(phat, truth_c, truth_p))
+        if scored is not None:
+            m.update({k: v[:n].mean(axis=0) for k, v in scored.items()})
         return m
 
-    def truth(o: int, n: int) -> dict[str, np.ndarray]:
-        """What the target records alone determine: the floors every forecast is compared with."""
-        return {"noise_floor": noise_floor(p_all[o : o + n].mean(axis=0), trace.totals[o : o + n].mean(axis=0))}
+    def quantiles_scored(o: int, need: int, qhat: np.ndarray) -> dict[str, np.ndarray]:
+        """A quantile forecast of the `need` records from origin record `o`, scored per record (for all horizons)."""
+        return quantile_record_scores(qhat, p_all[o : o + need])
 
-    def charged(o: int, n: int) -> dict[str, np.ndarray]:
-        """A failed origin's metrics: per layer the worse of a uniform forecast's and sw_avg's (docs/protocol.md)."""
-        a = measure(np.full((n, L, E), 1.0 / E), o, n)
-        b = measure(np.broadcast_to(fallback_estimate(p_all, steps, o), (n, L, E)), o, n)
-        return {k: np.maximum(a[k], b[k]) for k in a}
+    def reference(o: int, need: int) -> dict[str, np.ndarray]:
+        """sw_quantiles' forecast at origin record `o`, scored per record: what quantile losses are scaled by."""
+        q = reference_quantiles(p_all[:o], steps[:o])
+        return quantiles_scored(o, need, np.broadcast_to(q, (need,) + q.shape))
+
+    def truth(o: int, n: int, ref: dict | None) -> dict[str, np.ndarray]:
+        """What the target records alone determine: the floors every forecast is compared with (and, in a
+        probabilistic run, the reference's quantile loss from its scores `ref`)."""
+        out = {"noise_floor": noise_floor(p_all[o : o + n].mean(axis=0), trace.totals[o : o + n].mean(axis=0))}
+        if ref is not None:
+            out["reference_quantile_loss"] = ref["quantile_loss"][:n].mean(axis=0)
+        return out
+
+    def charged(o: int, n: int, ref: dict | None) -> dict[str, np.ndarray]:
+        """A failed origin's metrics: per layer the worse of a uniform forecast's and sw_avg's (docs/protocol.md);
+        in a probabilistic run the quantile scores are all those of the forecast with the worse quantile loss:
+        uniform's (every quantile at 1/E) or sw_quantiles' (its scores `ref`)."""
+        uniform = np.full((n, L, E), 1.0 / E)
+        fallback = np.broadcast_to(fallback_estimate(p_all, steps, o), (n, L, E))
+        flat = None if ref is None else quantiles_scored(o, n, np.broadcast_to(uniform[..., None], uniform.shape + (
+            len(QUANTILE_LEVELS),)))
+        a, b = measure(uniform, o, n, flat), measure(fallback, o, n, ref)
+        out = {k: np.maximum(a[k], b[k]) for k in a if k not in QUANTILE_SCORES}
+        if ref is not None:
+            worse_a = a["quantile_loss"] >= b["quantile_loss"]
+            out.update({k: np.where(worse_a, a[k], b[k]) for k in QUANTILE_SCORES})
+        return out
 
     def store(m: dict[str, np.ndarray]) -> dict[str, list]:
         return {k: np.asarray(v, dtype=float).tolist() for k, v in m.items()}
@@ -251,6 +300,8 @@ def evaluate(
                 progress(i + 1, len(order))
             continue
         rec: dict[str, Any] = {"origin": o, "step": int(steps[o]), "horizons": {}, "seconds": {}}
+        need = max(by_origin[o].values())  # records of the longest horizon from this origin
+        ref = reference(o, need) if probabilistic else None
         try:
             if broken:
                 raise RuntimeError(broken)
@@ -258,20 +309,23 @@ def evaluate(
             fed = o
             if task.refit_due(i):
                 timed(rec["seconds"], "refit", predictor.refit)
-            need = max(by_origin[o].values())  # records of the longest horizon from this origin
             phat = timed(rec["seconds"], "forecast", predictor.forecast, steps[o : o + need].copy())
             phat = check_forecast(phat, need, L, E)
+            scored = None
+            if probabilistic:
+                qhat = timed(rec["seconds"], "forecast", predictor.forecast_quantiles, steps[o : o + need].copy())
+                scored = quantiles_scored(o, need, check_quantiles(qhat, need, L, E))
         except Exception as exc:  # a predictor's failure is a result, not a crash
             fail(rec, "forecast", exc)
             if fed != o and not broken:
                 broken = f"predictor failed while receiving history at step {steps[o]}: {exc}"
             for H, n in by_origin[o].items():
-                rec["horizons"][str(H)] = {"metrics": store({**charged(o, n), **truth(o, n)})}
+                rec["horizons"][str(H)] = {"metrics": store({**charged(o, n, ref), **truth(o, n, ref)})}
         else:
             for H, n in by_origin[o].items():
                 ph = phat[:n]
                 rec["horizons"][str(H)] = {
-                    "metrics": store({**measure(ph, o, n), **truth(o, n)}),
+                    "metrics": store({**measure(ph, o, n, scored), **truth(o, n, ref)}),
                     "window_forecast": ph.mean(axis=0).tolist(),
                 }
         rec["stable"] = stable[o].tolist()

@@ -340,9 +340,9 @@ def make_scorer(spec: str | PlacementSpec, experts: int):
     return scorer
 
 
-def derive(entry: dict, states=("all", "transient", "stable")) -> None:
-    """Add the :data:`DERIVED` metrics to a summary entry ``{metric: {state: mean}}`` in place."""
-    for name, (parts, fn) in DERIVED.items():
+def derive(entry: dict, states=("all", "transient", "stable"), derived: dict | None = None) -> None:
+    """Add the `derived` metrics (default :data:`DERIVED`) to a summary entry ``{metric: {state: mean}}`` in place."""
+    for name, (parts, fn) in (DERIVED if derived is None else derived).items():
         if all(isinstance(entry.get(p), dict) for p in parts):
             vals = {}
             for s in states:

@@ -16,6 +16,12 @@ To write one, subclass :class:`Predictor` and implement :meth:`predict` (and, wh
         name = "last"
         def predict(self, records):
             return self.repeat(self.history.proportions[-1], records)
+
+A *probabilistic* predictor also implements :meth:`Predictor.predict_quantiles`: the quantiles of
+every expert's load share at the fixed levels :data:`QUANTILE_LEVELS`, per record to forecast,
+``q[records, layers, experts, levels]``. The harness asks for them only from predictors that
+implement it (:attr:`Predictor.probabilistic`) and scores them besides the point forecast
+(docs/protocol.md, "Probabilistic forecasts"); a point-only predictor is unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +33,11 @@ import numpy as np
 #: The predictor interface this harness speaks. Version 2 named `predict`'s argument for its unit
 #: (`records`; it always was a number of records) and added `target_steps` (their iterations).
 INTERFACE_VERSION = 2
+
+#: The quantile levels every probabilistic forecast gives, in this order: one fixed set, so that every
+#: probabilistic predictor is scored on the same levels. 0.05/0.95 and 0.1/0.9 bound the central 90% and 80%
+#: intervals; 0.99 is the upper tail an expert's overload lives in.
+QUANTILE_LEVELS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 class ParamError(ValueError):
@@ -170,6 +181,17 @@ class Predictor:
         self.target_steps = np.asarray(target_steps)
         return self.predict(len(self.target_steps))
 
+    def forecast_quantiles(self, target_steps: np.ndarray) -> np.ndarray:
+        """The quantile forecast of the records at `target_steps`: sets :attr:`target_steps`, then calls
+        ``predict_quantiles(len(target_steps))``. The harness calls it right after :meth:`forecast`."""
+        self.target_steps = np.asarray(target_steps)
+        return self.predict_quantiles(len(self.target_steps))
+
+    @property
+    def probabilistic(self) -> bool:
+        """Whether it forecasts quantiles too: it implements :meth:`predict_quantiles`."""
+        return type(self).predict_quantiles is not Predictor.predict_quantiles
+
     # ---- written by a contributor ----------------------------------------------------------
     def fit(self, training: Sequence[Any]) -> None:
         """Learn from whole training traces (other runs, never the trace under test)."""
@@ -185,6 +207,15 @@ class Predictor:
 
         `records` counts records, not iterations (a horizon of 1,000 iterations is 100 records on a
         trace recorded every 10th iteration); their iteration numbers are in :attr:`target_steps`.
+        """
+        raise NotImplementedError
+
+    def predict_quantiles(self, records: int) -> np.ndarray:
+        """Optional: q[records, layers, experts, levels], the quantiles of each expert's load share in each
+        record to forecast at :data:`QUANTILE_LEVELS` (non-decreasing along the last axis, within [0, 1]).
+
+        Each is a marginal quantile of one expert's share in one record, so the quantiles of one record
+        need not sum to 1 over experts (the median's do not in general).
         """
         raise NotImplementedError
 

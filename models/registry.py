@@ -27,6 +27,8 @@ BUILTIN: dict[str, str] = {
     "ema": "models.baselines:ExponentialMovingAverage",
     "static": "models.baselines:StaticShare",
     "sw_sum": "models.baselines:SlidingWindowSum",
+    "sw_quantiles": "models.probabilistic:SlidingWindowQuantiles",
+    "dirmult": "models.probabilistic:DirichletMultinomial",
     "arima": "models.arima:Arima",
     "lstm": "models.lstm:LSTMPredictor",
     "sglang": "models.engines:SGLangEPLB",

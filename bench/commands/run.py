@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _cell(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
-    if metric == "mape" or metric.startswith("imbalance") or metric.endswith("_us"):
+    if metric == "mape" or metric.startswith(("imbalance", "scaled_")) or metric.endswith("_us"):
         return f"{value:.4f}"
     return f"{100 * value:.3f}%"
 

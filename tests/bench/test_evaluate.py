@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from bench import runner
-from bench.evaluate import ForecastError, check_forecast, evaluate
+from bench.evaluate import ForecastError, check_forecast, check_quantiles, evaluate
 from bench.task import Task
 from datasets_registry import registry
 from datasets_registry.synthetic import switching_trace
-from models.base import Predictor
+from models.base import QUANTILE_LEVELS, Predictor
 from models.baselines import SlidingWindowAverage
 
 
@@ -224,3 +224,48 @@ def test_runs_are_cached_and_logged(monkeypatch, tmp_path, capsys):
     assert run.data.params["model.window"] == "20"
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"origins.parquet", "error_over_steps.png", "hottest_experts.png", "per_layer_errors.png"} <= arts
+
+
+GOOD_QUANTILES = np.broadcast_to(np.linspace(0.0, 0.5, len(QUANTILE_LEVELS)), (3, 2, 8, len(QUANTILE_LEVELS)))
+
+
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        (GOOD_QUANTILES[..., :-1], "shape"),
+        (GOOD_QUANTILES[..., ::-1], "decreases with the level"),
+        (GOOD_QUANTILES + 0.6, "outside \\[0, 1\\]"),
+        (np.where(GOOD_QUANTILES > 0.2, np.nan, GOOD_QUANTILES), "NaN"),
+        ("quantiles", "not an array"),
+    ],
+)
+def test_check_quantiles(bad, fragment):
+    check_quantiles(GOOD_QUANTILES, 3, 2, 8)
+    with pytest.raises(ForecastError, match=fragment):
+        check_quantiles(bad, 3, 2, 8)
+
+
+def test_point_only_predictors_are_never_asked_for_quantiles(trace):
+    rows = evaluate(trace, SlidingWindowAverage(), TASK).rows
+    assert not {"quantile_loss", "coverage_90", "reference_quantile_loss"} & set(rows[0])
+
+
+def test_a_bad_quantile_forecast_fails_its_origin_and_is_charged(trace):
+    """Quantiles that cross at some origins fail those origins; their quantile scores are the worse forecast's of
+    uniform and sw_quantiles, so they never beat sw_quantiles' (the reference) and the run goes on."""
+    from models.probabilistic import SlidingWindowQuantiles
+
+    class Crossing(SlidingWindowQuantiles):
+        name = "crossing"
+
+        def predict_quantiles(self, records):
+            q = super().predict_quantiles(records)
+            return q[..., ::-1] if len(self.history) % 50 < 25 else q
+
+    ev = evaluate(trace, Crossing(), TASK)
+    assert ev.failures and all("decreases with the level" in f["error"] for f in ev.failures)
+    assert not all(r["failed"] for r in ev.rows)
+    for r in ev.rows:
+        assert r["quantile_loss"] >= r["reference_quantile_loss"] - 1e-12
+        if not r["failed"]:
+            assert r["quantile_loss"] == pytest.approx(r["reference_quantile_loss"])  # sw_quantiles is the reference
