@@ -49,7 +49,8 @@ whose moving-average maximum sits at the boundary (docs/models.md). statsforecas
 faster per fit (``python benchmarks/arima_fits.py``).
 
 Parallel: the series are split into chunks and fitted in a process pool
-(``concurrent.futures.ProcessPoolExecutor``, fork start method) of ``n_jobs`` workers (-1: all
+(``concurrent.futures.ProcessPoolExecutor``, fork start method, forkserver in a process that has
+initialised CUDA: :func:`pool_start_method`) of ``n_jobs`` workers (-1: all
 cores; 1: in this process). The pool lives as long as the predictor.
 
 Default cost: smartmoe-ae (768 series, 40 origins) with 100-point windows and refit at every
@@ -189,7 +190,22 @@ def _one_blas_thread():
         return contextlib.nullcontext()
 
 
-def _warm_up(engine: str, parent_pid: int) -> None:
+def pool_start_method() -> str:
+    """``fork`` (fast: the workers inherit the loaded libraries) unless this process has initialised CUDA (a
+    predictor planning inside a GPU training job, bench.live): a forked child of a CUDA process can die as it
+    starts, so the workers then come from a fresh ``forkserver`` (``spawn`` where there is none)."""
+    import multiprocessing as mp
+    import sys
+
+    methods = mp.get_all_start_methods()
+    torch = sys.modules.get("torch")
+    cuda_live = torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized()
+    if "fork" in methods and not cuda_live:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _warm_up(engine: str, parent_pid: int | None) -> None:
     """Worker initializer: die with the harness, import the engine once per process, not once per task."""
     die_with_parent(parent_pid)
     warnings.simplefilter("ignore")
@@ -331,9 +347,13 @@ class Arima(Predictor):
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+            method = pool_start_method()
+            # a forked worker's parent is this process; a forkserver's worker is the server's child (the server
+            # ends when this process does)
+            parent = os.getpid() if method == "fork" else None
             self._pool = ProcessPoolExecutor(
-                self._workers(), mp_context=ctx, initializer=_warm_up, initargs=(self.params["engine"], os.getpid())
+                self._workers(), mp_context=mp.get_context(method), initializer=_warm_up,
+                initargs=(self.params["engine"], parent),
             )
             weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
         return self._pool

@@ -128,6 +128,24 @@ def test_process_pool_gives_the_serial_result(small):
     assert b._pool is not None and a._pool is None  # the parallel one really used a process pool
 
 
+def test_a_process_with_cuda_gets_workers_from_a_forkserver_with_the_same_result(small, monkeypatch):
+    """Planning inside a GPU training job: forked children of a CUDA process can die, so the pool forks from a
+    fresh server there; the forecasts do not change."""
+    import torch
+
+    from models import arima
+
+    assert arima.pool_start_method() == "fork" or not torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert arima.pool_start_method() == "forkserver"
+    task = Task(dataset="x", horizons=(200,), stride=500)
+    a, b = Arima(n_jobs=1, window=400), Arima(n_jobs=2, window=400)
+    fa, fb = evaluate(small, a, task).frame(), evaluate(small, b, task).frame()
+    np.testing.assert_allclose(fa["error_rate"], fb["error_rate"], rtol=0, atol=1e-12)
+    assert b._pool._mp_context.get_start_method() == "forkserver"
+
+
 def test_refit_once_estimates_once_then_reapplies(small):
     pred = Arima(n_jobs=1, window=400)
     ev = evaluate(small, pred, Task(dataset="x", horizons=(200,), stride=300, min_history=300, refit="once"))
