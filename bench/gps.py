@@ -106,6 +106,9 @@ def judge(dataset: str, pool: int = 1) -> Judged:
     sampled = np.unique(ex["token_pass"])
     groups = [sampled[i: i + pool] for i in range(0, len(sampled) - pool + 1, pool)]
     groups = [g for g in groups if g[0] > 0]  # distribution-only needs one earlier pass
+    if not groups:
+        raise ValueError(f"{dataset}: no sampled pass to judge at pool {pool} (it needs a sampled pass after the "
+                         f"first record; the sample has {len(sampled)} passes)")
     rows_of = {int(p): np.flatnonzero(ex["token_pass"] == p) for p in sampled}
     V = len(groups)
     if not V:

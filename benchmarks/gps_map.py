@@ -13,15 +13,14 @@ overhead budget and the winners).
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.doc_tables import table_cells, write_table  # noqa: E402
+
 DOC = REPO / "docs" / "gps.md"
-TABLES = {name: re.compile(rf"(<!-- table: {name} -->\n)(.*?)(<!-- /table -->)", re.S)
-          for name in ("gps-accuracy", "gps-map")}
 #: (dataset, pool) columns of the map, in order.
 JUDGED = (("gpt3-125m-16e-serve-shift-b512", 1), ("gpt3-125m-16e-serve-shift-b512", 4),
           ("gpt3-125m-16e-serve-code-b512", 1), ("gpt3-125m-16e-serve-shift-b4096", 1),
@@ -74,8 +73,7 @@ def tables() -> dict[str, str]:
 
 def shown(name: str) -> list[list[str]]:
     """The rows of a table docs/gps.md shows, as cells."""
-    match = TABLES[name].search(DOC.read_text())
-    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in match.group(2).splitlines()[2:]]
+    return table_cells(DOC, name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,12 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     for text in made.values():
         print(text)
     if args.write:
-        doc = DOC.read_text()
         for name, text in made.items():
-            if not TABLES[name].search(doc):
-                raise SystemExit(f"{DOC}: no <!-- table: {name} --> ... <!-- /table --> block")
-            doc = TABLES[name].sub(lambda m, text=text: m.group(1) + text + m.group(3), doc)
-        DOC.write_text(doc)
+            write_table(DOC, name, text)
     return 0
 
 

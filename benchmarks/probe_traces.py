@@ -14,14 +14,14 @@ and ``<!-- /table -->``; tests/datasets_registry/tracer/test_probe_traces.py rec
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.doc_tables import table_cells, write_table  # noqa: E402
+
 DOC = REPO / "docs" / "tracer.md"
-TABLE = re.compile(r"(<!-- table: probes -->\n)(.*?)(<!-- /table -->)", re.S)
 HORIZON = 1000  # iterations
 HEAD = ["training trace", "tokens/record", "noise floor", "sw_avg", "hindsight floor", "closable",
         "probe: tokens/record", "noise floor", "sw_avg", "hindsight floor", "closable",
@@ -75,9 +75,7 @@ def table(rows: list[list[str]]) -> str:
 
 def shown_rows() -> dict[str, list[str]]:
     """The table docs/tracer.md shows, by training trace."""
-    match = TABLE.search(DOC.read_text())
-    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in match.group(2).splitlines()[2:]]
-    return {r[0].strip("`"): r for r in rows}
+    return {r[0].strip("`"): r for r in table_cells(DOC, "probes")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table([row(t, p) for t, p in pairs()])
     print(text, end="")
     if args.write:
-        doc = DOC.read_text()
-        if not TABLE.search(doc):
-            raise SystemExit(f"{DOC}: no <!-- table: probes --> ... <!-- /table --> block")
-        DOC.write_text(TABLE.sub(lambda m: m.group(1) + text + m.group(3), doc))
+        write_table(DOC, "probes", text)
     return 0
 
 

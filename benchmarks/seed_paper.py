@@ -29,7 +29,11 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.doc_tables import write_table  # noqa: E402
 
 MODELS = "sw_avg,arima,lstm,last,ema,static,sw_sum"
 PAPER = (
@@ -38,7 +42,6 @@ PAPER = (
 )
 HORIZONS = (1000, 2000)
 RESULTS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
-SEEDS_BLOCK = re.compile(r"(<!-- table: seeds -->\n)(.*?)(<!-- /table -->)", re.S)
 STATES = ("all", "transient", "stable")
 #: (label, metric, divided by the number of experts); the floor of readings 1 and 2 is the noise floor.
 READINGS = (
@@ -197,10 +200,7 @@ def main() -> None:
         text = seeds_table(specs, models, args.metric, not args.no_track)
         print(text, end="")
         if args.write:
-            doc = RESULTS.read_text()
-            if not SEEDS_BLOCK.search(doc):
-                raise SystemExit(f"{RESULTS}: no <!-- table: seeds --> ... <!-- /table --> block")
-            RESULTS.write_text(SEEDS_BLOCK.sub(lambda m: m.group(1) + text + m.group(3), doc))
+            write_table(RESULTS, "seeds", text)
     elif args.readings:
         readings_table(specs, models, not args.no_track)
     else:

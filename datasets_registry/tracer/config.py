@@ -173,12 +173,7 @@ class TracerConfig:
 
     def sources_at(self, step: int) -> tuple[str, ...]:
         """The text sources that the batch of iteration `step` is drawn from."""
-        current = self.schedule[0][1]
-        for first, srcs in self.schedule:
-            if step < first:
-                break
-            current = srcs
-        return current
+        return sources_at(self.schedule, step)
 
     @property
     def probe_sequences(self) -> int:
@@ -251,6 +246,16 @@ def parse_schedule(text: str) -> list[tuple[int, tuple[str, ...]]]:
     if any(b[0] <= a[0] for a, b in zip(out, out[1:])):
         raise ValueError("the steps of the corpus schedule must increase")
     return out
+
+
+def sources_at(schedule: list[tuple[int, tuple[str, ...]]], step: int) -> tuple[str, ...]:
+    """The sources of a parsed schedule in force at `step` (a training iteration, or a serving run's pass)."""
+    current = schedule[0][1]
+    for first, srcs in schedule:
+        if step < first:
+            break
+        current = srcs
+    return current
 
 
 def format_schedule(schedule: list[tuple[int, tuple[str, ...]]]) -> str:

@@ -46,10 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import token_sample
 from ..token_sample import TOKEN_FIELDS
 from ..trace import Card, ModelInfo, Trace
-from .config import TracerConfig, format_schedule, parse_schedule
+from .config import TracerConfig, format_schedule, parse_schedule, sources_at
 from .corpus import corpus_for
 from .model import MoEGPT
 
@@ -117,16 +116,9 @@ class Workload:
             self.info[name] = {**corpus.info, "held_out": held}
         self.next_id = 0
 
-    def sources_at(self, step: int) -> tuple[str, ...]:
-        current = self.schedule[0][1]
-        for first, srcs in self.schedule:
-            if step >= first:
-                current = srcs
-        return current
-
     def request(self, step: int) -> Request:
         c, rng = self.cfg, self.rng
-        srcs = self.sources_at(step)
+        srcs = sources_at(self.schedule, step)
         source = srcs[int(rng.integers(len(srcs)))]
         prompt = int(rng.integers(c.prompt_min, c.prompt_max + 1))
         output = int(rng.integers(c.output_min, c.output_max + 1))
@@ -398,9 +390,9 @@ def load_model(run_folder: str | Path, device: str | torch.device = "cpu") -> tu
 
 
 def inference_trace(trace_id: str, records: dict[str, np.ndarray], cfg: ServeConfig, model_cfg: TracerConfig,
-                    served: dict[str, Any], checkpoint: dict[str, Any], device: str) -> tuple[Trace, dict]:
-    """The registry trace of a serving run (one record per forward pass) and its extras (per-pass arrays and the
-    token-level sample)."""
+                    served: dict[str, Any], checkpoint: dict[str, Any], device: str) -> Trace:
+    """The registry trace of a serving run (one record per forward pass), its extras the per-pass arrays and the
+    token-level sample."""
     counts = records["counts"].astype(np.int64)
     T, L, E = counts.shape
     kinds = {name: int((records["kind"] == i).sum()) for i, name in enumerate(PASS_KINDS)}
@@ -460,9 +452,8 @@ def inference_trace(trace_id: str, records: dict[str, np.ndarray], cfg: ServeCon
                f"pass is in extras.npz ({sampled} tokens), with an online pre-gate's predictions."),
         extra=extra,
     )
-    trace = Trace.from_arrays(counts, records["steps"], card, source=f"serving run {trace_id}")
     extras = {n: v for n, v in records.items() if n not in ("counts", "steps")}
-    return trace, extras
+    return Trace.from_arrays(counts, records["steps"], card, source=f"serving run {trace_id}", extras=extras)
 
 
 def serve_command(trace_id: str, cfg: ServeConfig) -> str:
@@ -470,12 +461,6 @@ def serve_command(trace_id: str, cfg: ServeConfig) -> str:
             f"--concurrency {cfg.concurrency} --max-batch-tokens {cfg.max_batch_tokens} --prompt {cfg.prompt_min}:"
             f"{cfg.prompt_max} --output {cfg.output_min}:{cfg.output_max} --sample-every {cfg.sample_every} "
             f"--serve-seed {cfg.seed}")
-
-
-def read_token_sample(folder: str | Path) -> dict[str, np.ndarray]:
-    """The token-level sample (every field, the pre-gate's included) and per-pass arrays of an inference trace
-    folder (``extras.npz``)."""
-    return token_sample.read(folder, required=TOKEN_FIELDS)
 
 
 def record_inference(
@@ -492,23 +477,19 @@ def record_inference(
 ) -> dict[str, Any]:
     """Serve the model of a tracer run folder, write the inference trace to `out` (default ``RUN/serve/ID``) and
     store it as a dataset. Returns its shape, folder, fingerprint and the pre-gate's figures."""
-    import shutil
-
     from .. import registry
-    from .train import EXTRAS_FILE, write_trace
+    from .train import write_trace
 
     (registry.check_user_id if register else registry.check_id)(trace_id)
     model, checkpoint = load_model(run_folder, device)
     t0 = time.perf_counter()
     records, served = serve(model, cfg, device, corpus_root, text_roots, progress)
     seconds = time.perf_counter() - t0
-    trace, extras = inference_trace(trace_id, records, cfg, model.cfg, served, checkpoint, str(device))
-    folder = write_trace(trace, extras, Path(out) if out else Path(run_folder) / "serve" / trace_id)
+    trace = inference_trace(trace_id, records, cfg, model.cfg, served, checkpoint, str(device))
+    folder = write_trace(trace, Path(out) if out else Path(run_folder) / "serve" / trace_id)
     result = {"id": trace_id, "shape": list(trace.shape), "trace_folder": str(folder), "seconds": round(seconds, 2),
               "fingerprint": trace.fingerprint, "tokens_sampled": trace.card.extra["token_sample"]["tokens"],
               "pregate": trace.card.extra["pregate"], "passes_by_kind": trace.card.extra["passes_by_kind"]}
     if register:
-        entry = registry.add(trace, trace_id)
-        shutil.copy2(folder / EXTRAS_FILE, entry.folder / EXTRAS_FILE)
-        result["dataset"] = entry.ref
+        result["dataset"] = registry.add(trace, trace_id).ref  # with its extras
     return result

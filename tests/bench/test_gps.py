@@ -40,6 +40,11 @@ def test_every_strategy_forecasts_every_judged_pass_from_the_past_only(judged):
     assert max(o["error_rate"].max() for o in oracle) == 0
 
 
+def test_too_large_a_pool_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="no sampled pass to judge at pool 1000"):
+        judge(SHIFT, pool=1000)
+
+
 def test_token_figures_are_consistent(judged):
     rows = {r["strategy"]: r for r in score(judged)}
     for name in TOKEN:

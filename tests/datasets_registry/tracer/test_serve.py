@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from datasets_registry import registry
+from datasets_registry import registry, token_sample
 from datasets_registry.tracer.config import get_preset
 from datasets_registry.tracer.model import MoEGPT
 from datasets_registry.tracer.serve import (
@@ -19,7 +19,6 @@ from datasets_registry.tracer.serve import (
     ServeConfig,
     capture_routing,
     pass_kind,
-    read_token_sample,
     route_pass,
     schedule_pass,
     serve,
@@ -109,7 +108,7 @@ def test_serve_command_stores_an_inference_dataset(tmp_path, capsys):
     entry = registry.resolve("tiny-serving-test")
     trace = registry.load("tiny-serving-test")
     assert trace.card.step_unit == "forward pass" and trace.card.extra["checkpoint"]["trained_steps"] == 3
-    sample = read_token_sample(entry.folder)
+    sample = token_sample.read(entry.folder, required=TOKEN_FIELDS)
     assert set(TOKEN_FIELDS) <= set(sample)
     assert main(["trace", "serve", str(tmp_path / "nothing"), "--id", "x-test"]) == 1
     assert str(tmp_path / "nothing") in capsys.readouterr().err
@@ -128,7 +127,7 @@ def test_a_run_without_weights_cannot_be_served(tmp_path, capsys):
 @pytest.mark.parametrize("dataset", INFERENCE)
 def test_the_built_in_inference_traces_agree_with_their_token_sample(dataset):
     trace = registry.load(dataset)
-    sample = read_token_sample(registry.resolve(dataset).folder)
+    sample = token_sample.read(registry.resolve(dataset).folder, required=TOKEN_FIELDS)
     E = trace.experts
     passes = np.unique(sample["token_pass"])
     assert len(passes) >= 19 and trace.card.step_unit == "forward pass"
