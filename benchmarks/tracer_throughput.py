@@ -16,6 +16,9 @@ same run and prints MFU against that.
     python benchmarks/tracer_throughput.py --device cuda --variants gpt3-125m-16e "gpt3-125m-16e:d_model=768,n_heads=12"
     python benchmarks/tracer_throughput.py --device cuda --variants gpt3-125m-16e@cudagraphs gpt3-125m-16e@full
     python benchmarks/tracer_throughput.py --device cpu --variants tiny-cpu --steps 20 --rounds 2 --warmup 5
+    python benchmarks/tracer_throughput.py --table benchmarks/results/tracer_throughput_h200_*.json --write
+
+``--table`` renders saved ``--json-out`` files as the throughput table of docs/tracer.md (``--write`` puts it there).
 """
 
 from __future__ import annotations
@@ -70,14 +73,14 @@ def matmul_peak(device) -> float | None:
     return 2 * n**3 * reps / (time.perf_counter() - t)
 
 
-def bench_one(cfg, device, steps, rounds, warmup, flush_every, compile, profile=False):
+def bench_one(cfg, device, steps, rounds, warmup, flush_every, compile, profile=False, fold_clip=True):
     import torch
 
     from datasets_registry.tracer.model import flops_per_token
     from datasets_registry.tracer.train import Tracer
 
     t0 = time.perf_counter()
-    tr = Tracer(cfg, device=device, compile=compile, flush_every=flush_every)
+    tr = Tracer(cfg, device=device, compile=compile, flush_every=flush_every, fold_clip=fold_clip)
     for _ in range(warmup):
         tr.train_step(record=True)
     sync(tr.device)
@@ -111,6 +114,8 @@ def bench_one(cfg, device, steps, rounds, warmup, flush_every, compile, profile=
     out = {
         "variant": cfg.preset,
         "compile": tr.compiled,
+        "expert_matmul": cfg.expert_matmul,
+        "clip": "folded" if tr.fold_clip else "separate",
         "d_model": cfg.d_model,
         "layers": cfg.n_layers,
         "experts": cfg.n_experts,
@@ -137,6 +142,28 @@ def bench_one(cfg, device, steps, rounds, warmup, flush_every, compile, profile=
     return out
 
 
+DOC = Path(__file__).resolve().parents[1] / "docs" / "tracer.md"
+
+
+def table(paths: list[Path]) -> str:
+    """The markdown table of saved runs (rows in file order): one line per variant and setting."""
+    lines = [
+        "| run | variant | d | tokens/step | experts' matmul | clipping | ms/step | tokens/s | TFLOP/s | MFU (989.4) "
+        "| MFU (measured matmul) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        saved = json.loads(path.read_text())
+        for r in saved["rows"]:
+            tflops = r["flops_per_token"] * r["tokens_per_s_on"] / 1e12
+            lines.append(
+                f"| {path.stem} | {r['variant']} | {r['d_model']} | {r['tokens_per_step']} | {r['expert_matmul']} "
+                f"| {r.get('clip', 'separate')} | {r['step_ms_on']:.2f} | {r['tokens_per_s_on'] / 1e3:.0f}k "
+                f"| {tflops:.0f} | {r['mfu_pct']:.1f}% | {r['mfu_measured_peak_pct']:.1f}% |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -150,8 +177,23 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--peak-tflops", type=float, default=989.4, help="peak bf16 dense TFLOP/s for MFU (H100 SXM: 989.4)"
     )
+    ap.add_argument(
+        "--clip", choices=("folded", "separate", "both"), default="folded",
+        help="gradient clipping folded into the fused AdamW step (the tracer's default), a separate "
+        "clip_grad_norm_ pass, or both (each variant twice: the ratio in the same run)",
+    )
     ap.add_argument("--json-out", type=Path, default=None)
+    ap.add_argument("--table", type=Path, nargs="+", help="render these saved --json-out files as a table, run nothing")
+    ap.add_argument("--write", action="store_true", help="with --table: write it into docs/tracer.md")
     args = ap.parse_args(argv)
+    if args.table:
+        text = table(args.table)
+        if args.write:
+            from benchmarks.doc_tables import write_table
+
+            write_table(DOC, "tracer-throughput-h200", text)
+        print(text, end="")
+        return 0
 
     import torch
 
@@ -165,7 +207,8 @@ def main(argv=None) -> int:
             flush=True,
         )
     rows = []
-    for spec in args.variants:
+    clips = {"folded": (True,), "separate": (False,), "both": (False, True)}[args.clip]
+    for spec, fold_clip in ((spec, fold) for spec in args.variants for fold in clips):
         cfg = parse_variant(spec)
         mode = spec.split("@")[1] if "@" in spec else None
         try:
@@ -178,12 +221,13 @@ def main(argv=None) -> int:
                 args.flush_every,
                 False if args.no_compile else mode,
                 args.profile,
+                fold_clip,
             )
         except torch.cuda.OutOfMemoryError as exc:  # report and go on
             print(f"{spec}: out of memory ({exc})", flush=True)
             torch.cuda.empty_cache()
             continue
-        r["spec"] = spec
+        r["spec"] = spec if len(clips) == 1 else f"{spec} [{r['clip']} clip]"
         r["mfu_pct"] = 100 * r["flops_per_token"] * r["tokens_per_s_on"] / peak if device.type == "cuda" else None
         r["mfu_measured_peak_pct"] = 100 * r["flops_per_token"] * r["tokens_per_s_on"] / measured if measured else None
         rows.append(r)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from datasets_registry.tracer.config import GATES, PRESETS, ROUTERS  # plain dataclasses: no torch
+    from datasets_registry.tracer.config import EXPERT_MATMULS, GATES, PRESETS, ROUTERS  # plain dataclasses: no torch
 
     p = sub.add_parser(
         "trace",
@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--shared-experts", type=int, default=None, help="deepseek-moe shared experts (default 2)")
     p.add_argument("--expert-ff", type=int, default=None, help="hidden width of each expert (default: d_ff)")
+    p.add_argument(
+        "--expert-matmul", default=None, choices=list(EXPERT_MATMULS), help="experts' kernel (default padded bmm)"
+    )
     p.add_argument(
         "--expert-bias", action="store_true", help="auxiliary-loss-free balancing: a per-expert selection bias"
     )
@@ -290,6 +293,7 @@ def cmd_trace(args) -> int:
         gate=args.gate,
         n_shared=args.shared_experts,
         expert_ff=args.expert_ff,
+        expert_matmul=args.expert_matmul,
         expert_bias=True if args.expert_bias else None,
         bias_update_rate=args.bias_update_rate,
         corpus_schedule=args.corpus_schedule,

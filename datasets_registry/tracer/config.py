@@ -18,6 +18,8 @@ ROUTERS = ("softmax-topk", "switch", "hash", "expert-choice", "deepseek-moe")
 GATES = ("softmax", "sigmoid")
 #: Routers whose selection is a top-k of per-token scores, so that a per-expert bias can steer it.
 BIAS_ROUTERS = ("softmax-topk", "switch", "deepseek-moe")
+#: How the experts' matrix products run (same routing and results up to rounding; see TracerConfig.expert_matmul).
+EXPERT_MATMULS = ("padded", "grouped")
 #: Text sources of ``corpus_schedule`` (and of a serving run's workload mixture): the Python standard library (or
 #: ``--corpus``), installed documentation, and C headers (corpus.corpus_for).
 SOURCES = ("python", "text", "c")
@@ -103,10 +105,15 @@ class TracerConfig:
     probe_tokens: int = 262144  # tokens per probe (whole sequences: probe_tokens // seq_len of them)
     probe_chunk: int = 65536  # tokens per forward pass of a probe (memory bound; capacity applies per chunk)
     holdout: float = 0.05  # fraction of corpus files held out for probes (by a hash of their path; only when probing)
+    # how the routed experts compute: "padded" (one bmm over [E, capacity, d], empty slots included) or "grouped" (one
+    # grouped GEMM over the kept slots sorted by expert; slower on an H200 at the presets' shapes: docs/tracer.md)
+    expert_matmul: str = "padded"
 
     def __post_init__(self):
         if self.router not in ROUTERS:
             raise ValueError(f"unknown router {self.router!r}; choose from {', '.join(ROUTERS)}")
+        if self.expert_matmul not in EXPERT_MATMULS:
+            raise ValueError(f"unknown expert_matmul {self.expert_matmul!r}; choose from {', '.join(EXPERT_MATMULS)}")
         if self.gate is not None and self.gate not in GATES:
             raise ValueError(f"unknown gate {self.gate!r}; choose from {', '.join(GATES)}")
         if self.gate == "sigmoid" and self.router != "deepseek-moe":

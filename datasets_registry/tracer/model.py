@@ -76,6 +76,7 @@ class MoE(nn.Module):
         E, d, ff = cfg.n_experts, cfg.d_model, cfg.expert_width
         self.E, self.k, self.router, self.gate_fn = E, cfg.top_k, cfg.router, cfg.gate_fn
         self.capacity_factor, self.min_capacity = cfg.capacity_factor, cfg.min_capacity
+        self.expert_matmul = cfg.expert_matmul
         self.w1 = nn.Parameter(torch.empty(E, d, ff))
         self.w2 = nn.Parameter(torch.empty(E, ff, d))
         if cfg.router == "hash":
@@ -100,6 +101,15 @@ class MoE(nn.Module):
 
     def _experts(self, h: torch.Tensor) -> torch.Tensor:  # [E, C, d] -> [E, C, d]
         return torch.bmm(F.gelu(torch.bmm(h, self.w1.to(h.dtype)), approximate="tanh"), self.w2.to(h.dtype))
+
+    def _experts_grouped(self, h: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:  # [R, d] -> [R, d]
+        """Rows sorted by expert, expert e's rows ending at ``ends[e]`` (int32); rows past ``ends[-1]`` come back
+        undefined and must not be read. Computes only the kept slots, where the padded bmm computes E x capacity."""
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        h = h.to(dtype)
+        u = F.grouped_mm(h, self.w1.to(dtype), offs=ends)
+        return F.grouped_mm(F.gelu(u, approximate="tanh"), self.w2.to(dtype), offs=ends)
+
 
     def route(self, x: torch.Tensor, ids: torch.Tensor):
         """The routing decision: ``(idx[N, k] experts chosen, w[N, k] float32 weights, probs[N, E] or None)``.
@@ -157,13 +167,26 @@ class MoE(nn.Module):
         pos = torch.gather(onehot.cumsum(dim=0), 1, sidx[:, None]).squeeze(1) - 1  # place in its expert's queue
         keep = pos < C
         dropped = (keep.numel() - keep.sum()).to(torch.int64)
-        dest = torch.where(keep, sidx * C + pos, torch.full_like(pos, E * C))  # E*C: the discard slot
         token = torch.arange(N, device=x.device).repeat(k)  # slot s belongs to token s % N
-        src = torch.full((E * C + 1,), N, device=x.device, dtype=torch.int64).scatter_(0, dest, token)[: E * C]
         xpad = torch.cat([x, x.new_zeros(1, d)])
-        h = xpad[src].view(E, C, d)  # empty slots read the zero row
-        y = self._experts(h).reshape(E * C, d)
-        ypad = torch.cat([y, y.new_zeros(1, d)])
+        if self.expert_matmul == "grouped":
+            # the kept slots packed by expert: expert e's rows start where e-1's end; one spare row at the end
+            # (the zero row) keeps the last group's end inside the operand, as grouped_mm requires
+            kept = counts.clamp(max=C)
+            ends = kept.cumsum(0)
+            dest = torch.where(keep, (ends - kept)[sidx] + pos, torch.full_like(pos, N * k))
+            # every row past the kept ones reads the zero row (their gradients come back undefined, so they
+            # must reach no token): dropped slots are scattered into one more row, cut off
+            rows = torch.full((N * k + 2,), N, device=x.device, dtype=torch.int64)
+            rows = rows.scatter_(0, torch.where(keep, dest, N * k + 1), token)[: N * k + 1]
+            y = self._experts_grouped(xpad[rows], ends.to(torch.int32))
+            ypad = torch.cat([y[: N * k], y.new_zeros(1, d)])  # row N*k: what dropped slots read
+        else:
+            dest = torch.where(keep, sidx * C + pos, torch.full_like(pos, E * C))  # E*C: the discard slot
+            src = torch.full((E * C + 1,), N, device=x.device, dtype=torch.int64).scatter_(0, dest, token)[: E * C]
+            h = xpad[src].view(E, C, d)  # empty slots read the zero row
+            y = self._experts(h).reshape(E * C, d)
+            ypad = torch.cat([y, y.new_zeros(1, d)])
         wk = (w.t().reshape(-1) * keep).to(y.dtype)
         out = (ypad[dest] * wk[:, None]).view(k, N, d).sum(dim=0).to(x.dtype)
         if self.shared is not None:  # shared experts: every token, never counted, never dropped

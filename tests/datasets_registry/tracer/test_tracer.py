@@ -135,3 +135,62 @@ def test_step_buffer_keeps_order_across_blocks():
     assert len(buf) == 8
     out = buf.arrays()["v"]
     assert out.shape == (8, 2) and list(out[:, 0]) == list(range(8))
+
+
+@pytest.mark.parametrize("changes", [{}, {"router": "switch", "top_k": 1}, {"router": "deepseek-moe"},
+                                     {"capacity_factor": 0.0}])
+def test_grouped_expert_matmul_equals_the_padded_one(changes):
+    """The grouped GEMM computes only the kept slots; loss, counts, drops and every gradient equal the padded bmm's
+    (fp32 on the CPU, so bit for bit), including where tokens are dropped (capacity factor 1)."""
+    from datasets_registry.tracer.model import MoEGPT
+
+    changes = {"capacity_factor": 1.0, **changes}
+    runs = {}
+    for matmul in ("padded", "grouped"):
+        cfg = get_preset("tiny-cpu").replace(expert_matmul=matmul, **changes)
+        torch.manual_seed(0)
+        model = MoEGPT(cfg)
+        gen = torch.Generator().manual_seed(1)
+        ids, targets = (torch.randint(0, cfg.vocab, (4, cfg.seq_len), generator=gen) for _ in range(2))
+        loss, aux, counts, dropped = model(ids, targets)
+        (loss + aux).backward()
+        runs[matmul] = (loss, counts, dropped, [p.grad for p in model.parameters()])
+    (loss_p, counts_p, dropped_p, grads_p), (loss_g, counts_g, dropped_g, grads_g) = runs["padded"], runs["grouped"]
+    assert changes["capacity_factor"] == 0.0 or int(dropped_p.sum()) > 0  # the drop path is exercised
+    assert torch.equal(counts_p, counts_g) and torch.equal(dropped_p, dropped_g)
+    assert torch.equal(loss_p, loss_g)
+    for gp, gg in zip(grads_p, grads_g):
+        assert (gp is None) == (gg is None)
+        if gp is not None:
+            torch.testing.assert_close(gg, gp, rtol=1e-5, atol=1e-6)
+
+
+def test_expert_matmul_is_checked():
+    with pytest.raises(ValueError, match="expert_matmul"):
+        get_preset("tiny-cpu").replace(expert_matmul="fast")
+
+
+def test_clipping_folded_into_the_fused_step_equals_clip_then_step():
+    """The fused AdamW step with the clip scale as its grad_scale gives the parameters that clip_grad_norm_ then
+    the same step give, both when the norm is clipped and when it is not."""
+    from datasets_registry.tracer.train import clip_in_fused_step
+
+    for max_norm in (1e-7, 1e6):  # 1e-7: clipped gradients near Adam's eps, where the scale shows
+        results = []
+        for folded in (False, True):
+            torch.manual_seed(0)
+            model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, fused=True)
+            for step in range(3):
+                x = torch.randn(64, 16, generator=torch.Generator().manual_seed(step))
+                model(x).pow(2).sum().backward()
+                if folded:
+                    clip_in_fused_step(opt, list(model.parameters()), max_norm)
+                else:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            results.append([p.detach().clone() for p in model.parameters()])
+        for a, b in zip(*results):
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(results[0][0], torch.zeros_like(results[0][0]))
