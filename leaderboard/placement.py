@@ -155,8 +155,9 @@ def versus_engines(cell: list[RunResult], H: int, gkey: tuple, labels: Mapping, 
     ``gap_closed`` is each one's gap closed, ``difference`` zoo less engine (positive: the zoo model closes more);
     ``layer_time_us`` each one's modelled MoE layer time, ``time_relative`` zoo / engine - 1 (negative: faster).
     Intervals are those of the paired block bootstrap; the verdict is on gap closed (*beats*: the interval lies
-    above 0), ``time_verdict`` on step time (*faster*: below 0). Runs without a forecast at every origin of the
-    table (failed origins) cannot be paired and are ``left_out``.
+    above 0), ``time_verdict`` on step time (*faster*: below 0); neither where one resampled block spans every
+    origin of the table (every resample is the whole sample: no interval). Runs without a forecast at every
+    origin of the table (failed origins) cannot be paired and are ``left_out``.
     """
     from .build import is_engine, model_id
 
@@ -181,9 +182,11 @@ def versus_engines(cell: list[RunResult], H: int, gkey: tuple, labels: Mapping, 
     e, z = series[engine.run_key], series[zoo.run_key]
     rows = np.stack([fixed["imbalance_static"], fixed["imbalance_oracle"], e["imbalance"], z["imbalance"],
                      e["layer_time_us"], z["layer_time_us"]])
-    boot = stats.resample_means(rows, H, cell[0].task.stride, gkey + (H,))
-    difference = _gap_closed(boot[0], boot[3], boot[1]) - _gap_closed(boot[0], boot[2], boot[1])
-    ci, time_ci = stats.interval(difference), stats.interval(boot[5] / boot[4] - 1)
+    ci = time_ci = None
+    if rows.shape[1] > stats.block_length(H, cell[0].task.stride):  # one block spans every origin: no spread
+        boot = stats.resample_means(rows, H, cell[0].task.stride, gkey + (H,))
+        difference = _gap_closed(boot[0], boot[3], boot[1]) - _gap_closed(boot[0], boot[2], boot[1])
+        ci, time_ci = stats.interval(difference), stats.interval(boot[5] / boot[4] - 1)
     te, tz = float(e["layer_time_us"].mean()), float(z["layer_time_us"].mean())
     return {
         "spec": scores["spec"],

@@ -192,7 +192,11 @@ PLACEMENT_ENGINES_NOTE = (
     "placement and the oracle's (gap closed), and the modelled MoE layer time of their placements (bench/steptime.py; "
     "static / oracle: the two ends). Differences are zoo less engine (gap closed, in points) and zoo / engine - 1 "
     "(layer time), with 95% paired block-bootstrap intervals; *beats*: the zoo model's gap closed is higher with an "
-    "interval above 0, *faster*: its layer time lower with an interval below 0. Scores: leaderboard/placement.json.gz "
+    "interval above 0, *faster*: its layer time lower with an interval below 0; no interval (-) where one resampled "
+    "block spans every origin of the table. The oracle places the horizon's mean load, which is not the best "
+    "placement for every step, so gap closed can pass 100%, and it is noisy where the static-to-oracle gap is small "
+    "(static / oracle close). Layer times scale with the tokens a trace's steps route (the probe "
+    "traces' batches are far larger); compare them within a row. Scores: leaderboard/placement.json.gz "
     "(`python benchmarks/engines_placement.py --write`).")
 
 
@@ -212,7 +216,7 @@ def placement_engine_rows(board: dict) -> tuple[list[str], list[list[str]]]:
         if v:
             rows.append([t["dataset"], str(t["horizon"]), v["engine"], pct(v["engine_gap_closed"], 1),
                          _us(v["engine_layer_time_us"]), v["zoo"], pct(v["zoo_gap_closed"], 1),
-                         _us(v["zoo_layer_time_us"]), with_ci(v["difference"], v["ci"], 1), v["verdict"] or "-",
+                         _us(v["zoo_layer_time_us"]), with_ci(v["difference"], v["ci"], 2), v["verdict"] or "-",
                          with_ci(v["time_relative"], v["time_ci"], 2), v["time_verdict"] or "-",
                          f"{_us(v['static_layer_time_us'])} / {_us(v['oracle_layer_time_us'])}"])
     return head, rows

@@ -80,6 +80,11 @@ class CellSample:
         return ci is not None and ci[0] <= 0 <= ci[1]
 
 
+def block_length(horizon: int, stride: int) -> int:
+    """Origins per resampled block: as many as one horizon spans, so overlapping horizons stay together."""
+    return max(1, math.ceil(horizon / stride))
+
+
 def resample_means(rows: np.ndarray, horizon: int, stride: int, key: tuple) -> np.ndarray:
     """``[k, RESAMPLES]`` means of per-origin `rows` (``[k, origins]``) over one cell's resamples of its origins.
 
@@ -88,8 +93,8 @@ def resample_means(rows: np.ndarray, horizon: int, stride: int, key: tuple) -> n
     """
     from bench.fairplay import block_bootstrap_means
 
-    block = max(1, math.ceil(horizon / stride))
-    return block_bootstrap_means(np.asarray(rows, dtype=np.float64), block, RESAMPLES, cell_seed(key), circular=True)
+    return block_bootstrap_means(np.asarray(rows, dtype=np.float64), block_length(horizon, stride), RESAMPLES,
+                                 cell_seed(key), circular=True)
 
 
 def _grid(frame, horizon: int, column: str) -> tuple[np.ndarray, np.ndarray] | None:

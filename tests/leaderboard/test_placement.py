@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from leaderboard import build, placement, reference
+from leaderboard import build, placement, reference, stats
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +67,12 @@ def test_each_table_sets_the_best_placement_of_the_zoo_against_the_engines(board
         assert v["engine"] == max(engines, key=engines.get) and v["zoo"] == max(zoo, key=zoo.get)
         assert v["engine_gap_closed"] == pytest.approx(engines[v["engine"]])
         assert v["difference"] == pytest.approx(zoo[v["zoo"]] - engines[v["engine"]])
+        if len(cell["origin_steps"]) <= stats.block_length(t["horizon"], int(t["task"]["stride"])):
+            assert v["ci"] is None and v["time_ci"] is None and v["verdict"] is None  # one block: no spread
+            continue
         assert v["ci"][0] <= v["ci"][1] and v["time_ci"][0] <= v["time_ci"][1]
         assert v["verdict"] == ("beats" if v["ci"][0] > 0 else "loses" if v["ci"][1] < 0 else "ties")
         assert v["time_verdict"] == ("faster" if v["time_ci"][1] < 0 else "slower" if v["time_ci"][0] > 0 else "ties")
-        assert v["oracle_layer_time_us"] <= min(v["engine_layer_time_us"], v["zoo_layer_time_us"]) * (1 + 1e-6)
 
 
 def test_the_board_shows_the_placement_comparison(board):
