@@ -337,11 +337,14 @@ def build(
 
     `origins` maps a run key to its per-origin rows (pandas): the intervals, ties and plots come
     from them (a model without them gets numbers and ranks but no intervals). Disqualified results
-    are listed, never ranked. `placement_scores` (:func:`leaderboard.placement.load`) adds, per table,
-    the best zoo model against the best engine estimator in placement terms.
+    are listed, never ranked. `placement_scores` (:func:`leaderboard.placement.load`; by default those
+    the per-origin rows of runs made with ``--placement`` hold) adds, per table, the best zoo model
+    against the best engine estimator in placement terms.
     """
     origins = origins or {}
     results = list(results)
+    if placement_scores is None:  # runs made with --placement carry their scores per origin
+        placement_scores = placement_terms.from_origins(results, origins)
     disqualified = [r for r in results if r.disqualified]
     runs = [r for r in results if not r.disqualified]
     per_name: dict[str, set] = {}

@@ -134,6 +134,44 @@ def load_document(doc: Any, source: str = "<placement scores>") -> dict:
                              for c in doc["cells"]}}
 
 
+def from_origins(results: Iterable[RunResult], origins: Mapping[str, Any]) -> dict | None:
+    """The scores document of runs made with ``--placement``, from their per-origin rows (None without any).
+
+    Those rows already hold the placement metrics per (origin, layer); of several specs, the one most runs used
+    counts. At an origin a run failed, its scores are None.
+    """
+    from collections import Counter
+
+    runs = [r for r in results if r.placement and origins.get(r.run_key) is not None
+            and set(OWN + FIXED) <= set(origins[r.run_key].columns)]
+    if not runs:
+        return None
+    spec = Counter(r.placement for r in runs).most_common(1)[0][0]
+    cells: dict[tuple, dict] = {}
+    for r in sorted((r for r in runs if r.placement == spec), key=lambda r: r.run_key):
+        frame = origins[r.run_key]
+        for H, rows in frame[~frame["failed"].astype(bool)].groupby("horizon"):
+            means = rows.groupby("origin_step")[list(OWN + FIXED)].mean()  # over layers
+            key = _cell_key(r.dataset, r.dataset_version, r.task_fingerprint, H)
+            cell = cells.setdefault(key, {"steps": set(), "fixed": {}, "runs": {}})
+            cell["steps"] |= {int(s) for s in means.index}
+            cell["fixed"].update({int(s): means.loc[s, list(FIXED)].to_numpy() for s in means.index})
+            cell["runs"][r.run_key] = (r.model, means)
+    out = []
+    for (dataset, version, task_fp, H), cell in sorted(cells.items()):
+        steps = sorted(cell["steps"])
+        fixed = np.array([cell["fixed"][s] for s in steps])
+        out.append({
+            "dataset": dataset, "dataset_version": version, "task_fingerprint": task_fp, "horizon": H,
+            "origin_steps": steps, **{k: _rounded(fixed[:, i]) for i, k in enumerate(FIXED)},
+            "runs": {key: {"model": model, **{k: _rounded(means[k].reindex(steps).to_numpy(),
+                                                          np.isin(steps, means.index)) for k in OWN}}
+                     for key, (model, means) in cell["runs"].items()},
+        })
+    return load_document({"format": FORMAT, "format_version": FORMAT_VERSION, "spec": spec, "cells": out},
+                         "the runs' per-origin rows")
+
+
 def committed() -> dict | None:
     """The committed board's placement scores, or None where the file is absent."""
     return load(PATH) if PATH.exists() else None
@@ -204,5 +242,5 @@ def versus_engines(cell: list[RunResult], H: int, gkey: tuple, labels: Mapping, 
     }
 
 
-__all__ = ["SPEC", "PATH", "score", "save", "load", "load_document", "committed", "versus_engines",
+__all__ = ["SPEC", "PATH", "score", "save", "load", "load_document", "from_origins", "committed", "versus_engines",
            "PlacementScoresError"]

@@ -84,6 +84,31 @@ def test_the_board_shows_the_placement_comparison(board):
     assert len(rows) == len(board["tables"]) and "gap closed zoo - engine [95% CI]" in head
 
 
+def test_runs_made_with_placement_are_compared_from_their_own_rows():
+    """From the store's path: the runs' per-origin placement metrics give the comparison, and each side's gap
+    closed and layer time are those of its own run summary."""
+    from bench import runner
+    from bench.task import Task
+
+    task = Task(dataset="tiny-cpu-s1", horizons=(1000,), stride=200)
+    runs = [runner.run(m, "tiny-cpu-s1", task=task, placement="G=4,R=4", track=False)
+            for m in ("sglang", "vllm", "sw_avg", "ema")]
+    board = build.build(runs, {r.run_key: r.to_frame(per_origin=True) for r in runs})
+    (table,) = board["tables"]
+    v = table["placement_versus_engines"]
+    by_label = {r.model: r for r in runs}
+    assert v["spec"] == "G=4,R=4" and v["engine"] in ("sglang", "vllm") and v["zoo"] in ("sw_avg", "ema")
+    for side in ("engine", "zoo"):
+        mine = by_label[v[side]]
+        assert v[f"{side}_gap_closed"] == pytest.approx(mine.value(1000, "gap_closed"), rel=1e-5)
+        assert v[f"{side}_layer_time_us"] == pytest.approx(mine.value(1000, "layer_time_us"), rel=1e-5)
+    others = [r for r in runs if r.model not in (v["engine"], v["zoo"])]
+    for r in others:  # the other of each kind closes less of the gap
+        best = v["engine_gap_closed"] if r.model in ("sglang", "vllm") else v["zoo_gap_closed"]
+        assert r.value(1000, "gap_closed") <= best + 1e-6
+    assert v["ci"] is not None and v["verdict"] in ("beats", "ties", "loses")
+
+
 def test_a_bad_scores_file_is_refused_naming_it(tmp_path):
     path = tmp_path / "placement.json.gz"
     path.write_bytes(b"not gzip")
