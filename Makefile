@@ -30,8 +30,11 @@ lint: setup  ## style and static checks (ruff: pycodestyle, pyflakes, import ord
 leaderboard: setup  ## rebuild the committed leaderboard/ from its result files (leaderboard/submissions/)
 	$(PY) -m bench leaderboard --write
 
-zoo: setup  ## compute the missing result files of the zoo (leaderboard/zoo.yaml; hours of CPU), then rebuild
+zoo: setup  ## compute the missing result files of the zoo (leaderboard/zoo.yaml; hours of CPU), score their placements, then rebuild
 	$(PY) -m bench leaderboard --write --refresh
+	$(PY) benchmarks/engines_placement.py --write
+	$(PY) -m bench leaderboard --write
+	$(PY) benchmarks/readme_outputs.py --write --tables
 
 clean:
 	rm -rf $(VENV) *.egg-info

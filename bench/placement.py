@@ -340,6 +340,32 @@ def make_scorer(spec: str | PlacementSpec, experts: int):
     return scorer
 
 
+def score_windows(trace, records, lengths, estimates, spec: str | PlacementSpec) -> tuple[dict, list[dict]]:
+    """Placement scores at rolling origins from stored horizon-mean forecasts, as a run's ``--placement`` scorer
+    computes them during the run (:func:`make_scorer`): for runs whose forecasts are kept
+    (:class:`bench.results.WindowForecasts`) but that were not run with placement scoring.
+
+    Origin ``i`` targets the trace's records ``records[i] : records[i] + lengths[i]``; each of `estimates` is one
+    run's ``[n, L, E]`` forecasts at those origins. Returns (the static and oracle placements' :data:`METRICS`,
+    each run's own :data:`METRICS`), every metric ``[n, L]``.
+    """
+    spec = (PlacementSpec.parse(spec) if isinstance(spec, str) else spec).check(trace.experts)
+    n, L, E = len(records), trace.layers, trace.experts
+    static = static_placement(L, E, spec.devices, spec.nodes)
+    fixed = {k: np.empty((n, L)) for k in METRICS if k.endswith(("_static", "_oracle", "_static_us", "_oracle_us"))}
+    own = [{k: np.empty((n, L)) for k in METRICS if k not in fixed} for _ in estimates]
+    for i, (rec, length) in enumerate(zip(records, lengths)):
+        counts, truth = trace.counts[rec:rec + length], trace.proportions[rec:rec + length]
+        oracle = truth.mean(axis=0)
+        for k, v in score(oracle, counts, spec, static, oracle=oracle).items():
+            if k in fixed:
+                fixed[k][i] = v
+        for out, estimate in zip(own, estimates):
+            for k, v in score(np.asarray(estimate[i], dtype=np.float64), counts, spec).items():
+                out[k][i] = v
+    return fixed, own
+
+
 def derive(entry: dict, states=("all", "transient", "stable"), derived: dict | None = None) -> None:
     """Add the `derived` metrics (default :data:`DERIVED`) to a summary entry ``{metric: {state: mean}}`` in place."""
     for name, (parts, fn) in (DERIVED if derived is None else derived).items():
@@ -399,6 +425,7 @@ __all__ = [
     "pack",
     "score",
     "make_scorer",
+    "score_windows",
     "imbalance",
     "drop_rate",
     "derive",

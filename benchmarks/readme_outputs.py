@@ -10,7 +10,9 @@ home (no cached run); the last line of a run's output (seconds, run ids) differs
 and is not compared by `--check`. The README's tables between ``<!-- table: NAME -->`` and
 ``<!-- /table -->`` are made from the committed result files the same way: the top of the
 leaderboard (``leaderboard``) and, per dataset, the best zoo model against the best engine
-estimator (``engines``). tests/test_readme.py keeps the quick blocks and the tables in step.
+estimator, in error (``engines``) and in placement terms (``engines-placement``, from the
+scores ``benchmarks/engines_placement.py --write`` keeps in leaderboard/placement.json.gz).
+tests/test_readme.py keeps the quick blocks and the tables in step.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ TOP = 5
 
 def committed_board() -> dict:
     """The committed leaderboard, built from its result files."""
-    from leaderboard import build, reference
+    from leaderboard import build, placement, reference
 
-    return build.from_submissions([reference.SUBMISSIONS])
+    return build.from_submissions([reference.SUBMISSIONS], placement_scores=placement.committed())
 
 
 def leaderboard_top(board: dict) -> str:
@@ -71,8 +73,28 @@ def engines_versus_zoo(board: dict) -> str:
             f"horizon or both), ties in {verdicts.count('ties')} and loses in {verdicts.count('loses')}.\n")
 
 
+def engines_versus_zoo_in_placement(board: dict) -> str:
+    """The same in placement terms: gap closed and modelled layer time (leaderboard/placement.py)."""
+    from leaderboard import render
+
+    head, rows = render.placement_engine_rows(board)
+    verdicts = [row[head.index("verdict")] for row in rows]
+    times = [row[head.index("step time")] for row in rows]
+
+    def datasets(column: str, value: str) -> str:
+        names = sorted({row[0] for row in rows if row[head.index(column)] == value})
+        return f"{len(names)} of {len({row[0] for row in rows})} datasets" + (f": {', '.join(names)}" if names else "")
+
+    return (render.markdown_table(head, rows) + "\n\nIn gap closed, a zoo model beats the best engine estimator in "
+            f"{verdicts.count('beats')} of {len(rows)} tables ({datasets('verdict', 'beats')}), ties in "
+            f"{verdicts.count('ties')} and loses in {verdicts.count('loses')}. In modelled layer time, its placement "
+            f"is faster in {times.count('faster')} tables ({datasets('step time', 'faster')}), ties in "
+            f"{times.count('ties')} and is slower in {times.count('slower')}.\n")
+
+
 #: name -> the function of the committed board that makes the README table `<!-- table: NAME -->`.
-TABLES = {"leaderboard": leaderboard_top, "engines": engines_versus_zoo}
+TABLES = {"leaderboard": leaderboard_top, "engines": engines_versus_zoo,
+          "engines-placement": engines_versus_zoo_in_placement}
 
 
 def table_pattern(name: str) -> re.Pattern:

@@ -36,6 +36,7 @@ import numpy as np
 from bench.results import RunResult
 from bench.states import STATES
 
+from . import placement as placement_terms
 from . import stats
 
 BASELINE = "sw_avg"
@@ -330,15 +331,20 @@ def build(
     origins: Mapping[str, Any] | None = None,
     superseded: Iterable[tuple[RunResult, RunResult]] = (),
     baseline: str = BASELINE,
+    placement_scores: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The leaderboard as one JSON-able document, from results only (see the module docstring).
 
     `origins` maps a run key to its per-origin rows (pandas): the intervals, ties and plots come
     from them (a model without them gets numbers and ranks but no intervals). Disqualified results
-    are listed, never ranked.
+    are listed, never ranked. `placement_scores` (:func:`leaderboard.placement.load`; by default those
+    the per-origin rows of runs made with ``--placement`` hold) adds, per table, the best zoo model
+    against the best engine estimator in placement terms.
     """
     origins = origins or {}
     results = list(results)
+    if placement_scores is None:  # runs made with --placement carry their scores per origin
+        placement_scores = placement_terms.from_origins(results, origins)
     disqualified = [r for r in results if r.disqualified]
     runs = [r for r in results if not r.disqualified]
     per_name: dict[str, set] = {}
@@ -373,6 +379,8 @@ def build(
                 "baseline": None if base is None else labels[model_id(base)], "no_baseline": no_baseline,
                 **{f: next((row[f] for row in rows if row[f]), None) for f in FLOORS},
                 "versus_engines": versus,
+                "placement_versus_engines": placement_terms.versus_engines(
+                    [r for r in members if in_cell(r, H)], H, gkey, labels, placement_scores),
                 "rows": rows,
             })
 
@@ -506,6 +514,7 @@ def from_submissions(
     datasets: list[str] | None = None,
     models: list[str] | None = None,
     baseline: str = BASELINE,
+    placement_scores: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The leaderboard of submission files (:mod:`bench.submission`): files, or folders of ``*.json[.gz]`` files.
 
@@ -525,7 +534,7 @@ def from_submissions(
     check_selection(every, selected, f"the {len(files)} submission file(s)", datasets, models)
     winners, superseded = newest(selected)
     origins = {r.run_key: runs[(r.run_key, r.finished_at)].origins for r in winners}
-    board = build(winners, origins, superseded, baseline)
+    board = build(winners, origins, superseded, baseline, placement_scores)
     board["submissions"] = [str(p) for p in files]
     return board
 

@@ -185,6 +185,49 @@ def engine_rows(board: dict) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+PLACEMENT_ENGINES_NOTE = (
+    "The same comparison in placement terms: each run's horizon-mean forecast at every origin placed as DeepSeek's "
+    "EPLB places a load estimate ({spec}, docs/placement.md) and scored on the loads that came. Per table the engine "
+    "estimator and the zoo model whose placements close the largest share of the imbalance gap between the static "
+    "placement and the oracle's (gap closed), and the modelled MoE layer time of their placements (bench/steptime.py; "
+    "static / oracle: the two ends). Differences are zoo less engine (gap closed, in points) and zoo / engine - 1 "
+    "(layer time), with 95% paired block-bootstrap intervals; *beats*: the zoo model's gap closed is higher with an "
+    "interval above 0, *faster*: its layer time lower with an interval below 0; no interval (-) where one resampled "
+    "block spans every origin of the table. The oracle places the horizon's mean load, which is not the best "
+    "placement for every step, so gap closed can pass 100%, and it is noisy where the static-to-oracle gap is small "
+    "(static / oracle close). Layer times scale with the tokens a trace's steps route (the probe "
+    "traces' batches are far larger); compare them within a row. Scores: leaderboard/placement.json.gz "
+    "(`python benchmarks/engines_placement.py --write`).")
+
+
+def _us(x: float | None) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+def placement_engine_rows(board: dict) -> tuple[list[str], list[list[str]]]:
+    """One row per table with placement scores: the best zoo model against the best engine estimator in gap closed
+    and modelled layer time."""
+    head = ["dataset", "horizon", "best engine estimator", "gap closed", "layer time µs", "best zoo model",
+            "gap closed", "layer time µs", "gap closed zoo - engine [95% CI]", "verdict",
+            "layer time zoo / engine - 1 [95% CI]", "step time", "static / oracle µs"]
+    rows = []
+    for t in board["tables"]:
+        v = t.get("placement_versus_engines")
+        if v:
+            rows.append([t["dataset"], str(t["horizon"]), v["engine"], pct(v["engine_gap_closed"], 1),
+                         _us(v["engine_layer_time_us"]), v["zoo"], pct(v["zoo_gap_closed"], 1),
+                         _us(v["zoo_layer_time_us"]), with_ci(v["difference"], v["ci"], 2), v["verdict"] or "-",
+                         with_ci(v["time_relative"], v["time_ci"], 2), v["time_verdict"] or "-",
+                         f"{_us(v['static_layer_time_us'])} / {_us(v['oracle_layer_time_us'])}"])
+    return head, rows
+
+
+def placement_engines_note(board: dict) -> str:
+    spec = next((t["placement_versus_engines"]["spec"] for t in board["tables"] if t.get("placement_versus_engines")),
+                "")
+    return PLACEMENT_ENGINES_NOTE.format(spec=spec)
+
+
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     right = [i for i, h in enumerate(head) if h not in ("model", "datasets")]
     lines = [
@@ -197,6 +240,23 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> str:
         for row in rows
     ]
     return "\n".join(lines)
+
+
+def placement_engines_markdown(board: dict) -> list[str]:
+    """The section of the best zoo model against the best engine estimator in placement terms (none without scores)."""
+    head, rows = placement_engine_rows(board)
+    if not rows:
+        return []
+    return ["## The best zoo model against the engines' own estimators, in placement terms", "",
+            placement_engines_note(board), "", markdown_table(head, rows), ""]
+
+
+def placement_engines_html(board: dict) -> list[str]:
+    head, rows = placement_engine_rows(board)
+    if not rows:
+        return []
+    return ["<h2>The best zoo model against the engines' own estimators, in placement terms</h2>",
+            f'<p class="note">{html.escape(placement_engines_note(board))}</p>', _html_table(head, rows, "engines")]
 
 
 def markdown(board: dict) -> str:
@@ -214,6 +274,7 @@ def markdown(board: dict) -> str:
     if rows:
         out += ["## The best zoo model against the engines' own estimators", "", ENGINES_NOTE, "",
                 markdown_table(head, rows), ""]
+    out += placement_engines_markdown(board)
     for t in board["tables"]:
         out += [f"## {_cell_title(t)}", "", _task_line(t) + ".", "", markdown_table(*cell_rows(t, runtime=False)), ""]
         if t.get("no_baseline"):
@@ -444,6 +505,7 @@ def html_page(board: dict) -> str:
         if unranked(board):
             parts.append('<p class="note">Unranked (nothing to compare with):</p><ul class="unranked">'
                          + "".join(f"<li>{html.escape(line)}</li>" for line in unranked(board)) + "</ul>")
+        parts += placement_engines_html(board)
         figs = _figures(board)
         plots = [
             f'<h2>{html.escape(title)}</h2><div class="fig">'

@@ -80,6 +80,23 @@ class CellSample:
         return ci is not None and ci[0] <= 0 <= ci[1]
 
 
+def block_length(horizon: int, stride: int) -> int:
+    """Origins per resampled block: as many as one horizon spans, so overlapping horizons stay together."""
+    return max(1, math.ceil(horizon / stride))
+
+
+def resample_means(rows: np.ndarray, horizon: int, stride: int, key: tuple) -> np.ndarray:
+    """``[k, RESAMPLES]`` means of per-origin `rows` (``[k, origins]``) over one cell's resamples of its origins.
+
+    Circular blocks of ``ceil(horizon / stride)`` origins, seeded by the cell's `key`: every series of a cell with
+    as many origins is resampled alike, so differences between them are paired.
+    """
+    from bench.fairplay import block_bootstrap_means
+
+    return block_bootstrap_means(np.asarray(rows, dtype=np.float64), block_length(horizon, stride), RESAMPLES,
+                                 cell_seed(key), circular=True)
+
+
 def _grid(frame, horizon: int, column: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(origin steps [O], values [O, L]) of one column at one horizon, or None where the rows lack it."""
     if frame is None or frame.empty or column not in frame.columns:
@@ -99,8 +116,6 @@ def sample_cell(frames: Mapping[Hashable, object], horizon: int, stride: int, ke
     `frames` maps a model to its per-origin rows (pandas, as ``origins.parquet``); models whose rows
     are missing or cover other origins are left out (they get no interval).
     """
-    from bench.fairplay import block_bootstrap_means
-
     grids = {m: (_grid(f, horizon, "error_rate"), _grid(f, horizon, "window_error")) for m, f in frames.items()}
     grids = {m: g for m, g in grids.items() if g[0] is not None and g[1] is not None}
     if not grids:
@@ -117,8 +132,7 @@ def sample_cell(frames: Mapping[Hashable, object], horizon: int, stride: int, ke
     rows += [grids[m][0][1][:, layer] for m in models for layer in range(layers)]
     if hind is not None and tuple(hind[0]) == common:
         rows.append(hind[1].mean(axis=1))
-    block = max(1, math.ceil(horizon / stride))
-    boot = block_bootstrap_means(np.stack(rows), block, RESAMPLES, cell_seed(key), circular=True)
+    boot = resample_means(np.stack(rows), horizon, stride, key)
     M = len(models)
     return CellSample(
         error={m: boot[i] for i, m in enumerate(models)},

@@ -83,8 +83,16 @@ def cmd_leaderboard(args) -> int:
     if paths:
         from bench.submission import SubmissionError
 
+        scores = None
+        if args.write:
+            from leaderboard import placement
+
+            try:
+                scores = placement.committed()
+            except placement.PlacementScoresError as exc:
+                return print_problems(str(placement.PATH), [str(exc)])
         try:
-            board = build.from_submissions(paths, datasets=args.dataset, models=args.model)
+            board = build.from_submissions(paths, datasets=args.dataset, models=args.model, placement_scores=scores)
         except SubmissionError as exc:
             return print_problems(exc.source, exc.problems)
     else:

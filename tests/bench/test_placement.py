@@ -195,6 +195,29 @@ def test_run_adds_placement_metrics(smartmoe, capsys):
     assert "h1000/gap_closed/stable" in RunResult.from_dict(result).to_mlflow()[1]
 
 
+def test_scores_from_stored_forecasts_are_the_runs_own():
+    """A run's stored horizon-mean forecasts, scored afterwards, give what its --placement scorer gave per origin."""
+    from bench import runner
+    from bench.placement import METRICS, score_windows
+    from bench.task import Task, rolling_origins
+    from datasets_registry import registry
+
+    task = Task(dataset="tiny-cpu-s1", horizons=(1000,), stride=400)
+    done = runner.run("sglang", "tiny-cpu-s1", task=task, placement="G=4,R=4", track=False)
+    frame = done.to_frame(per_origin=True)
+    trace = registry.load("tiny-cpu-s1")
+    origins = rolling_origins(trace.steps, task)[1000]
+    stored = done.forecasts(1000)
+    assert stored.origin_steps.tolist() == trace.steps[origins.records].tolist()
+    fixed, (own,) = score_windows(trace, origins.records, origins.lengths, [stored.predicted], "G=4,R=4")
+    assert set(fixed) | set(own) == set(METRICS)
+    for metric in METRICS:
+        expected = frame.pivot_table(index="origin_step", columns="layer", values=metric).sort_index().to_numpy()
+        np.testing.assert_allclose((fixed | own)[metric], expected, rtol=1e-9, err_msg=metric)
+    # the engine's forecast is not the oracle's: the check above compares two different placements
+    assert not np.allclose(own["imbalance"], fixed["imbalance_oracle"])
+
+
 def canonical(pl):
     """Per layer, the sorted multisets of experts on the devices (device labels do not matter)."""
     return [sorted(tuple(sorted(pl.slots[l][pl.slot_device[l] == g].tolist())) for g in range(pl.devices))

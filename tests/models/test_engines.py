@@ -78,6 +78,17 @@ def test_trtllm_decays_counts_since_each_layers_own_update():
     np.testing.assert_allclose(phat[0], load / load.sum())
 
 
+def test_trtllm_defaults_on_one_layer_decay_the_two_passes_of_its_cycle():
+    # one layer, one update a pass: a plan of pass 0 and, its first and last passes updating equally many layers,
+    # an idle pass: a cycle of 2. The update at pass 10 serves from 11 and decays passes 9 and 10 by 0.9 per pass.
+    phat = forecast_at(TensorRTLLMLoadBalancer(), COUNTS, STEPS, 11)
+    load = 0.9 * COUNTS[9, 0] + COUNTS[10, 0]
+    np.testing.assert_allclose(phat[0, 0], load / load.sum())
+    np.testing.assert_allclose(phat[1, 0], load / load.sum())  # held over the horizon
+    # the first update, at pass 0, serves from pass 1 on pass 0's counts alone
+    np.testing.assert_allclose(forecast_at(TensorRTLLMLoadBalancer(), COUNTS, STEPS, 1)[0, 0], np.array([1, 10]) / 11)
+
+
 def test_a_sparse_trace_uses_the_records_of_the_window():
     steps = np.arange(0, 120, 10)  # every 10th iteration
     pred = SGLangEPLB(rebalance_num_iterations=40, buffer_size=40)  # serves from 41, 81: passes 1..40, 41..80

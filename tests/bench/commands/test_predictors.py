@@ -30,6 +30,25 @@ def test_every_builtin_with_its_parameters_description_training_and_gpu(capsys):
     assert max(len(line) for line in out.splitlines()) <= 100
 
 
+def test_the_engines_estimators_are_listed_with_their_sources_and_defaults(capsys):
+    assert main(["predictors", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    expected = {
+        "sglang": ("sgl-project/sglang: python/sglang/srt/server_args.py@", {"rebalance_num_iterations": 1000,
+                                                                            "buffer_size": 1000}),
+        "vllm": ("vllm-project/vllm: vllm/config/parallel.py@", {"window_size": 1000, "step_interval": 3000}),
+        "trtllm": ("NVIDIA/TensorRT-LLM: cpp/tensorrt_llm/kernels/moeLoadBalance/moeLoadBalanceCommon.h@",
+                   {"decay_factor": 0.9, "layer_updates_per_iter": 1}),
+    }
+    for name, (source, params) in expected.items():
+        assert rows[name]["source"].startswith(source) and rows[name]["parameters"] == params, name
+    assert main(["predictors"]) == 0
+    out = capsys.readouterr().out
+    for name in expected:
+        assert f"{name}  (built-in, models.engines:" in out
+    assert out.count("    defaults from ") >= 3
+
+
 def test_a_predictor_file_is_described_by_a_worker_never_imported(tmp_path, capsys):
     f = tmp_path / "mine.py"
     f.write_text(textwrap.dedent('''
