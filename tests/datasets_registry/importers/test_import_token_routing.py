@@ -233,8 +233,8 @@ def test_megatron_pipeline_stages_have_no_sample(tmp_path):
 
 
 def test_the_sample_is_bounded_by_the_cells_limit(tmp_path, refuses, monkeypatch):
-    d = megatron_dump(tmp_path / "trace", steps=range(4))
-    monkeypatch.setenv("MOE_LOAD_BENCH_MAX_CELLS", "200")  # the per-rank counts: 4 steps x 3 layers x 2 ranks x 8
+    d = megatron_dump(tmp_path / "trace", steps=range(4), ranks=(0,))  # counts: 4 steps x 3 layers x 1 rank x 8
+    monkeypatch.setenv("MOE_LOAD_BENCH_MAX_CELLS", "100")
     refuses(d, "megatron-router-trace", "MOE_LOAD_BENCH_MAX_CELLS", experts=E, source=d / "router_trace_rank0.jsonl")
     assert token_sample.fields(import_path(d, "megatron-router-trace", experts=E, sample_every=0).extras) == []
 
