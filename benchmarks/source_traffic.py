@@ -1,6 +1,6 @@
 """Where smartmoe-ae's tokens come from: its 16 source ranks, and the per-source scores of the baselines.
 
-    python benchmarks/source_traffic.py            # print the tables
+    python benchmarks/source_traffic.py            # print the tables and what the split costs a load
     python benchmarks/source_traffic.py --write    # replace them in docs/formats.md and docs/protocol.md
 
 Table ``smartmoe-sources`` (docs/formats.md): per source rank of smartmoe-ae, the share of all routed tokens it
@@ -63,6 +63,33 @@ def score_row(model: str) -> list[str]:
     return [model] + [pct(h.value(m)) for m in SCORES_HEAD[1:]]
 
 
+def load_seconds() -> tuple[float, float]:
+    """Best of 5 `storage.load` of :data:`DATASET` as stored (with its split), and of a copy without the split, saved
+    in a temporary folder in the same run: what keeping the split costs every load."""
+    import dataclasses
+    import tempfile
+    import time
+
+    from datasets_registry import registry, storage
+    from datasets_registry.trace import Trace
+
+    folder = registry.resolve(DATASET).folder
+    trace = storage.load(folder)
+    extra = {k: v for k, v in trace.card.extra.items() if k != "sources"}
+    plain = Trace(trace.counts, trace.steps, dataclasses.replace(trace.card, extra=extra))
+
+    def best(path: Path) -> float:
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            storage.load(path)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return best(folder), best(storage.save(plain, Path(tmp) / "v1"))
+
+
 def table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
@@ -81,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     sources = table(SOURCES_HEAD, source_rows())
     scores = table(SCORES_HEAD, [score_row(m) for m in MODELS])
     print(sources, scores, sep="\n", end="")
+    with_split, without = load_seconds()
+    print(f"\nstorage.load of {DATASET}: {with_split:.3f} s with its per-source split, {without:.3f} s without "
+          f"({with_split / without:.1f}x; best of 5, same run)")
     if args.write:
         write_table(FORMATS_DOC, "smartmoe-sources", sources)
         write_table(PROTOCOL_DOC, "per-source-scores", scores)

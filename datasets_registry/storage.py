@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .guards import TraceError, check_bytes, check_dims, open_regular, parse_json, zip_declared_size
-from .trace import SOURCE_COUNTS, Card, Trace, validate_arrays, validate_source_counts
+from .trace import SOURCE_COUNTS, Card, Trace
 
 TRACE_FILE = "trace.npz"
 CARD_FILE = "card.json"
@@ -90,15 +90,28 @@ def _write_beside(trace: Trace, folder: Path) -> Path:
         counts = trace.counts.astype(_compact_dtype(trace.counts))
         np.savez_compressed(tmp / TRACE_FILE, counts=counts, steps=trace.steps)
         if trace.extras:
-            extras = dict(trace.extras)
-            if SOURCE_COUNTS in extras:  # int64 in memory; stored like the counts, in the smallest type
-                extras[SOURCE_COUNTS] = extras[SOURCE_COUNTS].astype(_compact_dtype(extras[SOURCE_COUNTS]))
-            np.savez_compressed(tmp / EXTRAS_FILE, **extras)
+            _save_extras(tmp / EXTRAS_FILE, trace.extras)
         (tmp / CARD_FILE).write_text(trace.card.to_json() + "\n")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return tmp
+
+
+def _save_extras(path: Path, extras: dict[str, np.ndarray]) -> None:
+    """An .npz as ``np.savez_compressed`` writes it, except the per-source split: stored uncompressed, in the
+    smallest unsigned type that holds it, because it is read with the counts at every load and inflating it cost
+    several times the load of the counts themselves (``benchmarks/source_traffic.py`` measures a load with and
+    without it)."""
+    with zipfile.ZipFile(path, "w", allowZip64=True) as zf:
+        for name, arr in extras.items():
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            if name == SOURCE_COUNTS:
+                arr, info.compress_type = arr.astype(_compact_dtype(arr)), zipfile.ZIP_STORED
+            else:
+                info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -283,10 +296,6 @@ def load(folder: str | os.PathLike) -> Trace:
     folder = Path(folder)
     card = read_card(folder)
     arrays = read_npz_arrays(folder / TRACE_FILE, required=("counts", "steps"), names=("counts", "steps"))
-    extras = read_source_counts(folder, card)
-    source = str(folder / TRACE_FILE)
-    if extras:  # checked here first, so that a bad split is reported against extras.npz
-        counts, _ = validate_arrays(arrays["counts"], arrays["steps"], card, source)
-        validate_source_counts(extras[SOURCE_COUNTS], counts, card, str(folder / EXTRAS_FILE))
-    return Trace.from_arrays(arrays["counts"], arrays["steps"], card, source=source, extras=extras)
+    return Trace.from_arrays(arrays["counts"], arrays["steps"], card, source=str(folder / TRACE_FILE),
+                             extras=read_source_counts(folder, card), extras_source=str(folder / EXTRAS_FILE))
 

@@ -2,7 +2,9 @@
 
 Proportions are derived on demand and never stored. Every way a trace enters the project
 (loading, importing, tracing) goes through :func:`validate_arrays`, so a bad file is refused
-with the file's name and the exact problem, before anything is written anywhere.
+with the file's name and the exact problem, before anything is written anywhere; an optional
+per-source split (extras key :data:`SOURCE_COUNTS`) goes through :func:`validate_source_counts`
+whenever a :class:`Trace` is constructed.
 """
 
 from __future__ import annotations
@@ -242,7 +244,7 @@ def validate_source_counts(source_counts: Any, counts: np.ndarray, card: Card | 
         raise TraceError(source, f"source_counts must be [records, layers, sources, experts] = [{T}, {L}, S, {E}] "
                                  f"with S >= 1, got shape {arr.shape}")
     check_dims(source, cells=arr.size)
-    if arr.size and arr.min() < 0:
+    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:  # an unsigned type holds none
         t, l, s, e = np.argwhere(arr < 0)[0]
         raise TraceError(source, f"source_counts must be non-negative; record {t}, layer {l}, source {s}, expert {e} "
                                  f"is {arr[t, l, s, e]}")
@@ -296,6 +298,8 @@ class Trace:
 
     def __init__(self, counts: np.ndarray, steps: np.ndarray, card: Card, extras: dict[str, np.ndarray] | None = None,
                  source: str = "<arrays>"):
+        """Unvalidated counts and steps (:meth:`from_arrays` validates them); the per-source split in `extras` is
+        checked here, with errors naming `source`."""
         counts.setflags(write=False)
         steps.setflags(write=False)
         self.counts = counts
@@ -312,7 +316,8 @@ class Trace:
 
     @classmethod
     def from_arrays(cls, counts: Any, steps: Any = None, card: Card | None = None, source: str = "<arrays>",
-                    extras: dict[str, np.ndarray] | None = None) -> "Trace":
+                    extras: dict[str, np.ndarray] | None = None, extras_source: str | None = None) -> "Trace":
+        """A validated trace; `extras_source` names the file of the extras in errors about them (default `source`)."""
         c, s = validate_arrays(counts, steps, card, source)
         card = card if card is not None else Card(id="unnamed")
         card = dataclasses.replace(card, model=dataclasses.replace(card.model))
@@ -327,7 +332,7 @@ class Trace:
             raise TraceError(source, f"card fingerprint {card.fingerprint} does not match the arrays ({fp}): the data "
                                      "or the card was changed")
         card.fingerprint = fp
-        return cls(c, s, card, extras, source=source)
+        return cls(c, s, card, extras, source=extras_source or source)
 
     @property
     def id(self) -> str:

@@ -72,6 +72,10 @@ def test_storage_round_trip_keeps_the_split_in_a_compact_type(tmp_path):
     storage.save(t, tmp_path / "v1")
     headers = storage.npz_headers(tmp_path / "v1" / storage.EXTRAS_FILE)
     assert headers["source_counts"] == ((4, 2, 3, 5), np.dtype(np.uint8))
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "v1" / storage.EXTRAS_FILE) as zf:  # read at every load: not inflated
+        assert zf.getinfo("source_counts.npy").compress_type == zipfile.ZIP_STORED
     back = storage.load(tmp_path / "v1")
     np.testing.assert_array_equal(back.source_counts, sc)
     assert back.source_counts.dtype == np.int64 and back.fingerprint == t.fingerprint and back.sources == SOURCES
