@@ -309,8 +309,8 @@ class Trace:
         if SOURCE_COUNTS in self.extras:
             self.extras[SOURCE_COUNTS] = validate_source_counts(self.extras[SOURCE_COUNTS], counts, card, source)
         elif "sources" in card.extra:
-            raise TraceError(source, f'card.extra["sources"] says {card.extra["sources"].get("count", "?")} sources '
-                                     "but the trace has no source_counts")
+            count = _check_sources_field(card.extra["sources"], source)
+            raise TraceError(source, f'card.extra["sources"] says {count} sources but the trace has no source_counts')
         for arr in self.extras.values():
             arr.setflags(write=False)
 

@@ -145,6 +145,8 @@ def test_a_bad_split_is_refused_naming_the_problem(change, fragment):
 def test_a_card_that_declares_sources_needs_the_split():
     with pytest.raises(TraceError, match="3 sources but the trace has no source_counts"):
         Trace.from_arrays(split().sum(axis=2), None, card())
+    with pytest.raises(TraceError, match="extra.sources must be a JSON object, got int"):
+        Trace.from_arrays(split().sum(axis=2), None, Card(id="x", extra={"sources": 3}))
 
 
 def test_direct_construction_checks_the_split_too():
