@@ -207,8 +207,9 @@ def refresh_public(entry: Entry) -> Entry:
     """Rebuild in place a stored build of a public dataset made by an older build revision
     (:attr:`PublicSource.build_revision`), so that it gains what the current importer keeps (e.g. the
     per-source split), when its local copy is at hand. The counts, and so the fingerprint, must come out the
-    same: otherwise the stored build is kept (and a warning says why). Without a local copy, or when the
-    stored card is unreadable (`datasets check` reports it), the stored build is used as it is.
+    same: otherwise, or when the local copy cannot be read, the stored build is kept (and a warning says why).
+    Without a local copy, or when the stored card is unreadable (`datasets check` reports it), the stored build
+    is used as it is.
     """
     src = PUBLIC[entry.id]
     try:
@@ -221,7 +222,12 @@ def refresh_public(entry: Entry) -> Entry:
         card = storage.read_card(entry.folder)  # again, under the lock: another process may have rebuilt it
         if src.built_revision(card) >= src.build_revision:
             return entry
-        trace = src.build_trace(path)
+        try:
+            trace = src.build_trace(path)
+        except (TraceError, OSError) as exc:
+            warnings.warn(f"{entry.folder}: not rebuilt from {path} ({exc}); the stored build is used as it is",
+                          RuntimeWarning, stacklevel=3)
+            return entry
         if trace.fingerprint != card.fingerprint:
             warnings.warn(f"{entry.folder}: not rebuilt from {path}, whose counts (fingerprint {trace.fingerprint}) "
                           f"differ from the stored build's ({card.fingerprint}); the stored build is used as it is",

@@ -129,3 +129,6 @@ def test_a_local_copy_with_other_counts_does_not_replace_the_stored_build(tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert registry.resolve(src.id, build=False).folder == folder  # build=False never rebuilds
+    (copy / "table_iter11_rank1.log").write_text("0:[[1.0, -2.0, 3.0, 4.0]]\n")
+    with pytest.warns(RuntimeWarning, match="not rebuilt .*negative count"):
+        assert registry.load(src.id).fingerprint == fp  # an unreadable local copy keeps the stored build too
