@@ -21,11 +21,12 @@ from .task import StateConfig, Task
 def run(model: ModelLike, dataset: str | None = None, *, horizons: Iterable[int] = (1000, 2000), stride: int = 100,
         params: dict[str, Any] | None = None, train: Iterable[str] = (), placement: str | None = None,
         task: Task | None = None, force: bool = False, track: bool = True,
-        tracking_uri: str | None = None) -> RunResult:
+        tracking_uri: str | None = None, per_source: bool = False) -> RunResult:
     """Evaluate `model` over the rolling origins of `dataset` (default: the built-in default trace).
 
     `horizons` and `stride` are in iterations; `train` names whole training traces; `task` overrides
-    all three. The run is logged to MLflow unless `track` is False.
+    all three. `per_source` also scores per-source forecasts (a dataset with sources; docs/protocol.md).
+    The run is logged to MLflow unless `track` is False.
     """
     from datasets_registry.registry import DEFAULT_DATASET
 
@@ -35,7 +36,7 @@ def run(model: ModelLike, dataset: str | None = None, *, horizons: Iterable[int]
     task = task or Task(dataset=dataset, horizons=tuple(horizons), stride=stride, train=tuple(train),
                         states=StateConfig())
     return runner.run(model, dataset, params=params, task=task, placement=placement, force=force, track=track,
-                      tracking_uri=tracking_uri)
+                      tracking_uri=tracking_uri, per_source=per_source)
 
 
 def load_results(dataset: str | None = None, model: str | None = None, *, tracking_uri: str | None = None,

@@ -26,7 +26,7 @@ import numpy as np
 from datasets_registry.trace import Trace
 from models.base import QUANTILE_LEVELS, Predictor
 
-from .metrics import forecast_errors, noise_floor
+from .metrics import crossing, forecast_errors, noise_floor, remote_share, source_errors
 from .probabilistic import QUANTILE_SCORES, quantile_record_scores, reference_quantiles
 from .states import detect_states
 from .task import Task, rolling_origins
@@ -84,6 +84,72 @@ def check_quantiles(qhat: Any, horizon: int, layers: int, experts: int) -> np.nd
         raise ForecastError(f"quantile forecast decreases with the level (by up to {-drop:.3g}): quantiles must be "
                             "non-decreasing along the last axis")
     return qhat
+
+
+def check_source_forecast(ps: Any, horizon: int, layers: int, sources: int, experts: int) -> np.ndarray:
+    """A per-source forecast's rules: shape [H, L, S, E], finite, non-negative, each [S, E] slice summing to 1
+    (1e-6). Anything else fails the origin, like a bad point forecast."""
+    try:
+        ps = np.asarray(ps, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ForecastError(f"per-source forecast is not an array of numbers (got {type(ps).__name__})") from None
+    if ps.shape != (horizon, layers, sources, experts):
+        raise ForecastError(f"per-source forecast has shape {ps.shape}, expected {(horizon, layers, sources, experts)} "
+                            "(records, layers, sources, experts)")
+    if not np.isfinite(ps).all():
+        raise ForecastError("per-source forecast has NaN or inf")
+    if (ps < 0).any():
+        raise ForecastError("per-source forecast has negative shares")
+    dev = np.abs(ps.sum(axis=(2, 3)) - 1.0).max()
+    if dev > 1e-6:
+        raise ForecastError(f"per-source forecast: a record's [sources, experts] shares do not sum to 1 (off by up to "
+                            f"{dev:.3g})")
+    return ps
+
+
+def require_sources(trace: Trace) -> None:
+    """Refuse per-source scoring of a trace that does not record where its tokens come from."""
+    if trace.source_counts is None:
+        raise ValueError(f"{trace.id}: no per-source split (the card lists no sources, and there are no "
+                         "source_counts): per-source scoring needs a dataset that records where its tokens come "
+                         "from (`python -m bench datasets show ID` says; docs/formats.md lists the importers that "
+                         "keep it)")
+
+
+class SourceSplit:
+    """The per-source split of the trace under test, for a run that scores per-source forecasts.
+
+    Holds the trace's ``source_counts``; gives the truth of the records to forecast (:meth:`truth`) and the
+    per-source shares of the records before an origin (:meth:`shares`), from cumulative sums, so that asking at
+    origin ``o`` costs the same whatever ``o``. Nothing here is handed to a predictor: the harness uses the
+    shares to split the point forecast of a predictor that does not forecast per source.
+    """
+
+    def __init__(self, trace: Trace):
+        require_sources(trace)
+        self.counts = trace.source_counts  # [T, L, S, E], read-only
+        self.totals = trace.totals
+        self.sources = self.counts.shape[2]
+        self.cross = crossing(self.sources, trace.experts)
+        T, L, S, E = self.counts.shape
+        self._cum = np.zeros((T + 1, L, S, E), dtype=np.int64)
+        np.cumsum(self.counts, axis=0, out=self._cum[1:])
+
+    def truth(self, o: int, n: int) -> np.ndarray:
+        """[n, L, S, E]: the share of each layer's routed tokens from each source to each expert, records o..o+n-1."""
+        return self.counts[o : o + n] / self.totals[o : o + n, :, None, None]
+
+    def shares(self, o: int) -> np.ndarray:
+        """[L, S, E]: of expert e's tokens in the records before `o`, the share from each source (1/S where the
+        expert got none)."""
+        sent = self._cum[o]
+        got = sent.sum(axis=1, keepdims=True)
+        return np.divide(sent, got, out=np.full(sent.shape, 1.0 / self.sources), where=got > 0)
+
+    def split(self, phat: np.ndarray, o: int) -> np.ndarray:
+        """The per-source forecast [H, L, S, E] of a point forecast `phat` [H, L, E]: each expert's forecast share
+        divided over the sources by their shares before origin `o`."""
+        return phat[:, :, None, :] * self.shares(o)[None]
 
 
 @dataclass
@@ -184,8 +250,13 @@ def evaluate(
     journal: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     span: tuple[int, int] | None = None,
+    per_source: bool = False,
 ) -> Evaluation:
     """Run `predictor` over every rolling origin of `task` on `trace`.
+
+    `per_source` also scores per-source forecasts (docs/protocol.md, "Per-source loads"): a predictor that
+    implements ``predict_sources`` is shown the past per-source split and forecasts it; the point forecast of
+    any other is split by the per-source shares of the records before the origin.
 
     `span=(i, j)` evaluates only the origins ``i..j-1`` (in order), one chunk of a run evaluated on
     its own (:mod:`bench.executors`): with refit "every" the predictor is shown the whole past at
@@ -198,6 +269,8 @@ def evaluate(
         )
     scorers = list(scorers)
     probabilistic = bool(getattr(predictor, "probabilistic", False))  # asked for quantiles only if it has them
+    split = SourceSplit(trace) if per_source else None
+    own_split = split is not None and bool(getattr(predictor, "per_source", False))  # forecasts per source itself
     T, L, E = trace.shape
     origins = rolling_origins(trace.steps, task)
     by_origin: dict[int, dict[int, int]] = {}
@@ -224,15 +297,19 @@ def evaluate(
         rec["failed"] = f"{stage}: {type(exc).__name__}: {exc}"
         rec["traceback"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
-    def measure(phat: np.ndarray, o: int, n: int, scored: dict | None = None) -> dict[str, np.ndarray]:
+    def measure(phat: np.ndarray, o: int, n: int, scored: dict | None = None,
+                phat_src: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The forecast's metrics at origin record `o` over its `n` target records, per layer; `scored`, a quantile
-        forecast's scores per record (:func:`quantile_record_scores`), adds their means over the `n` records."""
+        forecast's scores per record (:func:`quantile_record_scores`), adds their means over the `n` records;
+        `phat_src`, the per-source forecast [H, L, S, E] of a per-source run, adds its errors."""
         truth_p, truth_c = p_all[o : o + n], counts[o : o + n]
         m = forecast_errors(phat, truth_p)
         for scorer in scorers:
             m.update(scorer(phat, truth_c, truth_p))
         if scored is not None:
             m.update({k: v[:n].mean(axis=0) for k, v in scored.items()})
+        if split is not None:
+            m.update(source_errors(phat_src[:n], split.truth(o, n), split.cross))
         return m
 
     def quantiles_scored(o: int, need: int, qhat: np.ndarray) -> dict[str, np.ndarray]:
@@ -248,6 +325,8 @@ def evaluate(
         """What the target records alone determine: the floors every forecast is compared with (and, in a
         probabilistic run, the reference's quantile loss from its scores `ref`)."""
         out = {"noise_floor": noise_floor(p_all[o : o + n].mean(axis=0), trace.totals[o : o + n].mean(axis=0))}
+        if split is not None:
+            out["remote_share"] = remote_share(split.truth(o, n), split.cross)
         if ref is not None:
             out["reference_quantile_loss"] = ref["quantile_loss"][:n].mean(axis=0)
         return out
@@ -260,7 +339,11 @@ def evaluate(
         fallback = np.broadcast_to(fallback_estimate(p_all, steps, o), (n, L, E))
         flat = None if ref is None else quantiles_scored(o, n, np.broadcast_to(uniform[..., None], uniform.shape + (
             len(QUANTILE_LEVELS),)))
-        a, b = measure(uniform, o, n, flat), measure(fallback, o, n, ref)
+        uniform_src = fallback_src = None
+        if split is not None:  # uniform over every (source, expert) pair, and sw_avg's forecast split by the past
+            uniform_src = np.full((n, L, split.sources, E), 1.0 / (split.sources * E))
+            fallback_src = split.split(fallback, o)
+        a, b = measure(uniform, o, n, flat, uniform_src), measure(fallback, o, n, ref, fallback_src)
         out = {k: np.maximum(a[k], b[k]) for k in a if k not in QUANTILE_SCORES}
         if ref is not None:
             worse_a = a["quantile_loss"] >= b["quantile_loss"]
@@ -277,6 +360,13 @@ def evaluate(
         finally:
             rec[call] = rec.get(call, 0.0) + time.perf_counter() - t
 
+    def feed(upto: int) -> None:
+        """Show the predictor copies of the records it has not seen before record `upto` (and their per-source
+        split, to a predictor that forecasts per source)."""
+        predictor.observe(counts[fed:upto].copy(), steps[fed:upto].copy())
+        if own_split:
+            predictor.observe_sources(split.counts[fed:upto].copy(), steps[fed:upto].copy())
+
     broken: str | None = None  # a failure in start/update that leaves the predictor unusable
     try:
         timed(ev.timings, "start", predictor.start, L, E, training)
@@ -290,7 +380,7 @@ def evaluate(
             rec = book.done[o]
             if i == last_refit and not rec.get("failed"):
                 try:
-                    predictor.observe(counts[fed:o].copy(), steps[fed:o].copy())
+                    feed(o)
                     fed = o
                     predictor.refit()
                 except Exception:
@@ -305,12 +395,18 @@ def evaluate(
         try:
             if broken:
                 raise RuntimeError(broken)
-            timed(rec["seconds"], "observe", predictor.observe, counts[fed:o].copy(), steps[fed:o].copy())
+            timed(rec["seconds"], "observe", feed, o)
             fed = o
             if task.refit_due(i):
                 timed(rec["seconds"], "refit", predictor.refit)
             phat = timed(rec["seconds"], "forecast", predictor.forecast, steps[o : o + need].copy())
             phat = check_forecast(phat, need, L, E)
+            phat_src = None
+            if own_split:
+                ps = timed(rec["seconds"], "forecast", predictor.forecast_sources, steps[o : o + need].copy())
+                phat_src = check_source_forecast(ps, need, L, split.sources, E)
+            elif split is not None:
+                phat_src = split.split(phat, o)
             scored = None
             if probabilistic:
                 qhat = timed(rec["seconds"], "forecast", predictor.forecast_quantiles, steps[o : o + need].copy())
@@ -325,7 +421,7 @@ def evaluate(
             for H, n in by_origin[o].items():
                 ph = phat[:n]
                 rec["horizons"][str(H)] = {
-                    "metrics": store({**measure(ph, o, n, scored), **truth(o, n, ref)}),
+                    "metrics": store({**measure(ph, o, n, scored, phat_src), **truth(o, n, ref)}),
                     "window_forecast": ph.mean(axis=0).tolist(),
                 }
         rec["stable"] = stable[o].tolist()

@@ -418,6 +418,19 @@ class IsolatedPredictor:
     refit_policies = property(lambda self: self.metadata["refit_policies"])
     search_space = property(lambda self: self.metadata["search_space"])
     replayable = property(lambda self: self.metadata["replayable"])
+    #: The worker is shown counts only, never a per-source split, so it never forecasts per source itself: in a
+    #: per-source run its point forecast is split by the past per-source shares, like any point forecast's.
+    per_source = False
+
+    @property
+    def refuses_sources(self) -> str:
+        """Why a per-source run refuses this predictor ("" if it does not): its class forecasts per source
+        (``predict_sources``), which needs the per-source history that the worker protocol does not carry."""
+        if not self.metadata["per_source"]:
+            return ""
+        return (f"{self.spec}: forecasts per-source loads (predict_sources), but a sandboxed predictor is shown the "
+                "counts only, not their per-source split: run it without --per-source (its point forecast is then "
+                "scored as usual), or pass the class itself to bench.run in process")
 
     @property
     def worker_pid(self) -> int | None:
@@ -478,7 +491,8 @@ class IsolatedPredictor:
 
     def _checked_metadata(self, meta: Any) -> dict[str, Any]:
         kinds = {"name": str, "defaults": dict, "params": dict, "version": int, "needs_training": bool,
-                 "refit_policies": list, "search_space": dict, "replayable": bool, "doc": str, "class_name": str,
+                 "refit_policies": list, "search_space": dict, "replayable": bool, "per_source": bool, "doc": str,
+                 "class_name": str,
                  "module_file": str}
         if not isinstance(meta, dict):
             self._stop_worker()

@@ -401,7 +401,8 @@ def _metadata(predictor: Any, cls: type) -> dict[str, Any]:
             "version": cls.version, "needs_training": bool(cls.needs_training),
             "refit_policies": list(cls.refit_policies),
             "search_space": {k: list(v) if isinstance(v, tuple) else v for k, v in dict(cls.search_space).items()},
-            "replayable": bool(predictor.replayable), "doc": doc[0] if doc else "", "class_name": cls.__qualname__,
+            "replayable": bool(predictor.replayable), "per_source": bool(getattr(predictor, "per_source", False)),
+            "doc": doc[0] if doc else "", "class_name": cls.__qualname__,
             "module_file": getattr(sys.modules.get(cls.__module__), "__file__", None) or ""}
 
 

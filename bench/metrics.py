@@ -38,3 +38,33 @@ def noise_floor(q: np.ndarray, n: np.ndarray) -> np.ndarray:
     m = np.floor(n * q)
     mad = 2.0 * (m + 1.0) * (1.0 - q) * binom.pmf(m + 1.0, n, q)
     return mad.sum(axis=1) / n[:, 0]
+
+
+#: What a per-source run adds per horizon (docs/protocol.md, "Per-source loads"): the errors of the forecast
+#: [source, expert] shares on the pairs whose tokens cross a source boundary and on all pairs, and the share of the
+#: tokens that truly cross (the traffic the errors are read against).
+SOURCE_METRICS = ("traffic_error", "source_error", "remote_share")
+
+
+def expert_hosts(sources: int, experts: int) -> np.ndarray:
+    """The source (rank or node) hosting each expert under the contiguous expert-parallel layout: expert ``e`` on
+    source ``floor(e * sources / experts)``, i.e. ``experts / sources`` consecutive experts per source. [E] ints."""
+    return np.arange(experts, dtype=np.int64) * sources // experts
+
+
+def crossing(sources: int, experts: int) -> np.ndarray:
+    """[S, E] booleans: whether source ``s``'s tokens for expert ``e`` leave ``s`` (the expert is hosted elsewhere)."""
+    return expert_hosts(sources, experts)[None, :] != np.arange(sources)[:, None]
+
+
+def source_errors(phat: np.ndarray, p: np.ndarray, cross: np.ndarray) -> dict[str, np.ndarray]:
+    """traffic_error and source_error per layer for one origin: ``phat`` and ``p`` are ``[H, L, S, E]`` shares of
+    each layer's routed tokens (every [S, E] slice sums to 1), `cross` the [S, E] pairs that cross a boundary."""
+    diff = np.abs(phat - p)
+    return {"traffic_error": (diff * cross).sum(axis=(2, 3)).mean(axis=0),
+            "source_error": diff.sum(axis=(2, 3)).mean(axis=0)}
+
+
+def remote_share(p: np.ndarray, cross: np.ndarray) -> np.ndarray:
+    """The share of each layer's routed tokens that cross a source boundary, mean over the horizon: [L]."""
+    return (p * cross).sum(axis=(2, 3)).mean(axis=0)

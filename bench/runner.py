@@ -33,7 +33,7 @@ from datasets_registry.trace import Trace
 from models.base import Predictor
 
 from .aggregate import per_layer, summarize
-from .evaluate import Evaluation, evaluate
+from .evaluate import Evaluation, evaluate, require_sources
 from .metrics import METRICS
 from .results import Extras, ResultError, RunResult, WindowForecasts, run_folder, runs_dir, window_forecasts_file
 from .task import Task
@@ -105,6 +105,7 @@ class Prepared:
     scorers: list
     key: str
     folder: Path
+    per_source: bool = False
 
     def close(self) -> None:
         """Stop the predictor's worker process, where it runs in one."""
@@ -195,15 +196,22 @@ def prepare(
     task: Task | None = None,
     placement: str | None = None,
     limits=None,
+    per_source: bool = False,
 ) -> Prepared:
     """Load the data, build the predictor and the scorers, and compute the run's key and folder.
 
-    `limits` (:class:`bench.isolation.Limits`) bound the time a predictor that is not built in may take.
+    `limits` (:class:`bench.isolation.Limits`) bound the time a predictor that is not built in may take;
+    `per_source` also scores per-source forecasts (:func:`bench.evaluate.evaluate`), on a dataset with sources.
     """
     task = replace(task or Task(dataset=dataset), dataset=dataset)
     trace = registry.load(dataset)
+    if per_source:
+        require_sources(trace)  # a clear error for a dataset without sources, before any work
     training = [registry.load(d) for d in task.train]
     predictor, spec, source = _predictor(model, params, limits)
+    if per_source and getattr(predictor, "refuses_sources", ""):
+        predictor.close()
+        raise ValueError(predictor.refuses_sources)
     task_fp = task.fingerprint(trace.fingerprint, tuple(t.fingerprint for t in training))
     scorers = []
     if placement:
@@ -211,8 +219,11 @@ def prepare(
 
         scorers.append(make_scorer(placement, trace.experts))
     fingerprint = source_fingerprint(spec) if source == "file" else ""
-    key = run_key(spec, predictor, task_fp, {"placement": placement, "source": fingerprint})
-    return Prepared(trace, training, predictor, spec, source, fingerprint, task, task_fp, scorers, key, run_folder(key))
+    # per_source enters the key only when set, so that the keys of every other run stay what they were
+    key = run_key(spec, predictor, task_fp, {"placement": placement, "source": fingerprint,
+                                             **({"per_source": True} if per_source else {})})
+    return Prepared(trace, training, predictor, spec, source, fingerprint, task, task_fp, scorers, key, run_folder(key),
+                    per_source)
 
 
 def hardware() -> str:
@@ -315,7 +326,7 @@ def run(
 ) -> RunResult:
     """Evaluate `model` on `dataset` and log it to MLflow (unless `track` is False); returns the result.
 
-    `options` are those of :func:`compute` (params, task, placement, force, progress). A cached
+    `options` are those of :func:`compute` (params, task, placement, per_source, force, progress). A cached
     result not yet in MLflow (its logging was interrupted) is logged now. ``fresh:PRESET`` as the
     dataset trains a new trace first (:func:`fresh_dataset`).
     """
@@ -339,6 +350,7 @@ def compute(
     progress: Callable[[int, int], None] | None = None,
     track: bool = False,
     limits=None,
+    per_source: bool = False,
 ) -> RunResult:
     """Evaluate and store the result under the run's folder, without touching MLflow.
 
@@ -346,7 +358,7 @@ def compute(
     marked as waiting for MLflow until :func:`log` succeeds, so that a run whose logging never
     happened (a crash in between) is logged by the next command that looks (:func:`log_pending`).
     """
-    prep = prepare(model, dataset, params=params, task=task, placement=placement, limits=limits)
+    prep = prepare(model, dataset, params=params, task=task, placement=placement, limits=limits, per_source=per_source)
     try:
         with run_lock(prep.key):  # one process computes a run; another asking for it waits, then reads it
             folder = prep.folder
@@ -406,7 +418,7 @@ def _evaluate(prep: Prepared, placement: str | None, progress) -> RunResult:
     folder = prep.folder
     floors = task_floors(prep)
     ev = evaluate(prep.trace, prep.predictor, prep.task, prep.training, scorers=prep.scorers,
-                  journal=folder / "journal.jsonl", progress=progress)
+                  journal=folder / "journal.jsonl", progress=progress, per_source=prep.per_source)
     frame = _with_hindsight(ev, floors)
     verdicts = _verdicts(ev, floors, prep)
     metrics = list(METRICS) + [c for c in frame.columns if c not in METRICS and c not in ROW_KEYS]

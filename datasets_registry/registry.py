@@ -22,6 +22,7 @@ import dataclasses
 import json
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from .trace import Trace, TraceError
 
 __all__ = ["BUILTIN_DIR", "DEFAULT_DATASET", "DatasetNotFound", "DatasetBusy", "Entry", "Problem", "data_home",
            "user_datasets_dir", "parse_id", "is_valid_id", "check_id", "check_user_id", "entries", "resolve", "load",
-           "add", "next_version", "build_public", "summary", "listing", "describe", "check_datasets",
+           "add", "next_version", "build_public", "refresh_public", "summary", "listing", "describe", "check_datasets",
            "find_leftovers", "remove_leftovers"]
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -146,6 +147,8 @@ def resolve(ref: str, build: bool = True) -> Entry:
     found = _versions(BUILTIN_DIR, name) or _versions(user_datasets_dir(), name)
     if not found and name in PUBLIC and build:
         found = [build_public(name)]
+    elif found and name in PUBLIC and build:
+        found = [refresh_public(e) for e in found]
     if not found:
         known = sorted({e.id for e in entries()} | set(PUBLIC))
         raise DatasetNotFound(f"no dataset {name!r}; known: {', '.join(known) or 'none'}")
@@ -198,6 +201,41 @@ def build_public(name: str, path: str | Path | None = None) -> Entry:
         folder = user_datasets_dir() / name / "v1"
         storage.save(PUBLIC[name].build_trace(path), folder)
     return Entry(name, 1, "public", folder)
+
+
+def refresh_public(entry: Entry) -> Entry:
+    """Rebuild in place a stored build of a public dataset made by an older build revision
+    (:attr:`PublicSource.build_revision`), so that it gains what the current importer keeps (e.g. the
+    per-source split), when its local copy is at hand. The counts, and so the fingerprint, must come out the
+    same: otherwise, or when the local copy cannot be read, the stored build is kept (and a warning says why).
+    Without a local copy, or when the stored card is unreadable (`datasets check` reports it), the stored build
+    is used as it is.
+    """
+    src = PUBLIC[entry.id]
+    try:
+        if src.built_revision(storage.read_card(entry.folder)) >= src.build_revision:
+            return entry
+        path = src.local_copy()
+    except (TraceError, OSError):  # SourceMissing is an OSError: keep using the stored build
+        return entry
+    with dataset_lock(entry.id):
+        card = storage.read_card(entry.folder)  # again, under the lock: another process may have rebuilt it
+        if src.built_revision(card) >= src.build_revision:
+            return entry
+        try:
+            trace = src.build_trace(path)
+        except (TraceError, OSError) as exc:
+            warnings.warn(f"{entry.folder}: not rebuilt from {path} ({exc}); the stored build is used as it is",
+                          RuntimeWarning, stacklevel=3)
+            return entry
+        if trace.fingerprint != card.fingerprint:
+            warnings.warn(f"{entry.folder}: not rebuilt from {path}, whose counts (fingerprint {trace.fingerprint}) "
+                          f"differ from the stored build's ({card.fingerprint}); the stored build is used as it is",
+                          RuntimeWarning, stacklevel=3)
+            return entry
+        trace = Trace(trace.counts, trace.steps, dataclasses.replace(trace.card, version=entry.version), trace.extras)
+        storage.replace(trace, entry.folder)
+    return entry
 
 
 def summary(entry: Entry) -> dict[str, Any]:
@@ -254,6 +292,10 @@ def describe(trace: Trace, entry: Entry | None = None) -> dict[str, Any]:
     totals = trace.totals
     out["tokens_per_record"] = {"min": int(totals.min()), "max": int(totals.max()),
                                 "constant": bool((totals == totals.flat[0]).all())}
+    out["sources"] = None
+    if trace.source_counts is not None:
+        sent = trace.source_counts.sum(axis=(0, 1, 3))
+        out["sources"] = {**trace.sources, "share_of_tokens": [round(float(x), 6) for x in sent / sent.sum()]}
     return json.loads(json.dumps(out))
 
 

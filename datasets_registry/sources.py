@@ -43,6 +43,10 @@ class PublicSource:
     importer: str  # a format of datasets_registry.importers
     archive_name: str  # the name a downloaded or repacked archive goes by
     card: Card
+    #: Bumped when a build gains something a build by an older version of the project lacks (with the same
+    #: counts, so the same fingerprint): a stored build of an older revision is rebuilt in place on first use
+    #: (:func:`datasets_registry.registry.resolve`). Revision 2 keeps the importer's per-source split.
+    build_revision: int = 1
 
     @property
     def env_var(self) -> str:
@@ -79,10 +83,16 @@ class PublicSource:
         src = Path(path) if path is not None else self.local_copy()
         trace = import_path(src, self.importer)
         source = {**trace.card.source, "url": self.url, "repository": self.repository, "commit": self.commit,
-                  "path": self.path_in_repo, "built_from": str(src)}
+                  "path": self.path_in_repo, "built_from": str(src), "build_revision": self.build_revision}
+        extra = {**self.card.extra, **({"sources": trace.sources} if trace.sources is not None else {})}
         card = dataclasses.replace(self.card, source=source, fingerprint=trace.fingerprint,
-                                   layer_names=trace.card.layer_names)
-        return Trace.from_arrays(trace.counts, trace.steps, card, source=str(src))
+                                   layer_names=trace.card.layer_names, extra=extra)
+        return Trace.from_arrays(trace.counts, trace.steps, card, source=str(src), extras=trace.extras)
+
+    def built_revision(self, card: Card) -> int:
+        """The build revision a stored build's card records (1: built before revisions were recorded)."""
+        revision = card.source.get("build_revision", 1)
+        return revision if isinstance(revision, int) and not isinstance(revision, bool) else 1
 
     def fetch(self, timeout: float = 60.0) -> Path:
         """Download the upstream archive into the data home's sources folder."""
@@ -110,6 +120,7 @@ SMARTMOE_AE = PublicSource(
     licence="GPL-3.0",
     importer="fastmoe",
     archive_name="moe_trace.tar.xz",
+    build_revision=2,
     card=Card(
         id="smartmoe-ae",
         version=1,

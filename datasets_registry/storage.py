@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from .guards import TraceError, check_bytes, check_dims, open_regular, parse_json, zip_declared_size
-from .trace import Card, Trace
+from .trace import SOURCE_COUNTS, Card, Trace
 
 TRACE_FILE = "trace.npz"
 CARD_FILE = "card.json"
@@ -54,18 +54,64 @@ def save(trace: Trace, folder: str | os.PathLike) -> Path:
     if folder.exists():
         raise FileExistsError(f"{folder}: already exists; datasets are immutable, give a new version")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=f".{os.getpid()}.saving", dir=folder.parent))
+    tmp = _write_beside(trace, folder)
     try:
-        counts = trace.counts.astype(_compact_dtype(trace.counts))
-        np.savez_compressed(tmp / TRACE_FILE, counts=counts, steps=trace.steps)
-        if trace.extras:
-            np.savez_compressed(tmp / EXTRAS_FILE, **trace.extras)
-        (tmp / CARD_FILE).write_text(trace.card.to_json() + "\n")
         os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def replace(trace: Trace, folder: str | os.PathLike) -> Path:
+    """Write `trace` over the stored trace in `folder`: written completely beside it first, then swapped in by
+    two renames (the old folder goes to a temporary name and is removed), so the folder always holds a whole
+    trace, except for the instant between the renames."""
+    folder = Path(folder)
+    new = _write_beside(trace, folder)
+    old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=f".{os.getpid()}.saving", dir=folder.parent))
+    try:
+        os.rmdir(old)
+        os.rename(folder, old)
+        os.rename(new, folder)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        if old.is_dir() and not folder.exists():
+            os.rename(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def _write_beside(trace: Trace, folder: Path) -> Path:
+    """Write `trace` to a new temporary folder beside `folder` (see :data:`SAVING_NAME`) and return it."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=f".{os.getpid()}.saving", dir=folder.parent))
+    try:
+        counts = trace.counts.astype(_compact_dtype(trace.counts))
+        np.savez_compressed(tmp / TRACE_FILE, counts=counts, steps=trace.steps)
+        if trace.extras:
+            _save_extras(tmp / EXTRAS_FILE, trace.extras)
+        (tmp / CARD_FILE).write_text(trace.card.to_json() + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def _save_extras(path: Path, extras: dict[str, np.ndarray]) -> None:
+    """An .npz as ``np.savez_compressed`` writes it, except the per-source split: stored uncompressed, in the
+    smallest unsigned type that holds it, because it is read with the counts at every load and inflating it cost
+    several times the load of the counts themselves (``benchmarks/source_traffic.py`` measures a load with and
+    without it)."""
+    with zipfile.ZipFile(path, "w", allowZip64=True) as zf:
+        for name, arr in extras.items():
+            info = zipfile.ZipInfo(name + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            if name == SOURCE_COUNTS:
+                arr, info.compress_type = arr.astype(_compact_dtype(arr)), zipfile.ZIP_STORED
+            else:
+                info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(arr), allow_pickle=False)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -229,10 +275,27 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
             raise TraceError(str(path), f"unreadable .npy ({exc})") from None
 
 
+def read_source_counts(folder: str | os.PathLike, card: Card) -> dict[str, np.ndarray]:
+    """``{"source_counts": array}`` from a stored trace's ``extras.npz`` when its card declares sources, else {}.
+
+    A card that declares sources without the array, or an archive holding the array that the card does not
+    declare, is refused (:class:`TraceError` naming the file)."""
+    path = Path(folder) / EXTRAS_FILE
+    declared = "sources" in card.extra
+    present = path.is_file() and SOURCE_COUNTS in npz_headers(path)
+    if declared != present:
+        raise TraceError(str(path), f"card.json {'declares' if declared else 'does not declare'} sources "
+                                    f"(extra.sources) but {EXTRAS_FILE} {'lacks' if declared else 'holds'} "
+                                    f"{SOURCE_COUNTS}")
+    return read_npz_arrays(path, required=(SOURCE_COUNTS,), names=(SOURCE_COUNTS,)) if present else {}
+
+
 def load(folder: str | os.PathLike) -> Trace:
-    """Load and re-validate a stored trace; the card's fingerprint must match the arrays."""
+    """Load and re-validate a stored trace; the card's fingerprint must match the arrays, and a per-source split
+    (read from ``extras.npz`` when the card declares sources) must add up to the counts."""
     folder = Path(folder)
     card = read_card(folder)
     arrays = read_npz_arrays(folder / TRACE_FILE, required=("counts", "steps"), names=("counts", "steps"))
-    return Trace.from_arrays(arrays["counts"], arrays["steps"], card, source=str(folder / TRACE_FILE))
+    return Trace.from_arrays(arrays["counts"], arrays["steps"], card, source=str(folder / TRACE_FILE),
+                             extras=read_source_counts(folder, card), extras_source=str(folder / EXTRAS_FILE))
 

@@ -2,7 +2,9 @@
 
 Proportions are derived on demand and never stored. Every way a trace enters the project
 (loading, importing, tracing) goes through :func:`validate_arrays`, so a bad file is refused
-with the file's name and the exact problem, before anything is written anywhere.
+with the file's name and the exact problem, before anything is written anywhere; an optional
+per-source split (extras key :data:`SOURCE_COUNTS`) goes through :func:`validate_source_counts`
+whenever a :class:`Trace` is constructed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 
 from .guards import TraceError, check_dims
 
-__all__ = ["Card", "ModelInfo", "Trace", "TraceError", "validate_arrays", "fingerprint", "FINGERPRINT_SCHEME"]
+__all__ = ["Card", "ModelInfo", "Trace", "TraceError", "validate_arrays", "validate_source_counts", "fingerprint",
+           "FINGERPRINT_SCHEME", "SOURCE_COUNTS", "SOURCE_UNITS"]
 
 #: Bumped only if the canonical byte layout hashed by :func:`fingerprint` changes.
 FINGERPRINT_SCHEME = "moe-load-bench/v1"
@@ -200,6 +203,69 @@ def validate_arrays(counts: Any, steps: Any, card: Card | None, source: str) -> 
     return c, s
 
 
+#: The extras key of the per-source split of the counts, ``source_counts[T, L, S, E]``.
+SOURCE_COUNTS = "source_counts"
+#: What a source is: the rank (GPU process) or the node (host) the routed tokens came from.
+SOURCE_UNITS = ("rank", "node")
+
+
+def _check_sources_field(sources: Any, source: str) -> int:
+    """The card's ``extra["sources"]``: ``{"count": S, "unit": "rank"|"node", "layout": "<one line>"}``; returns S."""
+    if not isinstance(sources, dict):
+        raise TraceError(source, f"card field extra.sources must be a JSON object, got {type(sources).__name__}")
+    fields = {"count", "unit", "layout"}
+    if set(sources) != fields:
+        raise TraceError(source, f"card field extra.sources must have exactly the keys {sorted(fields)}, got "
+                                 f"{sorted(sources)}")
+    count = sources["count"]
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise TraceError(source, f"card field extra.sources.count must be a positive integer, got {count!r}")
+    if sources["unit"] not in SOURCE_UNITS:
+        raise TraceError(source, f"card field extra.sources.unit must be one of {list(SOURCE_UNITS)}, got "
+                                 f"{sources['unit']!r}")
+    if not isinstance(sources["layout"], str) or not sources["layout"].strip() or "\n" in sources["layout"]:
+        raise TraceError(source, "card field extra.sources.layout must be one non-empty line of text")
+    return count
+
+
+def validate_source_counts(source_counts: Any, counts: np.ndarray, card: Card | None, source: str) -> np.ndarray:
+    """Check the per-source split ``source_counts[T, L, S, E]`` against ``counts[T, L, E]`` and the card.
+
+    Non-negative whole numbers, the counts' T, L and E, S equal to the card's ``extra["sources"]["count"]``,
+    and the sum over sources equal to the counts exactly. Returns it as a C-ordered int64 array.
+    """
+    arr = np.asarray(source_counts)
+    if arr.dtype == bool or arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+        raise TraceError(source, f"source_counts must be integers, got dtype {arr.dtype}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise TraceError(source, f"source_counts must be integers, got dtype {arr.dtype}")
+    T, L, E = counts.shape
+    if arr.ndim != 4 or (arr.shape[0], arr.shape[1], arr.shape[3]) != (T, L, E) or arr.shape[2] == 0:
+        raise TraceError(source, f"source_counts must be [records, layers, sources, experts] = [{T}, {L}, S, {E}] "
+                                 f"with S >= 1, got shape {arr.shape}")
+    check_dims(source, cells=arr.size)
+    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:  # an unsigned type holds none
+        t, l, s, e = np.argwhere(arr < 0)[0]
+        raise TraceError(source, f"source_counts must be non-negative; record {t}, layer {l}, source {s}, expert {e} "
+                                 f"is {arr[t, l, s, e]}")
+    if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise TraceError(source, "source_counts are too large for 64-bit signed integers")
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if card is None or "sources" not in card.extra:
+        raise TraceError(source, 'source_counts without card.extra["sources"] (count, unit, layout): the card must '
+                                 "say what a source is")
+    S = _check_sources_field(card.extra["sources"], source)
+    if S != arr.shape[2]:
+        raise TraceError(source, f"card says {S} sources but source_counts has {arr.shape[2]}")
+    wrong = arr.sum(axis=2) != counts
+    if wrong.any():
+        t, l, e = np.argwhere(wrong)[0]
+        raise TraceError(source, f"source_counts do not add up to counts ({int(wrong.sum())} cells); first at record "
+                                 f"{t}, layer {l}, expert {e}: {int(arr[t, l, :, e].sum())} over sources, "
+                                 f"{int(counts[t, l, e])} in counts")
+    return arr
+
+
 def fingerprint(counts: np.ndarray, steps: np.ndarray) -> str:
     """sha256 of the canonical arrays (shape, then int64 little-endian C-order counts and steps).
 
@@ -221,24 +287,37 @@ class Trace:
 
     Construct through :meth:`from_arrays` (validates) or the registry/loader functions. `extras` are side
     arrays kept beside the counts (``extras.npz``: a token-level sample, per-record figures); a save writes
-    them, a load leaves them on disk (:func:`datasets_registry.token_sample.read` reads them when needed).
+    them, a load leaves them on disk (:func:`datasets_registry.token_sample.read` reads them when needed),
+    except the per-source split :attr:`source_counts`, which a load reads with the counts. The per-source
+    split (extras key :data:`SOURCE_COUNTS`) and the card's ``extra["sources"]`` are checked against the
+    counts whenever a trace is constructed (:func:`validate_source_counts`); the fingerprint covers the
+    counts and steps only.
     """
 
     __slots__ = ("counts", "steps", "card", "extras", "__dict__")
 
-    def __init__(self, counts: np.ndarray, steps: np.ndarray, card: Card, extras: dict[str, np.ndarray] | None = None):
+    def __init__(self, counts: np.ndarray, steps: np.ndarray, card: Card, extras: dict[str, np.ndarray] | None = None,
+                 source: str = "<arrays>"):
+        """Unvalidated counts and steps (:meth:`from_arrays` validates them); the per-source split in `extras` is
+        checked here, with errors naming `source`."""
         counts.setflags(write=False)
         steps.setflags(write=False)
         self.counts = counts
         self.steps = steps
         self.card = card
         self.extras = dict(extras or {})
+        if SOURCE_COUNTS in self.extras:
+            self.extras[SOURCE_COUNTS] = validate_source_counts(self.extras[SOURCE_COUNTS], counts, card, source)
+        elif "sources" in card.extra:
+            count = _check_sources_field(card.extra["sources"], source)
+            raise TraceError(source, f'card.extra["sources"] says {count} sources but the trace has no source_counts')
         for arr in self.extras.values():
             arr.setflags(write=False)
 
     @classmethod
     def from_arrays(cls, counts: Any, steps: Any = None, card: Card | None = None, source: str = "<arrays>",
-                    extras: dict[str, np.ndarray] | None = None) -> "Trace":
+                    extras: dict[str, np.ndarray] | None = None, extras_source: str | None = None) -> "Trace":
+        """A validated trace; `extras_source` names the file of the extras in errors about them (default `source`)."""
         c, s = validate_arrays(counts, steps, card, source)
         card = card if card is not None else Card(id="unnamed")
         card = dataclasses.replace(card, model=dataclasses.replace(card.model))
@@ -253,7 +332,7 @@ class Trace:
             raise TraceError(source, f"card fingerprint {card.fingerprint} does not match the arrays ({fp}): the data "
                                      "or the card was changed")
         card.fingerprint = fp
-        return cls(c, s, card, extras)
+        return cls(c, s, card, extras, source=extras_source or source)
 
     @property
     def id(self) -> str:
@@ -278,6 +357,17 @@ class Trace:
     @property
     def fingerprint(self) -> str:
         return self.card.fingerprint
+
+    @property
+    def source_counts(self) -> np.ndarray | None:
+        """Routed token slots by source (rank or node, ``card.extra["sources"]``), [T, L, S, E] read-only; their
+        sum over sources is :attr:`counts`. None when the trace does not record where its tokens came from."""
+        return self.extras.get(SOURCE_COUNTS)
+
+    @property
+    def sources(self) -> dict[str, Any] | None:
+        """The card's description of the sources (count, unit, layout), or None."""
+        return self.card.extra.get("sources") if self.source_counts is not None else None
 
     @cached_property
     def totals(self) -> np.ndarray:

@@ -58,6 +58,8 @@ class History:
         self._p = np.zeros((capacity, layers, experts), dtype=np.float64)
         self._steps = np.zeros(capacity, dtype=np.int64)
         self._n = 0
+        self._sources: np.ndarray | None = None  # [capacity, L, S, E], allocated by the first append_sources
+        self._n_sources = 0
 
     def __len__(self) -> int:
         return self._n
@@ -78,6 +80,29 @@ class History:
         self._p[sl] = counts / counts.sum(axis=2, keepdims=True)
         self._n += k
         return self._p[sl]
+
+    def append_sources(self, source_counts: np.ndarray) -> None:
+        """Add the per-source split ``[k, L, S, E]`` of the records just appended (a per-source run only)."""
+        k = len(source_counts)
+        have = self._sources
+        if have is None or self._n_sources + k > len(have):
+            new = np.zeros((max(2 * (0 if have is None else len(have)), self._n_sources + k, 16),)
+                           + source_counts.shape[1:], dtype=np.int64)
+            if have is not None:
+                new[: self._n_sources] = have[: self._n_sources]
+            self._sources = new
+        self._sources[self._n_sources : self._n_sources + k] = source_counts
+        self._n_sources += k
+
+    @property
+    def source_counts(self) -> np.ndarray | None:
+        """[n, L, S, E] the records' tokens by source (rank or node) seen so far (read-only); None unless the
+        run scores per-source forecasts (docs/protocol.md, "Per-source loads")."""
+        if self._sources is None:
+            return None
+        v = self._sources[: self._n_sources]
+        v.flags.writeable = False
+        return v
 
     def _view(self, arr: np.ndarray) -> np.ndarray:
         v = arr[: self._n]
@@ -181,6 +206,24 @@ class Predictor:
         self.target_steps = np.asarray(target_steps)
         return self.predict(len(self.target_steps))
 
+    def observe_sources(self, source_counts: np.ndarray, steps: np.ndarray) -> None:
+        """The per-source split ``[k, L, S, E]`` of the records just given to :meth:`observe` (copies); called
+        only in a run that scores per-source forecasts, right after :meth:`observe` with the same records."""
+        if len(steps):
+            self.history.append_sources(source_counts)
+
+    def forecast_sources(self, target_steps: np.ndarray) -> np.ndarray:
+        """The per-source forecast of the records at `target_steps`: sets :attr:`target_steps`, then calls
+        ``predict_sources(len(target_steps))``. The harness calls it right after :meth:`forecast`, and only on a
+        predictor that implements :meth:`predict_sources` (:attr:`per_source`)."""
+        self.target_steps = np.asarray(target_steps)
+        return self.predict_sources(len(self.target_steps))
+
+    @property
+    def per_source(self) -> bool:
+        """Whether it forecasts per-source loads itself: it implements :meth:`predict_sources`."""
+        return type(self).predict_sources is not Predictor.predict_sources
+
     def forecast_quantiles(self, target_steps: np.ndarray) -> np.ndarray:
         """The quantile forecast of the records at `target_steps`: sets :attr:`target_steps`, then calls
         ``predict_quantiles(len(target_steps))``. The harness calls it right after :meth:`forecast`."""
@@ -217,6 +260,13 @@ class Predictor:
         Each is a marginal quantile of one expert's share in one record, so the quantiles of one record
         need not sum to 1 over experts (the median's do not in general).
         """
+        raise NotImplementedError
+
+    def predict_sources(self, records: int) -> np.ndarray:
+        """Optional: ``ps[records, layers, sources, experts]``, the share of each layer's routed tokens in each record
+        to forecast that source `s` (a rank or node) sends to expert `e`: each ``[sources, experts]`` slice sums to
+        1. The past split is in ``self.history.source_counts``. A predictor without it is given the split of its
+        point forecast by the history's per-source shares (docs/protocol.md, "Per-source loads")."""
         raise NotImplementedError
 
     # ---- helpers ---------------------------------------------------------------------------

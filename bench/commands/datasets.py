@@ -129,6 +129,11 @@ def cmd_show(args) -> int:
     tpr = info["tokens_per_record"]
     print(f"  routed slots per layer per record: {tpr['min']}" + ("" if tpr["constant"] else f" .. {tpr['max']}"))
     print(f"  model: {json.dumps({k: v for k, v in info['model'].items() if v is not None})}")
+    if info["sources"]:
+        src = info["sources"]
+        shares = src["share_of_tokens"]
+        print(f"  sources: {src['count']} {src['unit']}s ({src['layout']}); share of the tokens each sends: "
+              f"{min(shares):.2%} .. {max(shares):.2%}")
     print(f"  source: {info['source_summary']}")
     print(f"  licence: {info['licence']}")
     print(f"  fingerprint: {info['fingerprint']}")

@@ -55,6 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="G=8,R=8",
         help="also score expert placement from the forecasts (devices G, replicas R, ...)",
     )
+    p.add_argument(
+        "--per-source",
+        action="store_true",
+        help="also score per-source forecasts: the traffic-weighted error on the tokens that cross a rank or node "
+        "(a dataset with sources; docs/protocol.md)",
+    )
     p.add_argument("--force", action="store_true", help="recompute even if this exact run is cached")
     p.add_argument("--no-track", action="store_true", help="do not log to MLflow")
     p.add_argument(
@@ -137,6 +143,7 @@ def cmd_run(args) -> int:
                 params=run_params,
                 task=task,
                 placement=args.placement,
+                per_source=args.per_source,
                 force=args.force,
                 track=not args.no_track,
                 tracking_uri=args.tracking_uri,

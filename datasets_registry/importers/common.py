@@ -10,7 +10,7 @@ import numpy as np
 
 from ..guards import open_regular
 from ..token_sample import validate
-from ..trace import Card, ModelInfo, Trace
+from ..trace import SOURCE_COUNTS, Card, ModelInfo, Trace
 
 
 def sha256_file(path: Path) -> str:
@@ -44,10 +44,16 @@ def build_trace(
     notes: str = "",
     extra: dict[str, Any] | None = None,
     tokens: dict[str, np.ndarray] | None = None,
+    source_counts: np.ndarray | None = None,
+    sources: dict[str, Any] | None = None,
 ) -> Trace:
     """Validate arrays read by an importer and give them a card naming the format and files; `tokens`, a
-    token-level sample of the records (:mod:`datasets_registry.token_sample`), becomes the trace's extras."""
+    token-level sample of the records (:mod:`datasets_registry.token_sample`), becomes the trace's extras, and
+    so does `source_counts` ``[T, L, S, E]``, the counts split by the rank or node the tokens came from, which
+    `sources` (``{"count", "unit", "layout"}``) describes on the card."""
     counts = np.asarray(counts)
+    if (source_counts is None) != (sources is None):
+        raise ValueError("build_trace: source_counts and sources go together")
     card = Card(
         id=path.stem.split(".")[0].lower().replace(" ", "-") or "imported",
         source={"format": fmt, "path": str(path), "files": files},
@@ -56,9 +62,11 @@ def build_trace(
         layer_names=list(layer_names or []),
         static=static,
         notes=notes,
-        extra=dict(extra or {}),
+        extra={**(extra or {}), **({"sources": sources} if sources is not None else {})},
     )
-    trace = Trace.from_arrays(counts, steps, card, source=str(path))
+    extras = {SOURCE_COUNTS: source_counts} if source_counts is not None else {}
+    trace = Trace.from_arrays(counts, steps, card, source=str(path), extras=extras)
     if tokens is None:
         return trace
-    return Trace(trace.counts, trace.steps, trace.card, validate(tokens, trace.counts, path))
+    return Trace(trace.counts, trace.steps, trace.card, {**validate(tokens, trace.counts, path), **trace.extras},
+                 source=str(path))

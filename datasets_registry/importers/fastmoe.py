@@ -2,8 +2,11 @@
 
 Files ``table_iter{I}_rank{R}.log`` hold one line per MoE layer, ``<layer>:<json>``, where the
 JSON is a list of micro-batches, each a list of per-expert token counts (upstream reader:
-``fmoe/gates/file_gate.py``). A record is one iteration: the sum over ranks and micro-batches.
-The tables are read straight from a folder or from a ``.tar``/``.tar.gz``/``.tar.xz`` archive.
+``fmoe/gates/file_gate.py``). Each rank's gate writes the tokens of its own micro-batches, so a table
+is one source rank's traffic to every expert. A record is one iteration: the counts are the sum over
+ranks and micro-batches; the per-rank sums over micro-batches are kept as the trace's per-source split
+(``source_counts[T, L, S, E]``, source ``s`` the ``s``-th rank in order). The tables are read straight
+from a folder or from a ``.tar``/``.tar.gz``/``.tar.xz`` archive.
 """
 
 from __future__ import annotations
@@ -107,7 +110,9 @@ def read_fastmoe(path: Path) -> "Trace":  # noqa: F821
     for it in iters:
         if sorted(per_iter[it]) != ranks:
             raise TraceError(str(path), f"iteration {it} has ranks {sorted(per_iter[it])}, expected {ranks}")
-    counts = np.stack([np.sum([per_iter[it][r] for r in ranks], axis=0) for it in iters])
+    # [T, L, S, E]: whole numbers far below 2**53, so the float sums over micro-batches are exact
+    source_counts = np.stack([np.stack([per_iter[it][r] for r in ranks], axis=1) for it in iters]).astype(np.int64)
+    counts = source_counts.sum(axis=2)
     files = {"archive": {path.name: sha256_file(path)}} if path.is_file() else {}
     files["tables"] = dict(sorted(hashes.items()))
     return build_trace(
@@ -119,4 +124,8 @@ def read_fastmoe(path: Path) -> "Trace":  # noqa: F821
         layer_names=[f"layer{x}" for x in labels_seen],
         notes=f"summed over {len(ranks)} ranks and all micro-batches",
         extra={"ranks": len(ranks)},
+        source_counts=source_counts,
+        sources={"count": len(ranks), "unit": "rank",
+                 "layout": f"source s is the s-th of ranks {ranks[0]}..{ranks[-1]}: the tokens of that rank's own "
+                           "micro-batches (its table_iter{I}_rank{R}.log)"},
     )

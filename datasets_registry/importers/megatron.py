@@ -4,7 +4,11 @@ One JSONL file per rank (a folder of them, or one file), one record per (step, l
 forward pass: ``{"step", "stage", "block", "layer", "rank", "num_tokens", "topk",
 "top_indices": [[...] per token]}``. A record is counted with ``bincount(top_indices)``; the
 counts are summed over ranks (and over several records of one rank, step and layer, as
-micro-batches write), per (step, layer). Steps are the real iteration numbers.
+micro-batches write), per (step, layer). Steps are the real iteration numbers. A rank records the
+tokens at its own router, before they are dispatched to the experts (``stage: pre_dispatch``), so
+the per-rank sums are kept as the trace's per-source split (``source_counts[T, L, S, E]``, source
+``s`` the ``s``-th rank in order; under pipeline parallelism a rank's layers are only those of its
+stage, and its other layers' counts are 0).
 
 The trace holds expert indices only, so the number of experts is required: ``experts=N``. It is
 not guessed from the largest index seen (an expert that no token chose would vanish).
@@ -32,7 +36,7 @@ from ..guards import TraceError, check_dims, parse_json, read_regular
 from ..token_sample import smallest_uint
 from ..trace import ModelInfo
 from .common import build_trace, file_hashes
-from .dumps import bincount_last, dump_files, expert_ids, finish_notes, int_option, require_keys, warn, whole
+from .dumps import bincount_last, dump_files, expert_ids, finish_notes, int_option, ranges, require_keys, warn, whole
 from .token_routing import check_size, collect, sample_every_option
 
 FIELDS = ("step", "layer", "rank", "num_tokens", "topk", "top_indices")
@@ -48,7 +52,7 @@ class Kept:
 
 
 def _read_file(f: Path, experts: int, sums: dict, seen: dict, topks: set, kept: Kept | None) -> int:
-    """Add one rank file's records into `sums[(step, layer)]`; note who recorded what in `seen`; keep the
+    """Add one rank file's records into `sums[(step, layer, rank)]`; note who recorded what in `seen`; keep the
     records' indices in `kept` (if given)."""
     n = 0
     try:
@@ -72,11 +76,11 @@ def _read_file(f: Path, experts: int, sums: dict, seen: dict, topks: set, kept: 
         if ids.shape != (tokens, topk):
             raise TraceError(str(f), f"{where}: top_indices has shape {list(ids.shape)} but num_tokens={tokens}, "
                                      f"topk={topk}")
-        key = (step, layer)
-        if key not in sums:  # every (step, layer) holds `experts` counts: bound their number before adding one
+        key = (step, layer, rank)
+        if key not in sums:  # every (step, layer, rank) holds `experts` counts: bound their number before adding one
             check_dims(f, experts=experts, cells=(len(sums) + 1) * experts)
         sums[key] = sums.get(key, 0) + bincount_last(ids[:, None, :], experts)[0]
-        seen.setdefault(key, set()).add(rank)
+        seen.setdefault((step, layer), set()).add(rank)
         topks.add(topk)
         if kept is not None:
             kept.cells += ids.size
@@ -137,9 +141,11 @@ def read_megatron(path: Path, experts: int | None = None, sample_every: int | No
     topks: set = set()
     kept = Kept(smallest_uint(experts - 1)) if every else None
     n_records = sum(_read_file(f, experts, sums, seen, topks, kept) for f in files)
-    steps = sorted({s for s, _ in sums})
-    layers = sorted({layer for _, layer in sums})
-    check_dims(path, records=len(steps), layers=len(layers), experts=experts)
+    steps = sorted({s for s, _, _ in sums})
+    layers = sorted({layer for _, layer, _ in sums})
+    all_ranks = sorted({rank for _, _, rank in sums})
+    check_dims(path, records=len(steps), layers=len(layers), experts=experts,
+               cells=len(steps) * len(layers) * len(all_ranks) * experts)
     for layer in layers:
         ranks = set().union(*(seen.get((s, layer), set()) for s in steps))
         for s in steps:
@@ -147,14 +153,21 @@ def read_megatron(path: Path, experts: int | None = None, sample_every: int | No
             if missing:
                 raise TraceError(str(path), f"step {s}, layer {layer} has no record from rank(s) {missing}, which "
                                             "recorded that layer at other steps")
-    counts = np.stack([np.stack([sums[(s, layer)] for layer in layers]) for s in steps])
+    source_counts = np.zeros((len(steps), len(layers), len(all_ranks), experts), dtype=np.int64)
+    row, col, src = ({v: i for i, v in enumerate(x)} for x in (steps, layers, all_ranks))
+    for (s, layer, rank), c in sums.items():
+        source_counts[row[s], col[layer], src[rank]] = c
+    counts = source_counts.sum(axis=2)
     notes = [f"Megatron-Core router trace: bincount of top_indices over {experts} experts, {n_records} records from "
              f"{len(files)} file(s) summed per (step, layer) over ranks and micro-batches; steps are the recorded "
-             "iterations"]
+             f"iterations; the per-rank sums are kept as {len(all_ranks)} sources"]
     extra: dict = {"records": n_records}
     sample = _sample(kept, steps, layers, topks, counts, every, path, notes, extra) if kept is not None else None
     return build_trace(counts, np.asarray(steps), path=path, fmt=fmt,
                        files=file_hashes(files, path if path.is_dir() else None),
                        layer_names=[f"layer{x}" for x in layers],
                        model=ModelInfo(experts=experts, top_k=topks.pop() if len(topks) == 1 else None),
-                       notes=finish_notes(notes), extra=extra, tokens=sample)
+                       notes=finish_notes(notes), extra=extra, tokens=sample, source_counts=source_counts,
+                       sources={"count": len(all_ranks), "unit": "rank",
+                                "layout": f"source s is the s-th of ranks {ranges(all_ranks)}: the tokens at that "
+                                          "rank's router before dispatch (stage pre_dispatch of its trace file)"})

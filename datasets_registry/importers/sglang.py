@@ -242,18 +242,54 @@ def read_per_pass(path: Path, experts: int | None = None, sample_every: int | No
                                                          f"{missing}, which recorded other passes")
     E = experts if experts is not None else int(mapping.max()) + 1
     check_dims(path, records=len(steps), layers=mapping.shape[0], experts=E)  # before the [T, L, E] array is allocated
-    physical = np.stack([np.sum([p for r in ranks for p in records[s][r]], axis=0) for s in steps.tolist()])
+    check_dims(path, cells=len(steps) * len(ranks) * mapping.size)  # and the per-rank [T, S, L, P] one
+    per_rank = np.stack([np.stack([np.sum(records[s][r], axis=0) for r in ranks]) for s in steps.tolist()])
+    physical = per_rank.sum(axis=1)
     notes = [f"SGLang per-pass recorder ({SOURCE_FILE}): global_physical_count summed over {len(ranks)} rank(s) per "
              f"forward pass and mapped from {mapping.shape[1]} physical to {E} logical experts with "
              "last_physical_to_logical_map (the map at dump time; passes recorded before an EPLB rebalance are mapped "
              "with it too)"]
     extra: dict = {"ranks": ranks, "physical_experts": int(mapping.shape[1])}
     counts = physical_to_logical(physical, mapping, E)
+    all_steps = steps
     counts, steps = drop_empty_records(counts, steps, notes, extra, "forward pass")
     moe_layers = np.flatnonzero(counts.sum(axis=(0, 2)) > 0)
     counts, labels = drop_dense_layers(counts, [f"layer{i}" for i in range(counts.shape[1])], path, notes, extra)
     by_pass = {s: [x for r in ranks for x in tokens[s][r]] for s in steps.tolist()}
     sample = _sample(by_pass, steps, counts, mapping, moe_layers, every, path, notes, extra)
+    split = _source_split(per_rank[np.isin(all_steps, steps)], ranks, mapping, E, notes)
+    if split is not None:
+        split = split[:, moe_layers]
     return build_trace(counts, steps, path=path, fmt=fmt, files=file_hashes(files, path if path.is_dir() else None),
                        layer_names=labels, model=ModelInfo(experts=E), step_unit="forward pass",
-                       notes=finish_notes(notes), extra=extra, tokens=sample)
+                       notes=finish_notes(notes), extra=extra, tokens=sample, source_counts=split,
+                       sources=None if split is None else {
+                           "count": len(ranks), "unit": "rank",
+                           "layout": f"source s is the s-th of ranks {ranges(ranks)}: the tokens whose experts that "
+                                     "rank selected (its records' global_physical_count)"})
+
+
+def _source_split(per_rank: np.ndarray, ranks: list[int], mapping: np.ndarray, experts: int,
+                  notes: list[str]) -> np.ndarray | None:
+    """The per-rank counts ``[T, S, L, P]`` as the trace's per-source split ``[T, L, S, E]`` (logical experts),
+    where they are one: each rank's record counts the tokens whose experts it selected (``per_token`` mode and
+    the ``select_experts`` gatherer). Not so, and None, with one rank; where every rank recorded the same counts
+    (tensor parallelism without DP attention: every rank routes the whole batch); and where every rank's counts
+    lie in its own block of physical experts (DeepEP low-latency: a rank records what its experts received)."""
+    T, S, L, P = per_rank.shape
+    if S == 1:
+        notes.append("one rank's records: no per-source split")
+        return None
+    if all(np.array_equal(per_rank[:, 0], per_rank[:, s]) for s in range(1, S)):
+        notes.append(f"all {S} ranks recorded the same counts (each routes the whole batch, as under tensor "
+                     "parallelism without DP attention): no per-source split")
+        return None
+    if P % S == 0 and ranks == list(range(S)):
+        block = P // S
+        own = np.arange(P)[None, :] // block == np.arange(S)[:, None]  # [S, P]: rank r's own physical experts
+        if not (per_rank * ~own[None, :, None, :]).any():
+            notes.append(f"every rank's counts lie in its own {block} physical experts (a destination-side record, as "
+                         "DeepEP low-latency's): no per-source split")
+            return None
+    logical = physical_to_logical(per_rank.reshape(T * S, L, P), mapping, experts)
+    return logical.reshape(T, S, L, experts).transpose(0, 2, 1, 3)

@@ -30,6 +30,16 @@ class SwAvgClone(SlidingWindowAverage):
     name = "sw_avg_clone"
 
 
+class SplitForecaster(SlidingWindowAverage):
+    """sw_avg that would also forecast per source (uniform over the sources): refused by a per-source run."""
+
+    name = "split_forecaster"
+
+    def predict_sources(self, records):
+        S = self.history.source_counts.shape[2]
+        return self.predict(records)[:, :, None, :] / S * np.ones((1, 1, S, 1))
+
+
 class Cheater(Predictor):
     """`steal(records)` returns phat[records, L, E] when its route is open, else raises."""
 

@@ -269,3 +269,102 @@ def test_a_bad_quantile_forecast_fails_its_origin_and_is_charged(trace):
         assert r["quantile_loss"] >= r["reference_quantile_loss"] - 1e-12
         if not r["failed"]:
             assert r["quantile_loss"] == pytest.approx(r["reference_quantile_loss"])  # sw_quantiles is the reference
+
+
+# --------------------------------------------------------------------------- per-source loads
+
+#: source_counts [T=5, L=1, S=2, E=2]: two records of history, the two records an origin at step 2 forecasts, and
+#: one after them. Under the contiguous layout expert e lives on source e, so the pairs (0, 1) and (1, 0) cross.
+SPLIT = np.array([[[[3, 1], [1, 3]]], [[[3, 1], [1, 3]]], [[[2, 2], [0, 4]]], [[[4, 0], [2, 2]]],
+                  [[[9, 9], [9, 9]]]])
+SPLIT_TASK = Task("split", horizons=(2,), stride=2, min_history=2)
+
+
+def split_trace():
+    from datasets_registry.trace import Card, Trace
+
+    card = Card(id="split", extra={"sources": {"count": 2, "unit": "rank", "layout": "rank s: its own batch"}})
+    return Trace.from_arrays(SPLIT.sum(axis=2), np.arange(5), card, extras={"source_counts": SPLIT})
+
+
+class OwnSplit(Predictor):
+    """Forecasts per source: 0.4 of the tokens cross each way, 0.1 stay; remembers the split it was shown."""
+
+    name = "own_split"
+
+    def predict(self, records):
+        return self.repeat(np.full((1, 2), 0.5), records)
+
+    def predict_sources(self, records):
+        self.shown = self.history.source_counts.copy()
+        return self.repeat(np.array([[[0.1, 0.4], [0.4, 0.1]]]), records)
+
+
+class Last(Predictor):
+    name = "last_point"
+
+    def predict(self, records):
+        return self.repeat(self.history.proportions[-1], records)
+
+
+def only_origin(ev, metric):
+    (row,) = ev.rows
+    return row[metric]
+
+
+def test_a_per_source_forecast_is_scored_on_the_tokens_that_cross_by_hand():
+    """Truth at records 2, 3: shares [[.25, .25], [0, .5]] and [[.5, 0], [.25, .25]]; crossing pairs (0,1), (1,0)."""
+    own = OwnSplit()
+    ev = evaluate(split_trace(), own, SPLIT_TASK, per_source=True)
+    np.testing.assert_array_equal(own.shown, SPLIT[:2])  # the past split only
+    # record 2: |.4 - .25| + |.4 - 0| = .55; record 3: |.4 - 0| + |.4 - .25| = .55
+    assert only_origin(ev, "traffic_error") == pytest.approx(0.55)
+    # record 2: .15 + .15 + .4 + .4; record 3: .4 + .4 + .15 + .15
+    assert only_origin(ev, "source_error") == pytest.approx(1.1)
+    assert only_origin(ev, "remote_share") == pytest.approx(0.25)  # .25 + 0 and 0 + .25
+
+
+def test_a_point_forecast_is_split_by_the_past_shares_by_hand():
+    """History: expert 0's tokens come 3:1 from sources 0:1, expert 1's 1:3. Last forecasts [.5, .5], split into
+    [[.375, .125], [.125, .375]]."""
+    ev = evaluate(split_trace(), Last(), SPLIT_TASK, per_source=True)
+    # record 2: |.125 - .25| + |.125 - 0| = .25; record 3: |.125 - 0| + |.125 - .25| = .25
+    assert only_origin(ev, "traffic_error") == pytest.approx(0.25)
+    # record 2: .125 + .125 + .125 + .125; record 3 the same
+    assert only_origin(ev, "source_error") == pytest.approx(0.5)
+    plain = evaluate(split_trace(), Last(), SPLIT_TASK)
+    assert "traffic_error" not in plain.rows[0] and "remote_share" not in plain.rows[0]
+    assert plain.rows[0]["error_rate"] == ev.rows[0]["error_rate"]
+
+
+class BadSplit(OwnSplit):
+    name = "bad_split"
+
+    def predict_sources(self, records):
+        return np.full((records, 1, 2, 2), 0.5)  # sums to 2
+
+
+def test_a_bad_per_source_forecast_fails_the_origin_and_is_charged():
+    ev = evaluate(split_trace(), BadSplit(), SPLIT_TASK, per_source=True)
+    assert "do not sum to 1" in ev.failures[0]["error"]
+    # charged the worse of uniform (every pair 1/4) and sw_avg's [.5, .5] split by the past shares (.25, above)
+    # uniform: record 2: |.25 - .25| + |.25 - 0| = .25; record 3: .25 + 0 = .25
+    assert only_origin(ev, "traffic_error") == pytest.approx(0.25)
+    # uniform: record 2: 0 + 0 + .25 + .25 = .5; record 3: .25 + .25 + 0 + 0 = .5; the split's is .5 too
+    assert only_origin(ev, "source_error") == pytest.approx(0.5)
+
+
+def test_per_source_scoring_needs_a_dataset_with_sources(trace):
+    with pytest.raises(ValueError, match="no per-source split"):
+        evaluate(trace, Last(), TASK, per_source=True)
+
+
+def test_check_source_forecast_rules():
+    from bench.evaluate import check_source_forecast
+
+    good = np.full((3, 1, 2, 2), 0.25)
+    assert check_source_forecast(good, 3, 1, 2, 2) is not None
+    for bad, fragment in ((good[:, :, :1], "shape"), (good * np.nan, "NaN"), (good - 0.5, "negative"),
+                          (good * 2, "sum to 1"), ("x", "not an array")):
+        with pytest.raises(ForecastError, match=fragment):
+            check_source_forecast(bad, 3, 1, 2, 2)

@@ -424,3 +424,26 @@ def test_the_message_format_refuses_pickles_and_false_declarations():
     np.lib.format.write_array(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="allow_pickle=False"):
         decode_arrays(pickled.getvalue(), [{"dtype": "|O", "shape": [1]}])
+
+
+# ---- per-source runs ----------------------------------------------------------------------------
+def test_a_per_source_run_splits_a_sandboxed_point_forecast_and_refuses_one_that_forecasts_per_source(
+        tmp_path, monkeypatch):
+    """The worker is shown counts only: its point forecast is split by the harness, exactly as in-process; a class
+    that would forecast per source needs the per-source history, which the worker protocol does not carry."""
+    from bench import runner
+
+    from .test_evaluate import SPLIT_TASK, split_trace
+
+    trace = split_trace()
+    with IsolatedPredictor(spec("SwAvgClone")) as p:
+        assert p.per_source is False and p.refuses_sources == ""
+        isolated = evaluate(trace, p, SPLIT_TASK, per_source=True)
+    inside = evaluate(trace, predictor_class(spec("SwAvgClone"))(), SPLIT_TASK, per_source=True)
+    assert not isolated.failures and isolated.rows == inside.rows and "traffic_error" in isolated.rows[0]
+    monkeypatch.setenv("MOE_LOAD_BENCH_HOME", str(tmp_path))
+    registry.add(trace, "split")
+    with pytest.raises(ValueError, match="forecasts per-source loads .* run it without --per-source"):
+        runner.compute(spec("SplitForecaster"), "split", task=SPLIT_TASK, per_source=True)
+    with IsolatedPredictor(spec("SplitForecaster")) as p:
+        assert p.metadata["per_source"] is True and p.per_source is False

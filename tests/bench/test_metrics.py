@@ -109,3 +109,25 @@ def test_the_hindsight_floor_matches_an_independent_loop(smartmoe, capsys):
         constant = sum(np.abs(window[:, e] - np.median(window[:, e])).sum() for e in range(smartmoe.experts)) / n
         line = sum(lad_line_error(ts, window[:, e]) for e in range(smartmoe.experts)) / n
         assert row.hindsight_floor == pytest.approx(min(constant, line), rel=1e-3, abs=5e-4)
+
+
+def test_contiguous_layout_and_its_crossing_pairs():
+    from bench.metrics import crossing, expert_hosts
+
+    assert expert_hosts(16, 32).tolist() == [e // 2 for e in range(32)]  # smartmoe-ae: experts 2r, 2r+1 on rank r
+    assert expert_hosts(4, 6).tolist() == [0, 0, 1, 2, 2, 3]
+    assert expert_hosts(4, 2).tolist() == [0, 2]  # fewer experts than sources: some sources host none
+    cross = crossing(2, 4)
+    assert cross.tolist() == [[False, False, True, True], [True, True, False, False]]
+
+
+def test_source_errors_weigh_only_the_pairs_that_cross():
+    from bench.metrics import crossing, remote_share, source_errors
+
+    cross = crossing(2, 2)
+    p = np.array([[[[0.4, 0.1], [0.2, 0.3]]]])  # [H=1, L=1, S=2, E=2]
+    phat = np.array([[[[0.3, 0.2], [0.2, 0.3]]]])
+    m = source_errors(phat, p, cross)
+    assert m["traffic_error"].tolist() == pytest.approx([0.1])  # only (0, 1) differs among (0, 1), (1, 0)
+    assert m["source_error"].tolist() == pytest.approx([0.2])
+    assert remote_share(p, cross).tolist() == pytest.approx([0.3])  # 0.1 + 0.2

@@ -93,3 +93,64 @@ def test_card_type_tables_cover_every_field():
     assert set(MODEL_FIELD_TYPES) == {f.name for f in dataclasses.fields(ModelInfo)}
     card = Card(id="x", model=ModelInfo(experts=4, aux_loss=0.01, router="hash"), layer_names=["a"])
     assert Card.from_dict(json.loads(card.to_json())) == card  # a written card reads back
+
+
+# --------------------------------------------------------------------------- the per-source split
+
+SOURCES = {"count": 3, "unit": "rank", "layout": "source s: the tokens of rank s's own batch"}
+
+
+def split(T=4, L=2, S=3, E=5, seed=0):
+    return np.random.default_rng(seed).integers(0, 40, size=(T, L, S, E)) + (np.arange(S) == 0)[None, None, :, None]
+
+
+def card(**extra):
+    return Card(id="x", extra={"sources": dict(SOURCES), **extra})
+
+
+def test_source_counts_add_up_and_leave_the_fingerprint_alone():
+    sc = split()
+    counts = sc.sum(axis=2)
+    plain = Trace.from_arrays(counts, None)
+    with_sources = Trace.from_arrays(counts, None, card(), extras={"source_counts": sc})
+    assert plain.source_counts is None and plain.sources is None
+    assert with_sources.source_counts.shape == (4, 2, 3, 5) and with_sources.source_counts.dtype == np.int64
+    np.testing.assert_array_equal(with_sources.source_counts.sum(axis=2), with_sources.counts)
+    assert not with_sources.source_counts.flags.writeable
+    assert with_sources.sources == SOURCES
+    assert with_sources.fingerprint == plain.fingerprint == fingerprint(plain.counts, plain.steps)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda sc, c: (sc + (np.arange(sc.size).reshape(sc.shape) == 7), c),
+     "do not add up to counts .* record 0, layer 0, expert 2"),
+    (lambda sc, c: (sc[:, :, :, :4], c), r"must be \[records, layers, sources, experts\] = \[4, 2, S, 5\]"),
+    (lambda sc, c: (sc[:, :, :2], c), "card says 3 sources but source_counts has 2"),
+    (lambda sc, c: (sc.astype(float), c), "must be integers"),
+    (lambda sc, c: (np.where(np.arange(sc.size).reshape(sc.shape) == 0, -1, sc), c), "non-negative"),
+    (lambda sc, c: (sc, Card(id="x")), r"without card.extra\[\"sources\"\]"),
+    (lambda sc, c: (sc, Card(id="x", extra={"sources": {**SOURCES, "unit": "gpu"}})), "unit must be one of"),
+    (lambda sc, c: (sc, Card(id="x", extra={"sources": {**SOURCES, "count": 0}})), "positive integer"),
+    (lambda sc, c: (sc, Card(id="x", extra={"sources": {"count": 3}})), "exactly the keys"),
+])
+def test_a_bad_split_is_refused_naming_the_problem(change, fragment):
+    sc = split()
+    counts = sc.sum(axis=2)
+    bad, c = change(sc, card())
+    with pytest.raises(TraceError, match=fragment) as info:
+        Trace.from_arrays(counts, None, c, source="dump.bin", extras={"source_counts": bad})
+    assert info.value.source == "dump.bin"
+
+
+def test_a_card_that_declares_sources_needs_the_split():
+    with pytest.raises(TraceError, match="3 sources but the trace has no source_counts"):
+        Trace.from_arrays(split().sum(axis=2), None, card())
+    with pytest.raises(TraceError, match="extra.sources must be a JSON object, got int"):
+        Trace.from_arrays(split().sum(axis=2), None, Card(id="x", extra={"sources": 3}))
+
+
+def test_direct_construction_checks_the_split_too():
+    t = Trace.from_arrays(split().sum(axis=2), None)
+    bad = split(seed=1)
+    with pytest.raises(TraceError, match="do not add up"):
+        Trace(t.counts, t.steps, card(), {"source_counts": bad}, source="here")

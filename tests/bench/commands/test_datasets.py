@@ -12,6 +12,31 @@ def test_show_smartmoe_reports_its_shape(smartmoe, capsys):
     assert (info["first_step"], info["last_step"]) == (1, 5001)
     assert info["tokens_per_record"] == {"min": 262144, "max": 262144, "constant": True}
     assert info["licence"] == "GPL-3.0" and info["fingerprint"].startswith("sha256:")
+    assert info["sources"]["count"] == 16 and info["sources"]["unit"] == "rank"
+    assert info["sources"]["share_of_tokens"] == [0.0625] * 16  # every rank routes 4 micro-batches of 2048 tokens
+
+
+def test_show_prints_the_sources_of_any_trace_with_them_and_none_otherwise(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from datasets_registry import registry
+    from datasets_registry.trace import Card, Trace
+
+    monkeypatch.setenv("MOE_LOAD_BENCH_HOME", str(tmp_path))
+    sc = np.zeros((2, 1, 2, 3), dtype=np.int64)
+    sc[:, :, 0] = 3  # source 0 sends 3 tokens to every expert, source 1 sends 1
+    sc[:, :, 1] = 1
+    sources = {"count": 2, "unit": "node", "layout": "node n: ranks 8n..8n+7"}
+    registry.add(Trace.from_arrays(sc.sum(axis=2), None, Card(id="x", extra={"sources": sources}),
+                                   extras={"source_counts": sc}), "split")
+    registry.add(Trace.from_arrays(sc.sum(axis=2), None), "whole")
+    assert main(["datasets", "show", "split", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sources"] == {**sources, "share_of_tokens": [0.75, 0.25]}
+    assert main(["datasets", "show", "split"]) == 0
+    assert "sources: 2 nodes (node n: ranks 8n..8n+7); share of the tokens each sends: 25.00% .. 75.00%" in (
+        capsys.readouterr().out)
+    assert main(["datasets", "show", "whole", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["sources"] is None
 
 
 def test_list_json_has_the_documented_fields(smartmoe, capsys):

@@ -61,6 +61,28 @@ def test_megatron_bincounts_and_sums_ranks(tmp_path, stored):
     assert one.counts.sum() < tr.counts.sum()
 
 
+def test_megatron_keeps_each_ranks_tokens_as_a_source(tmp_path, stored):
+    want = write_traces(tmp_path / "trace", ranks=(0, 2, 5), microbatches=2)
+    tr = stored(import_path(tmp_path / "trace", "megatron-router-trace", experts=E, sample_every=0))
+    assert tr.sources["count"] == 3 and tr.sources["unit"] == "rank" and "ranks 0, 2, 5" in tr.sources["layout"]
+    np.testing.assert_array_equal(tr.source_counts.sum(axis=2), want)
+    for s, rank in enumerate((0, 2, 5)):
+        alone = import_path(tmp_path / "trace" / f"routing_trace_rank{rank}.jsonl", "megatron-router-trace",
+                            experts=E, sample_every=0)
+        np.testing.assert_array_equal(tr.source_counts[:, :, s], alone.counts)
+
+
+def test_megatron_pipeline_stages_are_sources_with_zeros_in_other_stages_layers(tmp_path):
+    first = write_traces(tmp_path / "a", layers=(1,), ranks=(0,))
+    second = write_traces(tmp_path / "b", layers=(3,), ranks=(1,))
+    (tmp_path / "b" / "routing_trace_rank1.jsonl").rename(tmp_path / "a" / "routing_trace_rank1.jsonl")
+    tr = import_path(tmp_path / "a", "megatron-router-trace", experts=E, sample_every=0)
+    assert tr.source_counts.shape == (3, 2, 2, E)
+    np.testing.assert_array_equal(tr.source_counts[:, 0, 0], first[:, 0])
+    np.testing.assert_array_equal(tr.source_counts[:, 1, 1], second[:, 0])
+    assert not tr.source_counts[:, 0, 1].any() and not tr.source_counts[:, 1, 0].any()
+
+
 def test_megatron_malformed(tmp_path, refuses):
     d = tmp_path / "t"
     write_traces(d)

@@ -188,6 +188,38 @@ def test_per_pass_sums_ranks_and_maps_to_logical(tmp_path, per_token, stored):
     assert len(tr.card.source["files"]) == 2 and "physical to 8 logical" in tr.card.notes
 
 
+def test_per_pass_keeps_each_ranks_selections_as_a_source(tmp_path, stored):
+    written = save_ranks(tmp_path / "dump", ranks=(0, 1, 3))
+    tr = stored(import_path(tmp_path / "dump", "sglang-per-pass"))
+    assert tr.sources["count"] == 3 and tr.sources["unit"] == "rank" and "ranks 0-1, 3" in tr.sources["layout"]
+    for s, rank in enumerate((0, 1, 3)):
+        alone = expected_logical({rank: written[rank]}, [5, 6, 9])
+        np.testing.assert_array_equal(tr.source_counts[:, :, s], alone[:, 1:])
+    np.testing.assert_array_equal(tr.source_counts.sum(axis=2), tr.counts)
+
+
+def test_per_pass_without_a_source_split(tmp_path):
+    """One rank; ranks that all routed the same batch; a destination-side record (DeepEP low-latency)."""
+    save_ranks(tmp_path / "one", ranks=(0,))
+    tr = import_path(tmp_path / "one", "sglang-per-pass")
+    assert tr.source_counts is None and "one rank's records: no per-source split" in tr.card.notes
+    folder = tmp_path / "same"
+    written = save_ranks(folder, ranks=(0, 1))
+    torch.save(dict(records=[{**r, "rank": 1} for r in written[0]], last_physical_to_logical_map=MAP),
+               folder / "expert_distribution_recorder_1700000000.5_1.pt")
+    tr = import_path(folder, "sglang-per-pass")
+    assert tr.source_counts is None and "all 2 ranks recorded the same counts" in tr.card.notes
+    folder = tmp_path / "received"
+    written = save_ranks(folder, ranks=(0, 1))
+    for rank, recs in written.items():
+        for rec in recs:
+            rec["global_physical_count"][:, [p for p in range(P) if p // (P // 2) != rank]] = 0
+        torch.save(dict(records=recs, last_physical_to_logical_map=MAP),
+                   folder / f"expert_distribution_recorder_1700000000.5_{rank}.pt")
+    tr = import_path(folder, "sglang-per-pass")
+    assert tr.source_counts is None and "lie in its own 5 physical experts" in tr.card.notes
+
+
 def test_per_pass_single_file_and_idle_pass(tmp_path, stored):
     written = save_ranks(tmp_path / "dump", ranks=(0,), pass_ids=(1, 2, 3))
     f = next((tmp_path / "dump").iterdir())
