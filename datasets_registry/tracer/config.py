@@ -105,8 +105,8 @@ class TracerConfig:
     probe_tokens: int = 262144  # tokens per probe (whole sequences: probe_tokens // seq_len of them)
     probe_chunk: int = 65536  # tokens per forward pass of a probe (memory bound; capacity applies per chunk)
     holdout: float = 0.05  # fraction of corpus files held out for probes (by a hash of their path; only when probing)
-    # simulated data-parallel layout: the batch's tokens split into `source_ranks` equal contiguous shares (ranks), ranks
-    # numbered node by node, `ranks_per_node` to a node; experts in contiguous blocks, E / nodes to a node
+    # simulated data-parallel layout: the batch's tokens split into `source_ranks` equal contiguous shares (ranks),
+    # ranks numbered node by node, `ranks_per_node` to a node; experts in contiguous blocks, E / nodes to a node
     source_ranks: int = 0  # S; 0: no per-source loads recorded
     ranks_per_node: int = 8
     max_nodes: int | None = None  # node-limited routing: nodes a token may reach (M); None: max(1, top_k // 2)
@@ -160,7 +160,8 @@ class TracerConfig:
             raise ValueError("source_ranks must be >= 0 and ranks_per_node >= 1")
         if self.source_ranks:
             if self.tokens_per_step % self.source_ranks:
-                raise ValueError(f"{self.tokens_per_step} tokens per step do not split into {self.source_ranks} sources")
+                raise ValueError(f"{self.tokens_per_step} tokens per step do not split into {self.source_ranks} "
+                                 "sources")
             if self.source_ranks > self.ranks_per_node and self.source_ranks % self.ranks_per_node:
                 raise ValueError(f"{self.source_ranks} sources do not fill nodes of {self.ranks_per_node} ranks")
         if self.router in LOCALITY_ROUTERS:
