@@ -379,7 +379,8 @@ def test_gpu_locality_wave_trains_the_five_routers_on_the_same_layout(monkeypatc
         cfg, steps, trace_id, kw = got.value.args
         assert kw["device"] == "cuda" and not kw["register"] and kw["out"].name == trace_id
         runs.append((cfg, steps))
-    routers = sorted(c.router for c, _ in runs)
-    assert routers == sorted(["hash", "switch", "softmax-topk", "locmoe", "locmoe", "node-limited"])
+    routers = sorted((c.router, c.top_k) for c, _ in runs)
+    assert routers == sorted([("hash", 2), ("hash", 1), ("switch", 1), ("softmax-topk", 2), ("locmoe", 1),
+                              ("locmoe", 1), ("node-limited", 2)])
     assert {(c.preset, c.seed, c.source_ranks, c.nodes, s) for c, s in runs} == {("gpt3-125m-16e", 1, 8, 4, 4000)}
     assert sorted(c.locality_loss for c, _ in runs if c.router == "locmoe") == [0.01, 0.1]
