@@ -148,6 +148,8 @@ class MoE(nn.Module):
             self.gate = nn.Linear(d, E, bias=False)
         self.S = cfg.source_ranks
         self.nodes = cfg.nodes
+        if self.S:
+            self.register_buffer("expert_node", torch.tensor(cfg.expert_nodes), persistent=False)
         if cfg.router == "node-limited":
             self.M = cfg.node_limit
         if cfg.router == "locmoe":
@@ -228,6 +230,10 @@ class MoE(nn.Module):
         N, E = x.shape[0], self.E
         if self.S:
             out["source_counts"] = onehot.view(self.k, self.S, N // self.S, E).sum(dim=(0, 2), dtype=torch.int64)
+            # tokens of each rank with at least one expert on each node: what crosses the network once per node
+            # where a dispatch sends a token to a node once and forwards it inside (DeepEP, DeepSeek-V3)
+            reach = F.one_hot(self.expert_node[idx], self.nodes).amax(dim=1)  # [N, nodes]
+            out["source_node_tokens"] = reach.view(self.S, N // self.S, self.nodes).sum(dim=1, dtype=torch.int64)
         if self.router == "locmoe":
             current = probs.view(self.S, N // self.S, E).mean(dim=1)  # D_c per rank: its mean routing distribution
             target = self.local_target

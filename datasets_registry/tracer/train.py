@@ -212,6 +212,7 @@ class Tracer:
             fields["bias"] = ((self.L, cfg.n_experts), torch.float32)
         if cfg.source_ranks:
             fields["source_counts"] = ((self.L, cfg.source_ranks, cfg.n_experts), torch.int32)
+            fields["source_node_tokens"] = ((self.L, cfg.source_ranks, cfg.nodes), torch.int32)
         if cfg.router == "locmoe":
             fields["locality_loss"] = ((self.L,), torch.float32)
             fields["router_cosine"] = ((self.L,), torch.float32)
@@ -660,7 +661,8 @@ class Tracer:
         extra.update(self._layout_card(rec))
         if cfg.source_ranks:
             extra["extras_file"] += (", source_counts[T, L, S, E] (slots per source rank before drops; sums over S "
-                                     "to the counts)")
+                                     "to the counts), source_node_tokens[T, L, S, N] (tokens of each rank with at "
+                                     "least one expert on each node)")
         if cfg.router == "locmoe":
             extra["extras_file"] += (", locality_loss[T, L] float32 (LocMoE's KL(D_c || D_l) per step and layer), "
                                      "router_cosine[T, L] float32 (the cosine quantile standing for LocMoE's delta)")
@@ -729,6 +731,8 @@ class Tracer:
         if cfg.source_ranks:
             per_source = rec["source_counts"]
             extras["source_counts"] = per_source.astype(np.uint16 if per_source.max(initial=0) < 65536 else np.uint32)
+            reach = rec["source_node_tokens"]
+            extras["source_node_tokens"] = reach.astype(np.uint16 if reach.max(initial=0) < 65536 else np.uint32)
         if cfg.router == "locmoe":
             extras["locality_loss"] = rec["locality_loss"].astype(np.float32)
             extras["router_cosine"] = rec["router_cosine"].astype(np.float32)

@@ -37,6 +37,14 @@ def test_every_router_trains_with_per_source_counts_that_sum_to_the_counts(route
     assert (per_source.sum(axis=2) == trace.counts).all()
     # every rank holds tokens_per_step / S tokens, each routed to top_k experts
     assert (per_source.sum(axis=3) == cfg.tokens_per_step // 8 * cfg.top_k).all()
+    # tokens reaching each node: at least the slots' share of one node, at most all of the rank's tokens
+    reach = extras["source_node_tokens"]
+    assert reach.shape == (3, len(cfg.moe_layer_ids), 8, 4)
+    by_node = per_source.reshape(3, -1, 8, 4, 2).sum(axis=4)  # slots per node (2 experts each)
+    assert (reach <= by_node).all() and (reach * cfg.top_k >= by_node).all()
+    assert (reach.sum(axis=3) >= cfg.tokens_per_step // 8).all()
+    if router == "node-limited":  # M = 1: every token on one node
+        assert (reach.sum(axis=3) == cfg.tokens_per_step // 8).all()
     extra = trace.card.extra
     assert extra["sources"]["count"] == 8 and extra["sources"]["unit"] == "rank"
     assert extra["data_parallel"]["rank_nodes"] == [0, 0, 1, 1, 2, 2, 3, 3]

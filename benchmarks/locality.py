@@ -1,0 +1,198 @@
+"""LocMoE's comparison on the tracer's routers: inter-node traffic, modelled step time, balance, drops, loss.
+
+    python benchmarks/locality.py RUN_FOLDER...            # print the tables
+    python benchmarks/locality.py RUN_FOLDER... --write    # replace their preset's tables in docs/locality.md
+
+Each RUN_FOLDER is a tracer run folder (``python -m bench trace ... --sources S``; its ``trace/``) or a trace
+folder, every run of one preset, trained on the same batches with a simulated data-parallel layout (per-source
+loads, ``source_counts[T, L, S, E]``). The runs are compared over the iterations that all of them reached. Per
+router: the share of routed slots that cross nodes, the load imbalance (max / mean GPU load), the dropped
+slots, the final loss (mean of the last 100 iterations compared) and the modelled MoE-layer time
+(:mod:`bench.topology`: expert compute plus dispatch and combine) on four topologies; the reduction of that
+time against hash and Switch routing, beside LocMoE's reported 12.68-22.24%; and the traffic-minimising
+placement (:func:`bench.placement.traffic_placement`) planned on the first half of the iterations and scored
+on the second, against the contiguous placement the routers were trained for.
+
+The tables in docs/locality.md sit between ``<!-- table: PRESET-NAME -->`` and ``<!-- /table -->``;
+tests/bench/test_locality_doc.py recomputes them from the committed CPU traces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks.doc_tables import write_table  # noqa: E402
+
+DOC = REPO / "docs" / "locality.md"
+#: Tokens per GPU per step that the modelled times are scaled to (the traces' shares of them are kept).
+TOKENS_PER_GPU = 4096
+#: The topologies, as (preset, nodes, GPUs per node); "layout" uses the nodes the routers were trained for.
+TOPOLOGIES = (("nvlink-ib", "layout"), ("pcie-eth", "layout"), ("pcie-eth", "gpu"), ("nvlink-ib", "half"))
+LOCMOE_REPORTED = "12.68-22.24%"  # Li et al. 2024, abstract: training time per epoch against hash and Switch
+
+
+@dataclass
+class Run:
+    label: str
+    router: str
+    top_k: int
+    preset: str
+    card: object
+    counts: np.ndarray  # [T, L, E]
+    source_counts: np.ndarray  # [T, L, S, E]
+    extras: dict
+    layout: dict  # the card's data_parallel entry
+
+
+def load_run(folder: str | Path) -> Run:
+    """A tracer run (or trace) folder with per-source loads; a clear error otherwise."""
+    from datasets_registry import storage
+    from datasets_registry.tracer.config import TracerConfig
+
+    folder = Path(folder)
+    if (folder / "trace" / storage.CARD_FILE).exists():
+        folder = folder / "trace"
+    trace = storage.load(folder)
+    extras = dict(getattr(trace, "extras", None) or {})
+    if not extras and (folder / storage.EXTRAS_FILE).exists():
+        extras = storage.read_npz_arrays(folder / storage.EXTRAS_FILE, required=())
+    per_source = extras.get("source_counts")
+    if per_source is None or "data_parallel" not in trace.card.extra:
+        raise SystemExit(f"{folder}: no per-source loads (train it with --sources S)")
+    cfg = TracerConfig.from_dict(trace.card.extra["config"])
+    label = f"{cfg.router} top-{cfg.top_k}"
+    if cfg.router == "node-limited":
+        label += f", M={cfg.node_limit}"
+    if cfg.router == "locmoe" and cfg.locality_loss != TracerConfig.locality_loss:
+        label += f", mu={cfg.locality_loss:g}"
+    return Run(label, cfg.router, cfg.top_k, cfg.preset, trace.card, trace.counts, np.asarray(per_source), extras,
+               trace.card.extra["data_parallel"])
+
+
+def topologies(layout: dict) -> list:
+    from bench.topology import topology
+
+    G, N = layout["source_ranks"], layout["nodes"]
+    shapes = {"layout": (N, G // N), "gpu": (G, 1), "half": (max(1, N // 2), G // max(1, N // 2))}
+    return [topology(name, *shapes[which]) for name, which in TOPOLOGIES]
+
+
+def analyse(runs: list[Run]) -> dict:
+    """Every figure of the tables, from runs of one preset and layout."""
+    from bench.placement import contiguous_placement, traffic_placement
+    from bench.topology import step_time
+
+    presets = {r.preset for r in runs}
+    layouts = {(r.layout["source_ranks"], r.layout["nodes"]) for r in runs}
+    if len(presets) != 1 or len(layouts) != 1:
+        raise SystemExit(f"the runs mix presets {sorted(presets)} or layouts {sorted(layouts)}")
+    T = min(r.counts.shape[0] for r in runs)
+    topos = topologies(runs[0].layout)
+    out = {"preset": runs[0].preset, "iterations": T, "topologies": [t.describe() for t in topos], "rows": []}
+    for r in runs:
+        T_, L, E = r.counts[:T].shape
+        G = r.layout["source_ranks"]
+        tokens = r.card.model.tokens_per_step
+        src = r.source_counts[:T].astype(np.float64) * (TOKENS_PER_GPU * G / tokens)
+        blocks = contiguous_placement(L, E, G)
+        loads = blocks.device_loads(r.counts[:T].astype(np.float64))
+        dropped = r.extras["dropped"][:T].astype(np.float64).sum() / (T * L * tokens * r.top_k)
+        loss = r.extras["loss"][:T]
+        row = {
+            "label": r.label,
+            "router": r.router,
+            "top_k": r.top_k,
+            "internode": [], "step_us": [],
+            "imbalance": float((loads.max(axis=2) / loads.mean(axis=2)).mean()),
+            "dropped": float(dropped),
+            "final_loss": float(loss[-min(100, T):].mean()),
+        }
+        for topo in topos:
+            st = step_time(src, contiguous_placement(L, E, G, topo.nodes), topo)
+            row["internode"].append(float(st["internode_share"].mean()))
+            row["step_us"].append(float(st["step_s"].mean() * 1e6))
+        half = T // 2
+        topo = topos[0]
+        planned = traffic_placement(src[:half].mean(axis=0), G, topo.nodes)
+        before = step_time(src[half:], contiguous_placement(L, E, G, topo.nodes), topo)
+        after = step_time(src[half:], planned, topo)
+        after_loads = planned.device_loads(r.counts[half:T].astype(np.float64))
+        row["placement"] = {
+            "internode_before": float(before["internode_share"].mean()),
+            "internode_after": float(after["internode_share"].mean()),
+            "step_before_us": float(before["step_s"].mean() * 1e6),
+            "step_after_us": float(after["step_s"].mean() * 1e6),
+            "imbalance_after": float((after_loads.max(axis=2) / after_loads.mean(axis=2)).mean()),
+        }
+        out["rows"].append(row)
+    return out
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _find(rows: list[dict], router: str, top_k: int) -> dict | None:
+    return next((r for r in rows if r["router"] == router and r["top_k"] == top_k and "mu=" not in r["label"]), None)
+
+
+def tables(result: dict) -> dict[str, str]:
+    """The markdown tables: ``routers``, ``speedup`` and ``placement``."""
+    rows, topos = result["rows"], result["topologies"]
+    head = ["router", "inter-node share", "imbalance", "dropped", "final loss"] + [f"{t} (us)" for t in topos]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["label"], _pct(r["internode"][0]), f"{r['imbalance']:.2f}", _pct(r["dropped"]),
+                 f"{r['final_loss']:.3f}"] + [f"{t:.0f}" for t in r["step_us"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    routers = "\n".join(lines) + "\n"
+
+    comparisons = [("locmoe", 1, "hash", 1), ("locmoe", 1, "switch", 1), ("locmoe", 1, "hash", 2),
+                   ("node-limited", 2, "softmax-topk", 2), ("node-limited", 2, "hash", 2)]
+    head = ["router", "against"] + topos
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a, ka, b, kb in comparisons:
+        x, y = _find(rows, a, ka), _find(rows, b, kb)
+        if x is None or y is None:
+            continue
+        cells = [x["label"], y["label"]] + [_pct(1 - tx / ty) for tx, ty in zip(x["step_us"], y["step_us"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| LocMoE (reported) | hash, Switch | " + " | ".join([LOCMOE_REPORTED] * len(topos)) + " |")
+    speedup = "\n".join(lines) + "\n"
+
+    head = ["router", "inter-node share, contiguous", "traffic placement", "imbalance after",
+            f"{topos[0]} contiguous (us)", "traffic placement (us)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        p = r["placement"]
+        cells = [r["label"], _pct(p["internode_before"]), _pct(p["internode_after"]), f"{p['imbalance_after']:.2f}",
+                 f"{p['step_before_us']:.0f}", f"{p['step_after_us']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    placement = "\n".join(lines) + "\n"
+    return {"routers": routers, "speedup": speedup, "placement": placement}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="tracer run folders (or trace folders) of one preset")
+    parser.add_argument("--write", action="store_true", help="replace this preset's tables in docs/locality.md")
+    args = parser.parse_args(argv)
+    result = analyse([load_run(f) for f in args.runs])
+    print(f"{result['preset']}: {len(result['rows'])} runs, {result['iterations']} iterations compared; "
+          f"times per MoE layer at {TOKENS_PER_GPU} tokens per GPU")
+    for name, text in tables(result).items():
+        print(f"\n{name}\n{text}")
+        if args.write:
+            write_table(DOC, f"{result['preset']}-{name}", text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
