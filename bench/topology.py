@@ -16,7 +16,9 @@ on their own links:
                  + lat_inter )                               (a latency counted where the GPU has such traffic)
     phase = base_latency + max_g t_g,   a2a = dispatch + combine,   time = compute + a2a   (no overlap)
 
-``compute`` is :meth:`StepTimeModel.compute_time` of the GPU loads (the column sums of V). Without per-source
+``compute`` is :meth:`StepTimeModel.compute_time` of the GPU loads (the column sums of V). Where the trace also
+holds the tokens of each rank that reach each node, the dispatch can be modelled as DeepEP sends it: once per
+node over the network, then relayed inside the node (:func:`relayed`). Without per-source
 loads, ``C[s, e] = counts[e] / S`` (the even spread), and with zero latencies the a2a time is exactly
 :meth:`StepTimeModel.all_to_all_time`. A slot is one transfer (no de-duplication of a token's top-k copies
 bound for one GPU), as in :mod:`bench.steptime`.
@@ -168,12 +170,54 @@ def phase_time(volume: np.ndarray, topo: Topology) -> np.ndarray:
     return topo.base_latency_us * 1e-6 + per_gpu.max(axis=-1)
 
 
-def traffic(source_counts: np.ndarray, share: np.ndarray, topo: Topology) -> Traffic:
-    """The traffic and times of one layer: ``source_counts[T, S, E]`` on the placement ``share[E, G]``."""
+def relayed(V: np.ndarray, node_tokens: np.ndarray, topo: Topology) -> np.ndarray:
+    """Transfers of a dispatch that sends a token to each remote node once and forwards it inside (DeepEP's
+    internode kernels, which DeepSeek-V3's node-limited routing is built for): ``V[..., G, G]`` slots and
+    ``node_tokens[..., G, N]`` (tokens of GPU g with at least one expert on node n) -> ``[..., G, G]``.
+
+    A token for remote node n goes over the network to the GPU of n with its source's local index (the relay),
+    once; the relay forwards its slots to the experts' GPUs over the node's links. Entries between nodes are
+    network transfers in tokens, entries inside a node link transfers in slots."""
+    G, per = topo.gpus, topo.gpus_per_node
+    node = topo.gpu_node
+    out = np.where(node[:, None] == node[None, :], V, 0.0)  # slots inside the source's node
+    out[..., np.arange(G), np.arange(G)] = 0.0
+    for g in range(G):
+        for n in range(topo.nodes):
+            if n == node[g]:
+                continue
+            relay = n * per + g % per
+            out[..., g, relay] += node_tokens[..., g, n]
+            dest = np.arange(n * per, (n + 1) * per)
+            forwarded = V[..., g, dest].copy()
+            forwarded[..., dest == relay] = 0.0
+            out[..., relay, dest] += forwarded
+    return out
+
+
+def traffic(source_counts: np.ndarray, share: np.ndarray, topo: Topology,
+            node_tokens: np.ndarray | None = None) -> Traffic:
+    """The traffic and times of one layer: ``source_counts[T, S, E]`` on the placement ``share[E, G]``.
+
+    With ``node_tokens[T, S, N]`` (tokens of each source rank that reach each node of `topo`; the placement must
+    keep each expert on the node the counts were taken for) the dispatch goes once per node and is relayed
+    inside it (:func:`relayed`): the inter-node share then counts network transfers per routed slot."""
     V = volumes(source_counts, share, topo.gpus)
     total = V.sum(axis=(-2, -1))
     node = topo.gpu_node
     cross = node[:, None] != node[None, :]
+    if node_tokens is not None:
+        nt = np.asarray(node_tokens, dtype=np.float64)
+        if nt.shape[-1] != topo.nodes:
+            raise ValueError(f"node tokens over {nt.shape[-1]} nodes on a topology of {topo.nodes}")
+        sent = relayed(V, np.einsum("sg,...sn->...gn", rank_map(nt.shape[-2], topo.gpus), nt), topo)
+        inter = np.where(cross, sent, 0.0).sum(axis=(-2, -1))
+        local = np.trace(V, axis1=-2, axis2=-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            internode = np.where(total > 0, inter / total, 0.0)
+            remote = np.where(total > 0, 1.0 - local / total, 0.0)
+        return Traffic(V, internode, remote, topo.hardware.compute_time(V.sum(axis=-2)), phase_time(sent, topo),
+                       phase_time(np.swapaxes(sent, -1, -2), topo))
     inter = np.where(cross, V, 0.0).sum(axis=(-2, -1))
     local = np.trace(V, axis1=-2, axis2=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -184,15 +228,18 @@ def traffic(source_counts: np.ndarray, share: np.ndarray, topo: Topology) -> Tra
                    phase_time(np.swapaxes(V, -1, -2), topo))
 
 
-def step_time(source_counts: np.ndarray, placement, topo: Topology) -> dict[str, np.ndarray]:
+def step_time(source_counts: np.ndarray, placement, topo: Topology,
+              node_tokens: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-layer means over steps for ``source_counts[T, L, S, E]`` on a :class:`~bench.placement.Placement`:
-    ``internode_share``, ``remote_share``, ``compute_s``, ``a2a_s`` and ``step_s`` (compute + a2a), each ``[L]``."""
+    ``internode_share``, ``remote_share``, ``compute_s``, ``a2a_s`` and ``step_s`` (compute + a2a), each ``[L]``;
+    with ``node_tokens[T, L, S, N]``, a dispatch relayed once per node (:func:`traffic`)."""
     source_counts = np.asarray(source_counts, dtype=np.float64)
     if placement.devices != topo.gpus:
         raise ValueError(f"the placement spans {placement.devices} devices, the topology {topo.gpus}")
     out: dict[str, list[float]] = {k: [] for k in ("internode_share", "remote_share", "compute_s", "a2a_s", "step_s")}
     for layer in range(source_counts.shape[1]):
-        t = traffic(source_counts[:, layer], placement.share[layer], topo)
+        t = traffic(source_counts[:, layer], placement.share[layer], topo,
+                    None if node_tokens is None else np.asarray(node_tokens)[:, layer])
         for k in out:
             out[k].append(float(getattr(t, k).mean()))
     return {k: np.asarray(v) for k, v in out.items()}
@@ -206,6 +253,7 @@ __all__ = [
     "even_sources",
     "phase_time",
     "rank_map",
+    "relayed",
     "step_time",
     "topology",
     "traffic",

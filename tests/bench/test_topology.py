@@ -89,3 +89,21 @@ def test_traffic_placement_keeps_forecast_traffic_in_its_node():
     moved = traffic_placement(src, devices=2, nodes=2)
     assert np.array_equal(moved.slots[0], [1, 0])  # slots in device order: expert 1 on node 0
     assert step_time(src[None], moved, topo)["internode_share"][0] == pytest.approx(3 / 20)
+
+
+def test_a_relayed_dispatch_sends_a_token_once_per_node():
+    # 2 nodes of 2 GPUs, expert e on GPU e; rank 0 (GPU 0) routes 3 tokens top-2 to experts 2 and 3 (node 1)
+    topo = Topology("t", nodes=2, gpus_per_node=2, intra_gbps=1.0, inter_gbps=1.0, inter_latency_us=10.0,
+                    hardware=HW)
+    src = np.zeros((1, 4, 4))
+    src[0, 0, 2] = src[0, 0, 3] = 3.0
+    reach = np.zeros((1, 4, 2))
+    reach[0, 0, 1] = 3.0  # the 3 tokens reach node 1 once each
+    plain = traffic(src, np.eye(4), topo)
+    relay = traffic(src, np.eye(4), topo, node_tokens=reach)
+    assert plain.internode_share[0] == 1.0 and relay.internode_share[0] == pytest.approx(0.5)
+    # relay: 3 tokens GPU 0 -> GPU 2 over the network (3 * 2000 B at 1 GB/s = 6 us, + 10 us latency), and
+    # GPU 2 forwards the 3 slots of expert 3 to GPU 3 over NVLink (6 us) at the same time
+    assert relay.dispatch_s[0] == pytest.approx(16e-6)
+    # plain: GPU 0 sends 6 slots over the network: 12 us + 10 us
+    assert plain.dispatch_s[0] == pytest.approx(22e-6)
