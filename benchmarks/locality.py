@@ -14,7 +14,7 @@ placement (:func:`bench.placement.traffic_placement`) planned on the first half 
 on the second, against the contiguous placement the routers were trained for.
 
 The tables in docs/locality.md sit between ``<!-- table: PRESET-NAME -->`` and ``<!-- /table -->``;
-tests/bench/test_locality_doc.py recomputes them from the committed CPU traces.
+tests/test_locality.py recomputes the CPU ones from the traces committed in benchmarks/results/locality/.
 """
 
 from __future__ import annotations
@@ -118,6 +118,12 @@ def analyse(runs: list[Run]) -> dict:
             st = step_time(src, contiguous_placement(L, E, G, topo.nodes), topo)
             row["internode"].append(float(st["internode_share"].mean()))
             row["step_us"].append(float(st["step_s"].mean() * 1e6))
+        reach = r.extras.get("source_node_tokens")
+        if reach is not None:  # the layout's nodes: a dispatch sent once per node and relayed inside it
+            scaled = reach[:T].astype(np.float64) * (TOKENS_PER_GPU * G / tokens)
+            st = step_time(src, contiguous_placement(L, E, G, topos[0].nodes), topos[0], node_tokens=scaled)
+            row["internode_relayed"] = float(st["internode_share"].mean())
+            row["step_relayed_us"] = float(st["step_s"].mean() * 1e6)
         half = T // 2
         topo = topos[0]
         planned = traffic_placement(src[:half].mean(axis=0), G, topo.nodes)
@@ -146,25 +152,30 @@ def _find(rows: list[dict], router: str, top_k: int) -> dict | None:
 def tables(result: dict) -> dict[str, str]:
     """The markdown tables: ``routers``, ``speedup`` and ``placement``."""
     rows, topos = result["rows"], result["topologies"]
-    head = ["router", "inter-node share", "imbalance", "dropped", "final loss"] + [f"{t} (us)" for t in topos]
+    head = (["router", "inter-node share", "relayed", "imbalance", "dropped", "final loss"]
+            + [f"{t} (us)" for t in topos] + [f"{topos[0]} relayed (us)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["label"], _pct(r["internode"][0]), f"{r['imbalance']:.2f}", _pct(r["dropped"]),
-                 f"{r['final_loss']:.3f}"] + [f"{t:.0f}" for t in r["step_us"]]
+        relayed = "internode_relayed" in r
+        cells = ([r["label"], _pct(r["internode"][0]), _pct(r["internode_relayed"]) if relayed else "-",
+                  f"{r['imbalance']:.2f}", _pct(r["dropped"]), f"{r['final_loss']:.3f}"]
+                 + [f"{t:.0f}" for t in r["step_us"]] + [f"{r['step_relayed_us']:.0f}" if relayed else "-"])
         lines.append("| " + " | ".join(cells) + " |")
     routers = "\n".join(lines) + "\n"
 
-    comparisons = [("locmoe", 1, "hash", 1), ("locmoe", 1, "switch", 1), ("locmoe", 1, "hash", 2),
+    comparisons = [("locmoe", 1, "hash", 1), ("locmoe", 1, "switch", 1),
                    ("node-limited", 2, "softmax-topk", 2), ("node-limited", 2, "hash", 2)]
-    head = ["router", "against"] + topos
+    head = ["router", "against"] + topos + [f"{topos[0]} relayed"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a, ka, b, kb in comparisons:
         x, y = _find(rows, a, ka), _find(rows, b, kb)
         if x is None or y is None:
             continue
         cells = [x["label"], y["label"]] + [_pct(1 - tx / ty) for tx, ty in zip(x["step_us"], y["step_us"])]
+        both = "step_relayed_us" in x and "step_relayed_us" in y
+        cells.append(_pct(1 - x["step_relayed_us"] / y["step_relayed_us"]) if both else "-")
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("| LocMoE (reported) | hash, Switch | " + " | ".join([LOCMOE_REPORTED] * len(topos)) + " |")
+    lines.append("| LocMoE (reported) | hash, Switch | " + " | ".join([LOCMOE_REPORTED] * (len(topos) + 1)) + " |")
     speedup = "\n".join(lines) + "\n"
 
     head = ["router", "inter-node share, contiguous", "traffic placement", "imbalance after",
