@@ -123,8 +123,8 @@ LOCMOE_DELTA_QUANTILE = 0.1
 
 class MoE(nn.Module):
     """Token-choice (or expert-choice) MoE FFN. ``forward(x[N, d], ids[N])`` returns
-    ``(y[N, d], counts[E] (int64, before drops), dropped (int64 scalar), aux (float32 scalar), extras)``, extras a
-    dict of per-layer tensors (empty unless source ranks are simulated or the router is LocMoE).
+    ``(y[N, d], counts[E] (int64, before drops), dropped (int64 scalar), aux (float32 scalar))``, and a fifth
+    element, a dict of per-layer tensors, where source ranks are simulated or the router is LocMoE.
 
     ``self.gate`` is a plain ``nn.Linear`` whose output is the router logits ``[N, E]`` (float32):
     the attachment point of :class:`~datasets_registry.tracer.recorder.LoadRecorder`.
@@ -246,6 +246,10 @@ class MoE(nn.Module):
                 out["router_cosine"] = cos.kthvalue(q).values
         return out
 
+    def _with_extras(self, x, idx, probs, onehot) -> tuple:
+        extras = self._extras(x, idx, probs, onehot)
+        return (extras,) if extras else ()
+
     def forward(self, x: torch.Tensor, ids: torch.Tensor):
         N, d = x.shape
         E, k = self.E, self.k
@@ -267,7 +271,7 @@ class MoE(nn.Module):
             out = torch.zeros_like(x).index_add_(0, tok.reshape(-1), y.reshape(E * Cx, d).to(x.dtype))
             covered = torch.zeros(N, device=x.device, dtype=torch.int32).index_fill_(0, tok.reshape(-1), 1)
             dropped = (N - covered.sum()).to(torch.int64)
-            return out, counts, dropped, zero, self._extras(x, idx, probs, onehot)
+            return (out, counts, dropped, zero) + self._with_extras(x, idx, probs, onehot)
 
         sidx = idx.t().reshape(-1)  # [S] expert of each slot
         pos = torch.gather(onehot.cumsum(dim=0), 1, sidx[:, None]).squeeze(1) - 1  # place in its expert's queue
@@ -289,7 +293,7 @@ class MoE(nn.Module):
             aux = E * (f * probs.mean(dim=0)).sum()  # Switch / GShard load-balancing loss
         else:
             aux = zero
-        return out, counts, dropped, aux, self._extras(x, idx, probs, onehot)
+        return (out, counts, dropped, aux) + self._with_extras(x, idx, probs, onehot)
 
 
 class Block(nn.Module):
@@ -311,8 +315,8 @@ class Block(nn.Module):
         if not self.is_moe:
             return x + self.mlp(h), None, None, None, None
         B, S, D = h.shape
-        y, counts, dropped, aux, extras = self.moe(h.reshape(B * S, D), ids.reshape(B * S))
-        return x + y.view(B, S, D), counts, dropped, aux, extras
+        y, counts, dropped, aux, *extras = self.moe(h.reshape(B * S, D), ids.reshape(B * S))
+        return x + y.view(B, S, D), counts, dropped, aux, extras[0] if extras else {}
 
 
 class MoEGPT(nn.Module):
