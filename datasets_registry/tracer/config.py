@@ -162,6 +162,12 @@ class TracerConfig:
             if self.tokens_per_step % self.source_ranks:
                 raise ValueError(f"{self.tokens_per_step} tokens per step do not split into {self.source_ranks} "
                                  "sources")
+            if self.probe_every:
+                chunk = max(1, self.probe_chunk // self.seq_len) * self.seq_len
+                last = self.probe_sequences * self.seq_len % chunk
+                if chunk % self.source_ranks or last % self.source_ranks:
+                    raise ValueError(f"probe chunks of {chunk} tokens (last {last}) do not split into "
+                                     f"{self.source_ranks} sources")
             if self.source_ranks > self.ranks_per_node and self.source_ranks % self.ranks_per_node:
                 raise ValueError(f"{self.source_ranks} sources do not fill nodes of {self.ranks_per_node} ranks")
         if self.router in LOCALITY_ROUTERS:

@@ -24,7 +24,7 @@ input/output embeddings, learned positions. The MoE layer has fixed shapes throu
 
 * two locality-aware routers, on a simulated data-parallel layout (``source_ranks`` ranks, ``ranks_per_node`` to a
   node, experts in contiguous blocks of E / nodes per node): ``locmoe`` (LocMoE, Li et al. 2024, arXiv 2401.13920:
-  :class:`GrAP` gate, top-1, the auxiliary loss plus the locality loss of :func:`locality_loss`, and the expert
+  :class:`GrAP` gate, top-1, the auxiliary loss plus a locality loss towards :func:`locality_target`, and the expert
   capacity lower bound of :func:`locmoe_capacity_lower_bound` logged) and ``node-limited`` (DeepSeek-V3's
   node-limited routing: a token reaches experts on at most M nodes);
 * with ``source_ranks`` S > 0 every MoE layer also counts its slots per source rank, ``[S, E]`` (the batch's tokens
@@ -75,9 +75,8 @@ class GrAP(nn.Module):
     """LocMoE's gate (Li et al. 2024, section 3.2, eq. 4): Grouped Average Pooling, a dense layer with the fixed
     weight ``w_i = n/d * 1{i d/n <= j < (i+1) d/n}``: expert i's gating value is the mean of the i-th of n equal
     groups of the activation. The n weight rows are orthogonal (the premise of the capacity bound, Lemma 2). The
-    learnable part is the offset ``eps_i`` of ``G = ReLU(w_i . x + eps_i)`` (the ReLU is applied by the router).
-    Its output is the pre-ReLU logits ``[N, E]``, so a :class:`~.recorder.LoadRecorder` attaches to it as to a
-    dense gate."""
+    learnable part is the offset ``eps_i`` of ``G = ReLU(w_i . x + eps_i)`` (the ReLU is applied by the router,
+    so the module's output is the pre-ReLU logits ``[N, E]``)."""
 
     def __init__(self, d: int, n: int):
         super().__init__()
