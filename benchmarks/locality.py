@@ -137,6 +137,12 @@ def analyse(runs: list[Run]) -> dict:
             "step_after_us": float(after["step_s"].mean() * 1e6),
             "imbalance_after": float((after_loads.max(axis=2) / after_loads.mean(axis=2)).mean()),
         }
+        if r.router == "locmoe":
+            info = r.card.extra.get("locmoe", {})
+            row["locmoe"] = {"kl": [float(v) for v in r.extras["locality_loss"][:T][-max(1, T // 10):].mean(axis=0)],
+                             "delta": info.get("delta_last_tenth", []), "bound": info.get("capacity_lower_bound", []),
+                             "bound_paper": info.get("capacity_lower_bound_at_paper_delta", float("nan")),
+                             "capacity": info.get("capacity_used")}
         out["rows"].append(row)
     return out
 
@@ -187,7 +193,50 @@ def tables(result: dict) -> dict[str, str]:
                  f"{p['step_before_us']:.0f}", f"{p['step_after_us']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     placement = "\n".join(lines) + "\n"
-    return {"routers": routers, "speedup": speedup, "placement": placement}
+    return {"routers": routers, "speedup": speedup, "placement": placement, "summary": summary(result)}
+
+
+def summary(result: dict) -> str:
+    """The figures the prose of docs/locality.md leans on, as a list (only where the runs hold the routers)."""
+    rows, topos = result["rows"], result["topologies"]
+    loc, sw, h1 = _find(rows, "locmoe", 1), _find(rows, "switch", 1), _find(rows, "hash", 1)
+    nl, top2 = _find(rows, "node-limited", 2), _find(rows, "softmax-topk", 2)
+    share = [r["internode"][0] for r in rows]
+    lines = [f"* inter-node share of the routed slots ({topos[0]}): {_pct(min(share))} to {_pct(max(share))} for "
+             f"every router"]
+    if loc and sw and h1:
+        cuts = [1 - a / b for other in (sw, h1) for a, b in zip(loc["step_us"], other["step_us"])]
+        cuts += [1 - loc["step_relayed_us"] / other["step_relayed_us"] for other in (sw, h1)]
+        info = loc.get("locmoe", {})
+        lines += [
+            f"* LocMoE against Switch and hash top-1 ({topos[0]}): "
+            f"{_pct(1 - loc['step_us'][0] / sw['step_us'][0])} and {_pct(1 - loc['step_us'][0] / h1['step_us'][0])} "
+            f"less time; {_pct(min(cuts))} to {_pct(max(cuts))} over all topologies",
+            f"* max/mean GPU load: LocMoE {loc['imbalance']:.2f}, Switch {sw['imbalance']:.2f}, hash top-1 "
+            f"{h1['imbalance']:.2f}; dropped slots {_pct(loc['dropped'])}, {_pct(sw['dropped'])}, "
+            f"{_pct(h1['dropped'])}",
+        ]
+        if info:
+            lines.append(
+                f"* LocMoE's locality loss over the last tenth: {', '.join(f'{v:.2f}' for v in info['kl'])} (per "
+                f"layer); delta {', '.join(f'{v:.3f}' for v in info['delta'])}; capacity lower bound (eq. 9) "
+                f"{', '.join(f'{v:.2f}' for v in info['bound'])} tokens ({info['bound_paper']:.3f} at the paper's "
+                f"delta = 0.03) against {info['capacity']} slots used")
+    for r in rows:
+        if r["router"] == "locmoe" and "mu=" in r["label"] and sw:
+            lines.append(f"* {r['label']}: inter-node share {_pct(r['internode'][0])}, "
+                         f"{_pct(1 - r['step_us'][0] / sw['step_us'][0])} less time than Switch, final loss "
+                         f"{r['final_loss']:.3f}")
+    if nl and top2 and "internode_relayed" in nl:
+        cuts = [1 - a / b for a, b in zip(nl["step_us"], top2["step_us"])]
+        lines.append(
+            f"* node-limited against softmax top-2: the relayed network share {_pct(nl['internode_relayed'])} "
+            f"against {_pct(top2['internode_relayed'])}; {_pct(1 - nl['step_relayed_us'] / top2['step_relayed_us'])} "
+            f"less time relayed, {_pct(min(cuts))} to {_pct(max(cuts))} not relayed; max/mean GPU load "
+            f"{nl['imbalance']:.2f} against {top2['imbalance']:.2f}")
+    losses = sorted((r["final_loss"], r["label"]) for r in rows)
+    lines.append(f"* final loss: {losses[0][0]:.3f} ({losses[0][1]}) to {losses[-1][0]:.3f} ({losses[-1][1]})")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
