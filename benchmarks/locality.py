@@ -202,8 +202,8 @@ def summary(result: dict) -> str:
     loc, sw, h1 = _find(rows, "locmoe", 1), _find(rows, "switch", 1), _find(rows, "hash", 1)
     nl, top2 = _find(rows, "node-limited", 2), _find(rows, "softmax-topk", 2)
     share = [r["internode"][0] for r in rows]
-    lines = [f"* inter-node share of the routed slots ({topos[0]}): {_pct(min(share))} to {_pct(max(share))} for "
-             f"every router"]
+    lines = [f"* inter-node share of the routed slots ({topos[0]}): {_pct(min(share))} to {_pct(max(share))} across "
+             "the routers"]
     if loc and sw and h1:
         cuts = [1 - a / b for other in (sw, h1) for a, b in zip(loc["step_us"], other["step_us"])]
         cuts += [1 - loc["step_relayed_us"] / other["step_relayed_us"] for other in (sw, h1)]
@@ -224,9 +224,10 @@ def summary(result: dict) -> str:
                 f"delta = 0.03) against {info['capacity']} slots used")
     for r in rows:
         if r["router"] == "locmoe" and "mu=" in r["label"] and sw:
-            lines.append(f"* {r['label']}: inter-node share {_pct(r['internode'][0])}, "
-                         f"{_pct(1 - r['step_us'][0] / sw['step_us'][0])} less time than Switch, final loss "
-                         f"{r['final_loss']:.3f}")
+            change = r["step_us"][0] / sw["step_us"][0] - 1
+            lines.append(f"* {r['label']}: inter-node share {_pct(r['internode'][0])}, max/mean GPU load "
+                         f"{r['imbalance']:.2f}, dropped {_pct(r['dropped'])}, time against Switch "
+                         f"{'+' if change >= 0 else ''}{_pct(change)}, final loss {r['final_loss']:.3f}")
     if nl and top2 and "internode_relayed" in nl:
         cuts = [1 - a / b for a, b in zip(nl["step_us"], top2["step_us"])]
         lines.append(

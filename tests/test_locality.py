@@ -1,4 +1,5 @@
-"""docs/locality.md shows what benchmarks/locality.py computes from the committed CPU traces of the five routers."""
+"""docs/locality.md shows what benchmarks/locality.py computes from the committed CPU traces of the five routers
+(hash at top-1 and top-2, LocMoE at three locality-loss weights)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,18 @@ def block(name: str) -> str:
 def test_the_doc_tables_are_the_scripts_output():
     runs = [locality.load_run(f) for f in RUNS]
     assert sorted((r.router, r.top_k) for r in runs) == sorted(
-        [("hash", 2), ("hash", 1), ("switch", 1), ("softmax-topk", 2), ("locmoe", 1), ("node-limited", 2)])
+        [("hash", 2), ("hash", 1), ("switch", 1), ("softmax-topk", 2), ("locmoe", 1), ("locmoe", 1), ("locmoe", 1),
+         ("node-limited", 2)])
     result = locality.analyse(runs)
     assert result["preset"] == "tiny-cpu"
     for name, text in locality.tables(result).items():
         assert block(f"tiny-cpu-{name}") == text, name
+
+
+def test_a_stronger_locality_loss_keeps_more_traffic_in_its_node():
+    rows = {r["label"]: r for r in locality.analyse([locality.load_run(f) for f in RUNS])["rows"]}
+    shares = [rows[k]["internode"][0] for k in ("locmoe top-1", "locmoe top-1, mu=0.1", "locmoe top-1, mu=1")]
+    assert shares[0] > shares[1] > shares[2]
 
 
 def test_node_limited_routing_halves_what_a_relayed_dispatch_sends_between_nodes():
