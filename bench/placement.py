@@ -276,6 +276,52 @@ def static_placement(layers: int, experts: int, devices: int, nodes: int = 1) ->
     return Placement.from_slots(slots, slots % devices, np.ones((layers, experts), dtype=np.int64), devices, nodes)
 
 
+def contiguous_placement(layers: int, experts: int, devices: int, nodes: int = 1) -> Placement:
+    """Blocks, no replicas: expert e on device e // (E / G), so node k holds experts [k E/N, (k+1) E/N) -- the
+    layout the tracer's locality-aware routers (locmoe, node-limited) assume."""
+    if experts % devices:
+        raise ValueError(f"{experts} experts do not fill {devices} devices equally")
+    slots = np.broadcast_to(np.arange(experts), (layers, experts))
+    return Placement.from_slots(slots, slots // (experts // devices), np.ones((layers, experts), dtype=np.int64),
+                                devices, nodes)
+
+
+def traffic_placement(source_weight: np.ndarray, devices: int, nodes: int) -> Placement:
+    """The placement that keeps the most forecast traffic inside its node, no replicas.
+
+    ``source_weight[L, S, E]``: the forecast slots from each source rank to each expert (rank s runs on the GPUs
+    of :func:`bench.topology.rank_map`, GPUs numbered node by node). Per layer, experts go to nodes (E / N each)
+    so as to maximise the slots whose source is on the expert's node -- a linear assignment
+    (``scipy.optimize.linear_sum_assignment``) of experts to node slots -- then each node's experts are packed
+    onto its devices, longest processing time first, to balance their total load."""
+    from scipy.optimize import linear_sum_assignment
+
+    from .topology import rank_map
+
+    w = np.asarray(source_weight, dtype=np.float64)
+    L, S, E = w.shape
+    G, N = devices, nodes
+    if E % G or G % N:
+        raise ValueError(f"{E} experts on {G} devices in {N} nodes: experts must fill devices, devices nodes")
+    gpu_node = np.arange(G) // (G // N)
+    node_of_rank = rank_map(S, G) @ (gpu_node[:, None] == np.arange(N)[None, :])  # [S, N] share of rank on node
+    slot_expert = np.empty((L, E), dtype=np.int64)
+    slot_device = np.empty((L, E), dtype=np.int64)
+    per_node = E // N
+    for layer in range(L):
+        affinity = node_of_rank.T @ w[layer]  # [N, E] slots from node n's ranks to expert e
+        cost = -np.repeat(affinity, per_node, axis=0).T  # [E, N * per_node]: expert -> node slot
+        _, slot = linear_sum_assignment(cost)
+        expert_node = slot // per_node
+        total = w[layer].sum(axis=0)
+        for n in range(N):
+            mine = np.flatnonzero(expert_node == n)
+            dev = pack(total[mine][None, :], G // N)[0] + n * (G // N)
+            slot_expert[layer, n * per_node : (n + 1) * per_node] = mine
+            slot_device[layer, n * per_node : (n + 1) * per_node] = dev
+    return Placement.from_slots(slot_expert, slot_device, np.ones((L, E), dtype=np.int64), G, N)
+
+
 def imbalance(loads: np.ndarray) -> np.ndarray:
     """Mean over steps of max device load / mean device load: ``[T, L, G]`` -> ``[L]``."""
     return (loads.max(axis=2) / loads.mean(axis=2)).mean(axis=0)
@@ -421,6 +467,8 @@ __all__ = [
     "place",
     "deepseek_place",
     "static_placement",
+    "contiguous_placement",
+    "traffic_placement",
     "replicate",
     "pack",
     "score",

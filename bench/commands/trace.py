@@ -66,6 +66,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--text-corpus", type=Path, action="append", default=None, help="folder of the text source (repeatable)"
     )
+    p.add_argument(
+        "--sources", type=int, default=None,
+        help="simulated data-parallel ranks S: record each step's load per rank, [S, E] (default 0: none)",
+    )
+    p.add_argument("--ranks-per-node", type=int, default=None, help="ranks per node of the layout (default 8)")
+    p.add_argument("--max-nodes", type=int, default=None, help="node-limited router: nodes per token M")
+    p.add_argument("--locality-loss", type=float, default=None, help="locmoe router: locality loss mu (default 0.01)")
     p.add_argument("--probe-every", type=int, default=None, help="probe held-out text every K steps (default 0: no)")
     p.add_argument("--probe-tokens", type=int, default=None, help="tokens per probe (default 262144)")
     p.add_argument("--probe-chunk", type=int, default=None, help="tokens per probe forward pass (default 65536)")
@@ -297,6 +304,10 @@ def cmd_trace(args) -> int:
         expert_bias=True if args.expert_bias else None,
         bias_update_rate=args.bias_update_rate,
         corpus_schedule=args.corpus_schedule,
+        source_ranks=args.sources,
+        ranks_per_node=args.ranks_per_node,
+        max_nodes=args.max_nodes,
+        locality_loss=args.locality_loss,
         probe_every=args.probe_every,
         probe_tokens=args.probe_tokens,
         probe_chunk=args.probe_chunk,

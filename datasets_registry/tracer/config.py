@@ -13,7 +13,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-ROUTERS = ("softmax-topk", "switch", "hash", "expert-choice", "deepseek-moe")
+ROUTERS = ("softmax-topk", "switch", "hash", "expert-choice", "deepseek-moe", "locmoe", "node-limited")
+#: Routers that need the simulated data-parallel layout (``source_ranks``, ``ranks_per_node``): they route by node.
+LOCALITY_ROUTERS = ("locmoe", "node-limited")
 #: Score functions of the router (``gate``): softmax over the experts, or DeepSeek-V3's per-expert sigmoid.
 GATES = ("softmax", "sigmoid")
 #: Routers whose selection is a top-k of per-token scores, so that a per-expert bias can steer it.
@@ -108,6 +110,12 @@ class TracerConfig:
     # how the routed experts compute: "padded" (one bmm over [E, capacity, d], empty slots included) or "grouped" (one
     # grouped GEMM over the kept slots sorted by expert; slower on an H200 at the presets' shapes: docs/tracer.md)
     expert_matmul: str = "padded"
+    # simulated data-parallel layout: the batch's tokens split into `source_ranks` equal contiguous shares (ranks),
+    # ranks numbered node by node, `ranks_per_node` to a node; experts in contiguous blocks, E / nodes to a node
+    source_ranks: int = 0  # S; 0: no per-source loads recorded
+    ranks_per_node: int = 8
+    max_nodes: int | None = None  # node-limited routing: nodes a token may reach (M); None: max(1, top_k // 2)
+    locality_loss: float = 0.01  # LocMoE's locality loss coefficient (mu, eq. 6)
 
     def __post_init__(self):
         if self.router not in ROUTERS:
@@ -141,8 +149,8 @@ class TracerConfig:
             raise ValueError(f"probe_tokens and probe_chunk must hold at least one sequence ({self.seq_len} tokens)")
         if not 0 < self.holdout < 1:
             raise ValueError("holdout must be between 0 and 1")
-        if self.router == "switch" and self.top_k != 1:
-            self.top_k = 1
+        if self.router in ("switch", "locmoe") and self.top_k != 1:
+            self.top_k = 1  # both are top-1 routers (Switch; LocMoE eq. 2-3)
         if not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"top_k must be between 1 and the number of experts ({self.n_experts}), got {self.top_k}")
         if self.d_model % self.n_heads:
@@ -151,6 +159,63 @@ class TracerConfig:
             raise ValueError("need at least one MoE layer: moe_every must be between 1 and n_layers")
         if self.aux_loss < 0:
             raise ValueError("aux_loss must be >= 0")
+        self._check_layout()
+
+    def _check_layout(self) -> None:
+        """The simulated data-parallel layout and the routers that need it."""
+        if self.source_ranks < 0 or self.ranks_per_node < 1:
+            raise ValueError("source_ranks must be >= 0 and ranks_per_node >= 1")
+        if self.source_ranks:
+            if self.tokens_per_step % self.source_ranks:
+                raise ValueError(f"{self.tokens_per_step} tokens per step do not split into {self.source_ranks} "
+                                 "sources")
+            if self.probe_every:
+                chunk = max(1, self.probe_chunk // self.seq_len) * self.seq_len
+                last = self.probe_sequences * self.seq_len % chunk
+                if chunk % self.source_ranks or last % self.source_ranks:
+                    raise ValueError(f"probe chunks of {chunk} tokens (last {last}) do not split into "
+                                     f"{self.source_ranks} sources")
+            if self.source_ranks > self.ranks_per_node and self.source_ranks % self.ranks_per_node:
+                raise ValueError(f"{self.source_ranks} sources do not fill nodes of {self.ranks_per_node} ranks")
+        if self.router in LOCALITY_ROUTERS:
+            if not self.source_ranks:
+                raise ValueError(f"the {self.router} router routes by node: give the layout (--sources S "
+                                 "--ranks-per-node R)")
+            if self.n_experts % self.nodes:
+                raise ValueError(f"{self.n_experts} experts do not split evenly over {self.nodes} nodes")
+        if self.router == "locmoe" and self.d_model % self.n_experts:
+            raise ValueError(f"LocMoE's GrAP gate needs d_model ({self.d_model}) divisible by the experts "
+                             f"({self.n_experts})")
+        if self.locality_loss < 0:
+            raise ValueError("locality_loss must be >= 0")
+        if self.max_nodes is not None and self.router != "node-limited":
+            raise ValueError("max_nodes is part of the node-limited router (use --router node-limited)")
+        if self.router == "node-limited":
+            M = self.node_limit
+            if not 1 <= M <= self.nodes or self.top_k % M or self.top_k // M > self.n_experts // self.nodes:
+                raise ValueError(f"node-limited routing needs 1 <= M <= {self.nodes} nodes, top_k ({self.top_k}) "
+                                 f"divisible by M and top_k / M <= the experts per node; got M={M}")
+
+    @property
+    def nodes(self) -> int:
+        """Nodes of the simulated layout (1 without sources)."""
+        return max(1, self.source_ranks // self.ranks_per_node) if self.source_ranks else 1
+
+    @property
+    def rank_nodes(self) -> list[int]:
+        """The node of each source rank (ranks numbered node by node)."""
+        per = min(self.ranks_per_node, self.source_ranks)
+        return [s // per for s in range(self.source_ranks)]
+
+    @property
+    def expert_nodes(self) -> list[int]:
+        """The node of each expert: contiguous blocks of E / nodes experts (expert e on node e * nodes // E)."""
+        return [e * self.nodes // self.n_experts for e in range(self.n_experts)]
+
+    @property
+    def node_limit(self) -> int:
+        """M of node-limited routing: ``max_nodes``, else ``max(1, top_k // 2)`` (DeepSeek-V3: K=8, M=4)."""
+        return self.max_nodes if self.max_nodes is not None else max(1, self.top_k // 2)
 
     @property
     def ffn(self) -> int:
@@ -223,6 +288,8 @@ class TracerConfig:
             "hash": f"hash{self.top_k}",
             "expert-choice": f"ec{self.top_k}",
             "deepseek-moe": f"ds{self.top_k}",
+            "locmoe": "locmoe",
+            "node-limited": f"nl{self.top_k}m{self.node_limit if self.router == 'node-limited' else 0}",
         }[self.router]
         if self.expert_bias:
             tag += "-auxfree"

@@ -25,9 +25,16 @@
 #   wave 3: gpt3-125m-64e-ds, auxiliary-loss-free (bias, no aux)  ~127 s
 #           + gpt3-125m-16e top-2, auxiliary-loss-free            ~105 s: wave ~5 minutes
 #   in all ~19 minutes of calls, plus a machine's start.
+#
+#   locality: the five routers of docs/locality.md on gpt3-125m-16e (16 experts; hash top-2 and top-1, Switch,
+#           softmax top-2, LocMoE, node-limited top-2 on one node of four), 4,000 iterations each, the same
+#           batches, recording the load per simulated data-parallel rank (8 ranks, 2 per node: 4 nodes of 4
+#           experts), plus LocMoE with a 10x locality loss; seven runs at once, ~7 x 9.4 ms per iteration of GPU
+#           time: ~4.5-5.5 minutes after ~1 minute of compiling. LIMIT 400 s keeps the wave inside one 10-minute
+#           call (a run that is slower stops there; docs/locality.md compares the steps all runs reached).
 set -euo pipefail
 
-WAVE=${1:?usage: gpu_runs.sh WAVE [RUN_DIR] (WAVE: 1, 2, 3 or serve)}
+WAVE=${1:?usage: gpu_runs.sh WAVE [RUN_DIR] (WAVE: 1, 2, 3, serve or locality)}
 RUN_DIR=${2:-tracer-v2-runs}
 LIMIT=${LIMIT:-520}  # seconds of training per run: the runs of a wave end well inside a 10-minute call
 OUT_DIR=$RUN_DIR
@@ -104,8 +111,20 @@ serve)
     serve gpt3-125m-16e-serve-shift-b4096 "$shift_mix" 2000 64 4096 100
     exit "$status"
     ;;
+locality)
+    # same preset, seed and batches; only the router differs (Switch and LocMoE are top-1, the others top-2)
+    LAYOUT=(--preset gpt3-125m-16e --seed 1 --steps "${STEPS:-4000}" --sources 8 --ranks-per-node 2 --device cuda
+        --no-register)
+    for spec in hash2:hash:2 hash1:hash:1 switch:switch:1 top2:softmax-topk:2 locmoe:locmoe:1 nl2m1:node-limited:2; do
+        IFS=: read -r tag router k <<<"$spec"
+        id="gpt3-125m-16e-loc-$tag-s1"
+        run "$id" python -m bench trace "${LAYOUT[@]}" --router "$router" --top-k "$k" --id "$id" --out "$OUT_DIR/$id"
+    done
+    run gpt3-125m-16e-loc-locmoe-mu0.1-s1 python -m bench trace "${LAYOUT[@]}" --router locmoe --locality-loss 0.1 \
+        --id gpt3-125m-16e-loc-locmoe-mu0.1-s1 --out "$OUT_DIR/gpt3-125m-16e-loc-locmoe-mu0.1-s1"
+    ;;
 *)
-    echo "unknown wave $WAVE: 1, 2, 3 or serve" >&2
+    echo "unknown wave $WAVE: 1, 2, 3, serve or locality" >&2
     exit 2
     ;;
 esac

@@ -22,10 +22,18 @@ input/output embeddings, learned positions. The MoE layer has fixed shapes throu
   dropped (the token passes through the residual);
 * the experts run as two batched matrix products over ``[E, C, d]`` buffers.
 
-Another router (LocMoE's locality-aware routing, say) is added in one place: its name in
-:data:`config.ROUTERS` and a branch in :meth:`MoE.route` that returns the experts each token
-chose, their weights and (for the balancing loss) the per-token score distribution; counts,
-capacity, drops, recording and probes then work unchanged.
+* two locality-aware routers, on a simulated data-parallel layout (``source_ranks`` ranks, ``ranks_per_node`` to a
+  node, experts in contiguous blocks of E / nodes per node): ``locmoe`` (LocMoE, Li et al. 2024, arXiv 2401.13920:
+  :class:`GrAP` gate, top-1, the auxiliary loss plus a locality loss towards :func:`locality_target`, and the expert
+  capacity lower bound of :func:`locmoe_capacity_lower_bound` logged) and ``node-limited`` (DeepSeek-V3's
+  node-limited routing: a token reaches experts on at most M nodes);
+* with ``source_ranks`` S > 0 every MoE layer also counts its slots per source rank, ``[S, E]`` (the batch's tokens
+  in S equal contiguous shares, as data-parallel ranks hold them), and :meth:`MoEGPT.forward` returns a fifth
+  element, a dict of these per-layer extras.
+
+Another router is added in one place: its name in :data:`config.ROUTERS` and a branch in :meth:`MoE.route` that
+returns the experts each token chose, their weights and (for the balancing loss) the per-token score distribution;
+counts, capacity, drops, recording and probes then work unchanged.
 """
 
 from __future__ import annotations
@@ -63,9 +71,59 @@ class MLP(nn.Module):
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
 
 
+class GrAP(nn.Module):
+    """LocMoE's gate (Li et al. 2024, section 3.2, eq. 4): Grouped Average Pooling, a dense layer with the fixed
+    weight ``w_i = n/d * 1{i d/n <= j < (i+1) d/n}``: expert i's gating value is the mean of the i-th of n equal
+    groups of the activation. The n weight rows are orthogonal (the premise of the capacity bound, Lemma 2). The
+    learnable part is the offset ``eps_i`` of ``G = ReLU(w_i . x + eps_i)`` (the ReLU is applied by the router,
+    so the module's output is the pre-ReLU logits ``[N, E]``)."""
+
+    def __init__(self, d: int, n: int):
+        super().__init__()
+        weight = torch.zeros(n, d)
+        for i in range(n):
+            weight[i, i * d // n : (i + 1) * d // n] = n / d
+        self.register_buffer("weight", weight, persistent=True)
+        self.bias = nn.Parameter(torch.zeros(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def locality_target(cfg: TracerConfig, smoothing: float = 0.01) -> torch.Tensor:
+    """LocMoE's fully localized distribution ``D_l`` per source rank, ``[S, E]`` float32: every token of rank s on
+    the experts of s's node, evenly; mixed with ``smoothing`` of the uniform distribution over all experts so that
+    ``KL(D_c || D_l)`` stays finite (the paper does not say how it keeps it finite)."""
+    rank_node = torch.tensor(cfg.rank_nodes)
+    expert_node = torch.tensor(cfg.expert_nodes)
+    local = (rank_node[:, None] == expert_node[None, :]).float()
+    local = local / local.sum(dim=1, keepdim=True)
+    return (1 - smoothing) * local + smoothing / cfg.n_experts
+
+
+def locmoe_capacity_lower_bound(delta, d: int, n: int):
+    """LocMoE's lower bound of expert capacity (Li et al. 2024, Theorem 1, eq. 9; Lemma 3, eq. 8):
+    ``ec_min = 1 / (n [1 - I_{delta^2}(1/2, (d-1)/2)])``, with ``I`` the regularised incomplete beta function,
+    ``d`` the activation width, ``n`` the experts and ``delta`` the cosine between a token and its expert's gating
+    weight above which the token "should" go to that expert (Assumption 3; the paper measured delta ~ 0.03).
+    Tokens, in the paper's unit; vectorised over `delta`."""
+    import numpy as np
+    from scipy.special import betainc
+
+    delta = np.asarray(delta, dtype=np.float64)
+    p_delta = 1.0 - betainc(0.5, (d - 1) / 2.0, np.clip(delta, 0.0, 1.0) ** 2)
+    return 1.0 / (n * p_delta)
+
+
+#: Quantile of the cosine between routed tokens and their expert's gating weight that the tracer logs as LocMoE's
+#: delta (Assumption 3: tokens with cos >= delta belong to the expert; 90% of routed tokens reach it).
+LOCMOE_DELTA_QUANTILE = 0.1
+
+
 class MoE(nn.Module):
     """Token-choice (or expert-choice) MoE FFN. ``forward(x[N, d], ids[N])`` returns
-    ``(y[N, d], counts[E] (int64, before drops), dropped (int64 scalar), aux (float32 scalar))``.
+    ``(y[N, d], counts[E] (int64, before drops), dropped (int64 scalar), aux (float32 scalar))``, and a fifth
+    element, a dict of per-layer tensors, where source ranks are simulated or the router is LocMoE.
 
     ``self.gate`` is a plain ``nn.Linear`` whose output is the router logits ``[N, E]`` (float32):
     the attachment point of :class:`~datasets_registry.tracer.recorder.LoadRecorder`.
@@ -84,8 +142,18 @@ class MoE(nn.Module):
             table = torch.stack([torch.randperm(E, generator=g)[: self.k] for _ in range(cfg.vocab)])
             self.register_buffer("hash_table", table, persistent=True)
             self.gate = None
+        elif cfg.router == "locmoe":
+            self.gate = GrAP(d, E)
         else:
             self.gate = nn.Linear(d, E, bias=False)
+        self.S = cfg.source_ranks
+        self.nodes = cfg.nodes
+        if self.S:
+            self.register_buffer("expert_node", torch.tensor(cfg.expert_nodes), persistent=False)
+        if cfg.router == "node-limited":
+            self.M = cfg.node_limit
+        if cfg.router == "locmoe":
+            self.register_buffer("local_target", locality_target(cfg), persistent=False)
         # Modules of the newer routers exist only where used, so the original routers' parameters (and the
         # random numbers that initialise them) are exactly what they were.
         self.shared = MLP(d, cfg.shared_experts * ff) if cfg.shared_experts else None  # n shared experts as one MLP
@@ -124,6 +192,12 @@ class MoE(nn.Module):
             return idx, w, None
         with torch.autocast(device_type=x.device.type, enabled=False):
             logits = self.gate(x.float())  # [N, E] float32 (router in fp32, as Switch advises)
+        if self.router == "locmoe":  # LocMoE eq. 2-3: top-1 of softmax(ReLU(GrAP(x) + eps)), weight = its score
+            probs = F.relu(logits).softmax(dim=-1)
+            vals, idx = probs.topk(1, dim=-1)
+            return idx, vals, probs
+        if self.router == "node-limited":
+            return self._node_limited(logits)
         if self.gate_fn == "sigmoid":  # DeepSeek-V3: independent per-expert affinities
             scores = logits.sigmoid()
             probs = scores / scores.sum(dim=-1, keepdim=True)
@@ -139,6 +213,51 @@ class MoE(nn.Module):
         else:
             w = vals
         return idx, w, probs
+
+    def _node_limited(self, logits: torch.Tensor):
+        """DeepSeek-V3's node-limited routing (DeepSeek-V3 technical report, section 2.1.2 and 3.2.2): rank the
+        nodes by the sum of the top-(K/M) scores of their experts, keep the top M nodes, then take the top-K
+        experts among theirs; softmax scores (or sigmoid with ``gate``), weights normalised over the K."""
+        N, E, k, M, nodes = logits.shape[0], self.E, self.k, self.M, self.nodes
+        if self.gate_fn == "sigmoid":
+            scores = logits.sigmoid()
+            probs = scores / scores.sum(dim=-1, keepdim=True)
+        else:
+            scores = probs = logits.softmax(dim=-1)
+        grouped = scores.view(N, nodes, E // nodes)
+        node_score = grouped.topk(k // M, dim=-1).values.sum(dim=-1)  # [N, nodes]
+        keep = torch.zeros_like(node_score).scatter_(1, node_score.topk(M, dim=-1).indices, 1.0)
+        masked = torch.where(keep[:, :, None] > 0, grouped, torch.full_like(grouped, -1.0)).view(N, E)
+        idx = masked.topk(k, dim=-1).indices
+        vals = scores.gather(1, idx)
+        return idx, vals / vals.sum(dim=-1, keepdim=True), probs
+
+    def _extras(self, x: torch.Tensor, idx: torch.Tensor, probs: torch.Tensor | None, onehot: torch.Tensor):
+        """Per-layer extras of the step: slots per source rank ``[S, E]`` (int64) with a layout; LocMoE's
+        locality loss (eq. 6) and the cosine quantile that stands for its delta (Assumption 3)."""
+        out: dict[str, torch.Tensor] = {}
+        N, E = x.shape[0], self.E
+        if self.S:
+            out["source_counts"] = onehot.view(self.k, self.S, N // self.S, E).sum(dim=(0, 2), dtype=torch.int64)
+            # tokens of each rank with at least one expert on each node: what crosses the network once per node
+            # where a dispatch sends a token to a node once and forwards it inside (DeepEP, DeepSeek-V3)
+            reach = F.one_hot(self.expert_node[idx], self.nodes).amax(dim=1)  # [N, nodes]
+            out["source_node_tokens"] = reach.view(self.S, N // self.S, self.nodes).sum(dim=1, dtype=torch.int64)
+        if self.router == "locmoe":
+            current = probs.view(self.S, N // self.S, E).mean(dim=1)  # D_c per rank: its mean routing distribution
+            target = self.local_target
+            out["locality_loss"] = (current * (current.clamp_min(1e-9).log() - target.log())).sum(dim=-1).mean()
+            with torch.no_grad():
+                xf = x.float()
+                w = self.gate.weight[idx[:, 0]]  # [N, d]: the chosen expert's gating weight
+                cos = (xf * w).sum(dim=-1) / (xf.norm(dim=-1) * w.norm(dim=-1)).clamp_min(1e-12)
+                q = max(1, math.ceil(LOCMOE_DELTA_QUANTILE * N))
+                out["router_cosine"] = cos.kthvalue(q).values
+        return out
+
+    def _with_extras(self, x, idx, probs, onehot) -> tuple:
+        extras = self._extras(x, idx, probs, onehot)
+        return (extras,) if extras else ()
 
     def forward(self, x: torch.Tensor, ids: torch.Tensor):
         N, d = x.shape
@@ -161,7 +280,7 @@ class MoE(nn.Module):
             out = torch.zeros_like(x).index_add_(0, tok.reshape(-1), y.reshape(E * Cx, d).to(x.dtype))
             covered = torch.zeros(N, device=x.device, dtype=torch.int32).index_fill_(0, tok.reshape(-1), 1)
             dropped = (N - covered.sum()).to(torch.int64)
-            return out, counts, dropped, zero
+            return (out, counts, dropped, zero) + self._with_extras(x, idx, probs, onehot)
 
         sidx = idx.t().reshape(-1)  # [S] expert of each slot
         pos = torch.gather(onehot.cumsum(dim=0), 1, sidx[:, None]).squeeze(1) - 1  # place in its expert's queue
@@ -196,7 +315,7 @@ class MoE(nn.Module):
             aux = E * (f * probs.mean(dim=0)).sum()  # Switch / GShard load-balancing loss
         else:
             aux = zero
-        return out, counts, dropped, aux
+        return (out, counts, dropped, aux) + self._with_extras(x, idx, probs, onehot)
 
 
 class Block(nn.Module):
@@ -216,10 +335,10 @@ class Block(nn.Module):
         x = x + self.attn(self.ln1(x))
         h = self.ln2(x)
         if not self.is_moe:
-            return x + self.mlp(h), None, None, None
+            return x + self.mlp(h), None, None, None, None
         B, S, D = h.shape
-        y, counts, dropped, aux = self.moe(h.reshape(B * S, D), ids.reshape(B * S))
-        return x + y.view(B, S, D), counts, dropped, aux
+        y, counts, dropped, aux, *extras = self.moe(h.reshape(B * S, D), ids.reshape(B * S))
+        return x + y.view(B, S, D), counts, dropped, aux, extras[0] if extras else {}
 
 
 class MoEGPT(nn.Module):
@@ -265,18 +384,23 @@ class MoEGPT(nn.Module):
             block.moe.expert_bias.add_(torch.sign(load.mean() - load), alpha=rate)
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor):
-        """Returns (lm_loss, aux_sum, counts[L, E] int64, dropped[L] int64)."""
+        """Returns (lm_loss, aux_sum, counts[L, E] int64, dropped[L] int64), and a fifth element where the layers
+        have extras (source ranks simulated, or LocMoE): ``{name: [L, ...]}``, e.g. ``source_counts[L, S, E]``."""
         B, S = ids.shape
         x = self.wte(ids) + self.wpe.weight[:S]
-        counts, dropped, auxes = [], [], []
+        counts, dropped, auxes, extras = [], [], [], []
         for block in self.blocks:
-            x, c, dr, aux = block(x, ids)
+            x, c, dr, aux, ex = block(x, ids)
             if c is not None:
                 counts.append(c)
                 dropped.append(dr)
                 auxes.append(aux)
+                extras.append(ex)
         loss = self.head_loss(x, targets)
-        return loss, torch.stack(auxes).sum(), torch.stack(counts), torch.stack(dropped)
+        out = (loss, torch.stack(auxes).sum(), torch.stack(counts), torch.stack(dropped))
+        if extras[0]:
+            return out + ({k: torch.stack([ex[k] for ex in extras]) for k in extras[0]},)
+        return out
 
     def head_loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = F.linear(self.ln_f(x), self.wte.weight)

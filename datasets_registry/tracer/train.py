@@ -120,6 +120,10 @@ def reproduce_command(
         "expert_bias": "--expert-bias",
         "bias_update_rate": "--bias-update-rate",
         "corpus_schedule": "--corpus-schedule",
+        "source_ranks": "--sources",
+        "ranks_per_node": "--ranks-per-node",
+        "max_nodes": "--max-nodes",
+        "locality_loss": "--locality-loss",
         "probe_every": "--probe-every",
         "probe_tokens": "--probe-tokens",
         "probe_chunk": "--probe-chunk",
@@ -219,6 +223,12 @@ class Tracer:
         }
         if cfg.expert_bias:
             fields["bias"] = ((self.L, cfg.n_experts), torch.float32)
+        if cfg.source_ranks:
+            fields["source_counts"] = ((self.L, cfg.source_ranks, cfg.n_experts), torch.int32)
+            fields["source_node_tokens"] = ((self.L, cfg.source_ranks, cfg.nodes), torch.int32)
+        if cfg.router == "locmoe":
+            fields["locality_loss"] = ((self.L,), torch.float32)
+            fields["router_cosine"] = ((self.L,), torch.float32)
         self.record_keys = tuple(fields)
         self.buffer = StepBuffer(fields, flush_every, self.device, on_host=self._landed if on_records else None)
         self.probes: dict[str, list] = {"steps": [], "counts": [], "dropped": [], "loss": []}  # host records
@@ -295,7 +305,7 @@ class Tracer:
         for i in range(0, tok.shape[0], per):
             part = tok[i : i + per]
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                lm, _aux, cn, dr = self._probe_fwd(part[:, :-1], part[:, 1:])
+                lm, _aux, cn, dr = self._probe_fwd(part[:, :-1], part[:, 1:])[:4]
             counts += cn
             dropped += dr
             loss += lm.float() * part.shape[0]
@@ -316,11 +326,16 @@ class Tracer:
         lr = self.lr_at(self.step)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        loss, aux, counts, dropped = self.forward(self.step)
+        out = self.forward(self.step)
+        loss, aux, counts, dropped = out[:4]
+        extras = out[4] if len(out) > 4 else {}
         if record:  # device-side copies only; no host sync
             bias = {"bias": self.model.expert_biases()} if self.cfg.expert_bias else {}  # the bias this step used
-            self.buffer.push(counts=counts, dropped=dropped, loss=loss.detach(), **bias)
+            layer_extras = {k: v.detach() for k, v in extras.items() if k in self.record_keys}
+            self.buffer.push(counts=counts, dropped=dropped, loss=loss.detach(), **bias, **layer_extras)
         total = loss + self.cfg.aux_loss * aux if self.cfg.aux_loss > 0 else loss
+        if "locality_loss" in extras and self.cfg.locality_loss > 0:  # LocMoE eq. 7: L_aux + L_loc + L_cross
+            total = total + self.cfg.locality_loss * extras["locality_loss"].sum()
         total.backward()
         if self.cfg.grad_clip and self.fold_clip:
             clip_in_fused_step(self.opt, self.params, self.cfg.grad_clip)
@@ -548,6 +563,16 @@ class Tracer:
                 else "softmax probabilities of the k chosen experts, not renormalised (DeepSeekMoE)"
             )
             out["shared"] = f"{cfg.shared_experts} shared experts take every token (always on; not in the counts)"
+        if cfg.router == "locmoe":
+            out["gate"] = "GrAP: fixed orthogonal weights (group means of the activation) plus a learnable offset, ReLU"
+            out["weights"] = "top-1 of softmax(ReLU(GrAP(x))), weight = its probability (LocMoE eq. 2-4)"
+            out["locality"] = (f"locality loss mu * KL(D_c || D_l) per source rank (eq. 6), mu = {cfg.locality_loss}, "
+                               "D_l: the rank's node's experts evenly, smoothed by 1% of the uniform distribution")
+        if cfg.router == "node-limited":
+            out["weights"] = (f"{cfg.gate_fn} scores; the top {cfg.node_limit} of {cfg.nodes} nodes by the sum of "
+                              f"their experts' top-{cfg.top_k // cfg.node_limit} scores, then the top-{cfg.top_k} "
+                              "experts on them, weights normalised over the k (DeepSeek-V3)")
+            out["max_nodes"] = cfg.node_limit
         if cfg.expert_bias:
             out["expert_bias"] = {
                 "update_rate": cfg.bias_update_rate,
@@ -648,6 +673,15 @@ class Tracer:
             extra["corpus_schedule"] = [
                 {"from_step": first, "sources": list(srcs)} for first, srcs in self.schedule
             ]
+        extra["final_loss"] = round(float(rec["loss"][-100:].mean()), 4)
+        extra.update(self._layout_card(rec))
+        if cfg.source_ranks:
+            extra["extras_file"] += (", source_counts[T, L, S, E] (slots per source rank before drops; sums over S "
+                                     "to the counts), source_node_tokens[T, L, S, N] (tokens of each rank with at "
+                                     "least one expert on each node)")
+        if cfg.router == "locmoe":
+            extra["extras_file"] += (", locality_loss[T, L] float32 (LocMoE's KL(D_c || D_l) per step and layer), "
+                                     "router_cosine[T, L] float32 (the cosine quantile standing for LocMoE's delta)")
         probes = self.probe_records() if cfg.probe_every else None
         if probes is not None and probes["steps"].size:
             extra["probe"] = {
@@ -710,7 +744,59 @@ class Tracer:
         }
         if cfg.expert_bias:
             extras["bias"] = rec["bias"].astype(np.float32)
+        if cfg.source_ranks:
+            per_source = rec["source_counts"]
+            extras["source_counts"] = per_source.astype(np.uint16 if per_source.max(initial=0) < 65536 else np.uint32)
+            reach = rec["source_node_tokens"]
+            extras["source_node_tokens"] = reach.astype(np.uint16 if reach.max(initial=0) < 65536 else np.uint32)
+        if cfg.router == "locmoe":
+            extras["locality_loss"] = rec["locality_loss"].astype(np.float32)
+            extras["router_cosine"] = rec["router_cosine"].astype(np.float32)
         return Trace.from_arrays(counts, rec["steps"], card, source=f"tracer run {trace_id}", extras=extras), extras
+
+    def _layout_card(self, rec: dict[str, np.ndarray]) -> dict[str, Any]:
+        """The card entries of the simulated data-parallel layout (``sources``) and of LocMoE's statistics."""
+        cfg = self.cfg
+        out: dict[str, Any] = {}
+        if cfg.source_ranks:
+            S, nodes = cfg.source_ranks, cfg.nodes
+            out["sources"] = {
+                "count": S,
+                "unit": "rank",
+                "layout": f"each step's {cfg.tokens_per_step} tokens split into {S} equal contiguous shares (simulated "
+                f"data-parallel ranks, {min(cfg.ranks_per_node, S)} per node, {nodes} node(s)); experts in "
+                f"contiguous blocks of {cfg.n_experts // nodes} per node",
+            }
+            out["data_parallel"] = {
+                "source_ranks": S,
+                "ranks_per_node": min(cfg.ranks_per_node, S),
+                "nodes": nodes,
+                "rank_nodes": cfg.rank_nodes,
+                "expert_nodes": cfg.expert_nodes,
+            }
+        if cfg.router == "locmoe":
+            from .model import LOCMOE_DELTA_QUANTILE, locmoe_capacity_lower_bound
+
+            T = rec["counts"].shape[0]
+            last = slice(max(0, T - max(1, T // 10)), T)
+            delta = np.median(rec["router_cosine"][last], axis=0)  # [L]
+            out["locmoe"] = {
+                "reference": "Li et al. 2024, LocMoE: A Low-overhead MoE for Large Language Model Training, arXiv "
+                "2401.13920, section 3.2",
+                "locality_loss_coefficient": cfg.locality_loss,
+                "locality_loss_last_tenth": [round(float(v), 5) for v in rec["locality_loss"][last].mean(axis=0)],
+                "delta_quantile": LOCMOE_DELTA_QUANTILE,
+                "delta_last_tenth": [round(float(v), 5) for v in delta],
+                "capacity_lower_bound": [round(float(v), 5) for v in
+                                         locmoe_capacity_lower_bound(delta, cfg.d_model, cfg.n_experts)],
+                "capacity_lower_bound_at_paper_delta": round(
+                    float(locmoe_capacity_lower_bound(0.03, cfg.d_model, cfg.n_experts)), 5),
+                "capacity_used": cfg.capacity(),
+                "note": "delta: per step the cosine between a routed token and its expert's gating weight that "
+                f"{1 - LOCMOE_DELTA_QUANTILE:.0%} of the step's tokens reach (extras router_cosine[T, L]), median over "
+                "the last tenth of the run; the bound is eq. 9, ec_min = 1 / (n [1 - I_{delta^2}(1/2, (d-1)/2)])",
+            }
+        return out
 
     def _licence(self) -> str:
         text = "Apache-2.0 (generated by this project; trained on text of the Python standard library, PSF licence"
@@ -816,7 +902,7 @@ def config_from_args(preset: str, **overrides: Any) -> TracerConfig:
     from .config import get_preset
 
     cfg = get_preset(preset)
-    if overrides.get("router") == "switch" and overrides.get("top_k") is None:
+    if overrides.get("router") in ("switch", "locmoe") and overrides.get("top_k") is None:
         overrides["top_k"] = 1
     out = cfg.replace(**overrides)
     if out.scaled and any(overrides.get(k) is not None for k in ("d_model", "n_heads", "seq_len", "batch_size")):
@@ -898,6 +984,7 @@ def record_trace(
         **stats,
         "already_complete": resumed and first >= steps,
         "final_loss": round(float(extras["loss"][-100:].mean()), 4),
+        "drop_fraction": trace.card.extra["drop_fraction_total"],
         "fingerprint": trace.fingerprint,
     }
     probe = tracer.probe_trace(trace_id, stats=stats, steps_asked=steps)

@@ -313,7 +313,7 @@ def test_v2_presets():
     assert main(["trace", "presets", "--json"]) == 0
 
 
-def gpu_commands(tmp_path: Path) -> list[list[str]]:
+def gpu_commands(tmp_path: Path, waves=(1, 2, 3)) -> list[list[str]]:
     """The argument lists that datasets_registry/tracer/gpu_runs.sh gives `python`, wave by wave: the script runs
     with a `python` on the PATH that only writes down its arguments."""
     shim = tmp_path / "bin" / "python"
@@ -324,7 +324,7 @@ def gpu_commands(tmp_path: Path) -> list[list[str]]:
     )
     shim.chmod(0o755)
     out = []
-    for wave in (1, 2, 3):
+    for wave in waves:
         capture = tmp_path / f"wave{wave}"
         capture.mkdir()
         env = {**os.environ, "PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}", "CAPTURE_DIR": str(capture)}
@@ -363,3 +363,24 @@ def test_gpu_script_commands_are_valid_tracer_runs(monkeypatch, tmp_path):
     ds = [c for c in runs if c.preset == "gpt3-125m-64e-ds"]
     assert any(not c.expert_bias for c in ds) and any(c.expert_bias and c.aux_loss == 0 for c in ds)
     assert any(c.corpus_schedule and "text" in c.corpus_schedule for c in runs)
+
+
+def test_gpu_locality_wave_trains_the_five_routers_on_the_same_layout(monkeypatch, tmp_path):
+    cmds = gpu_commands(tmp_path, waves=("locality",))
+
+    def fake_record(cfg, steps, trace_id, **kw):
+        raise Captured(cfg, steps, trace_id, kw)
+
+    monkeypatch.setattr("datasets_registry.tracer.train.record_trace", fake_record)
+    runs = []
+    for argv in cmds:
+        with pytest.raises(Captured) as got:
+            main(argv[2:])
+        cfg, steps, trace_id, kw = got.value.args
+        assert kw["device"] == "cuda" and not kw["register"] and kw["out"].name == trace_id
+        runs.append((cfg, steps))
+    routers = sorted((c.router, c.top_k) for c, _ in runs)
+    assert routers == sorted([("hash", 2), ("hash", 1), ("switch", 1), ("softmax-topk", 2), ("locmoe", 1),
+                              ("locmoe", 1), ("node-limited", 2)])
+    assert {(c.preset, c.seed, c.source_ranks, c.nodes, s) for c, s in runs} == {("gpt3-125m-16e", 1, 8, 4, 4000)}
+    assert sorted(c.locality_loss for c, _ in runs if c.router == "locmoe") == [0.01, 0.1]
