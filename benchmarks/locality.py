@@ -20,6 +20,7 @@ tests/test_locality.py recomputes the CPU ones from the traces committed in benc
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,9 +61,9 @@ def load_run(folder: str | Path) -> Run:
     if (folder / "trace" / storage.CARD_FILE).exists():
         folder = folder / "trace"
     trace = storage.load(folder)
-    extras = dict(getattr(trace, "extras", None) or {})
-    if not extras and (folder / storage.EXTRAS_FILE).exists():
-        extras = storage.read_npz_arrays(folder / storage.EXTRAS_FILE, required=())
+    extras = dict(trace.extras)  # the per-source split; the run's other side arrays (drops, loss) from the file
+    if (folder / storage.EXTRAS_FILE).exists():
+        extras.update(storage.read_npz_arrays(folder / storage.EXTRAS_FILE, required=()))
     per_source = extras.get("source_counts")
     if per_source is None or "data_parallel" not in trace.card.extra:
         raise SystemExit(f"{folder}: no per-source loads (train it with --sources S)")
@@ -242,10 +243,16 @@ def summary(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="tracer run folders (or trace folders) of one preset")
+    parser.add_argument("runs", nargs="*", type=Path, help="tracer run folders (or trace folders) of one preset")
     parser.add_argument("--write", action="store_true", help="replace this preset's tables in docs/locality.md")
+    parser.add_argument("--save", type=Path, help="also save the figures as JSON (for runs too large to commit)")
+    parser.add_argument("--from-json", type=Path, help="the figures saved by --save, instead of run folders")
     args = parser.parse_args(argv)
-    result = analyse([load_run(f) for f in args.runs])
+    if bool(args.runs) == bool(args.from_json):
+        parser.error("give run folders or --from-json, not both")
+    result = json.loads(args.from_json.read_text()) if args.from_json else analyse([load_run(f) for f in args.runs])
+    if args.save:
+        args.save.write_text(json.dumps(result, indent=1, default=float) + "\n")
     print(f"{result['preset']}: {len(result['rows'])} runs, {result['iterations']} iterations compared; "
           f"times per MoE layer at {TOKENS_PER_GPU} tokens per GPU")
     for name, text in tables(result).items():

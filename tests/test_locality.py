@@ -61,3 +61,15 @@ def test_runs_without_per_source_loads_are_refused(tmp_path):
     storage.save(Trace.from_arrays(plain.counts, plain.steps, card), tmp_path / "t")
     with pytest.raises(SystemExit, match="no per-source loads"):
         locality.load_run(tmp_path / "t")
+
+
+def test_the_gpu_preset_tables_are_the_saved_figures():
+    """The gpt3-125m-16e traces (one H200, docs/locality.md) are too large to commit; their figures are saved by
+    `benchmarks/locality.py RUNS --save` and the doc's tables must be what they render to."""
+    import json
+
+    result = json.loads((REPO / "benchmarks" / "results" / "locality" / "gpt3-125m-16e.json").read_text())
+    assert result["preset"] == "gpt3-125m-16e" and result["iterations"] == 4000
+    assert {r["router"] for r in result["rows"]} == {"hash", "switch", "softmax-topk", "locmoe", "node-limited"}
+    for name, text in locality.tables(result).items():
+        assert block(f"gpt3-125m-16e-{name}") == text, name
