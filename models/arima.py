@@ -387,7 +387,7 @@ class Arima(Predictor):
         "window": ("log", 200, 4000),
         "order": ("cat", ["1,0,1", "1,1,1", "2,1,2", "1,0,0", "0,1,1", "2,0,2"]),
     }
-    version = 2  # 2: window and bin in iterations (1: window in records, no binning)
+    version = 3  # 3: quantiles (predict_quantiles); 2: window and bin in iterations (1: window in records, no binning)
 
     def __init__(self, **params):
         super().__init__(**params)

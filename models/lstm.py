@@ -96,16 +96,22 @@ def residual_quantiles(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray, l
                        layers: int) -> np.ndarray:
     """[L, C, Q]: quantiles at ``QUANTILE_LEVELS`` of the standardised errors ``(p - phat) / binomial_scale(phat)``
     per layer and chunk, from samples' chunk forecasts ``pred[N, C, E]``, actual shares ``truth[N, C, K, E]`` of
-    which the first ``valid[N]`` records exist, and each sample's ``layer[N]``; 0 where a (layer, chunk) has none."""
+    which the first ``valid[N]`` records exist, and each sample's ``layer[N]``. A chunk no sample reaches takes
+    the nearest earlier chunk's (errors grow with the lead, so this errs narrow); 0 where a layer has none."""
     N, C, K, E = truth.shape
     z = (truth - pred[:, :, None, :]) / binomial_scale(pred, E)[:, :, None, :]
     exists = (np.arange(C * K).reshape(C, K)[None] < valid[:, None, None])  # [N, C, K]
     out = np.zeros((layers, C, len(QUANTILE_LEVELS)))
     for l in range(layers):
+        seen = []
         for c in range(C):
             sel = z[layer == l, c][exists[layer == l, c]]  # [records, E]
             if sel.size:
                 out[l, c] = np.quantile(sel, QUANTILE_LEVELS)
+                seen.append(c)
+        for c in range(C):  # a chunk past every sample's end: the nearest earlier chunk's (else the first later one's)
+            if c not in seen and seen:
+                out[l, c] = out[l, max((s for s in seen if s < c), default=min(seen))]
     return out
 
 
@@ -218,7 +224,7 @@ class LSTMPredictor(Predictor):
         "lr": ("log", 3e-4, 1e-2),
         "chunks": ("cat", [1, 2, 4, 8]),
     }
-    version = 2
+    version = 3  # 3: quantiles from held-out residuals (predict_quantiles)
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -355,12 +361,17 @@ class LSTMPredictor(Predictor):
 
     def _calibrate(self, traces: list[tuple[np.ndarray, np.ndarray]], held_out: float) -> np.ndarray | None:
         """[L, C, Q]: :func:`residual_quantiles` of the current model over the last `held_out` fraction of each
-        trace's training origins (at most ``CALIBRATION_ORIGINS`` of them), whose targets lie within the trace;
-        None where there are none."""
+        trace's training origins (at most ``CALIBRATION_ORIGINS`` of them), whose targets lie within the trace
+        (with ``held_out=1``, the history's, those whose whole horizon it holds where there are any); None where
+        there are none."""
         L, E, C = self._layers, self._experts, self.params["chunks"]
         preds, truths, valids, layers = [], [], [], []
         for p, steps in traces:
             x, layer, row, valid, K, n = self._samples(p, steps, 0)
+            if held_out >= 1 and (valid == K * C).any():  # the history's last origins whose horizon it holds whole
+                whole = valid == K * C
+                x, layer, row, valid = x[whole], layer[whole], row[whole], valid[whole]
+                n = len(row) // L
             keep = min(n if held_out >= 1 else n - 1, CALIBRATION_ORIGINS, math.ceil(n * held_out)) * L
             if keep <= 0:
                 continue

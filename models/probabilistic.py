@@ -153,6 +153,7 @@ class DirichletMultinomial(SlidingWindowAverage):
     """sw_avg's point forecast with a Dirichlet-multinomial's quantiles, fitted on the window's counts."""
 
     name = "dirmult"
+    version = 2  # 2: the exact beta-binomial's lattice quantiles on few routed slots (LATTICE_SLOTS)
 
     def fitted(self) -> DirichletMultinomialFit:
         """The fit on the records of the last `window` iterations."""

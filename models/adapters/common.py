@@ -170,6 +170,8 @@ class LibraryAdapter(Predictor):
     adapter_keys: ClassVar[frozenset[str]] = frozenset(ADAPTER_DEFAULTS)
     #: Whether one model is trained over all series and forecasts any series it is given.
     global_model: ClassVar[bool] = False
+    #: 2: the library's quantiles where it has them (:meth:`predict_quantiles`).
+    version: ClassVar[int] = 2
 
     # ---- building the class ----------------------------------------------------------------
     @classmethod
