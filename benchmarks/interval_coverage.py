@@ -34,7 +34,7 @@ HORIZON = 1000  # iterations
 MODELS = ("sw_quantiles", "dirmult")
 #: Predictors whose runs cost minutes to hours per trace, and the traces they run on by default.
 COSTLY_MODELS = ("arima", "lstm")
-COSTLY_DATASETS = ("tiny-cpu-s1", "smartmoe-ae")
+COSTLY_DATASETS = ("gpt3-125m-16e-serve-shift-b512", "gpt3-125m-16e-top2-s1", "tiny-cpu-s1", "smartmoe-ae")
 HEAD = ["dataset", "model", "80% transient", "80% stable", "90% transient", "90% stable", "scaled quantile loss",
         "overdispersion transient", "overdispersion stable", "routed slots"]
 
