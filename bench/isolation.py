@@ -11,7 +11,9 @@ it in a worker process (:mod:`bench.isolation_worker`) and stands in for it in t
 - The worker gets copies of the records the harness was given (``start``/``observe``) and sends
   back a forecast, which the harness refuses unless it is a real numeric array of exactly the
   shape asked for, within a byte cap it checks before reading. Nothing from the worker is read
-  with pickle.
+  with pickle. A probabilistic predictor's quantile forecast (``q[records, layers, experts,
+  levels]``) comes back the same way, capped at its exact size, and is checked again by the
+  harness's own rules (:func:`bench.evaluate.check_quantiles`) on this side.
 - Wall-clock :class:`Limits`: a call over its limit kills the worker's process group and raises
   ``TimeoutError``; a worker that exits or crashes makes the call raise ``RuntimeError`` with
   the end of its stderr. The next call starts a fresh worker and replays the history (start,
@@ -43,10 +45,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from datasets_registry.registry import BUILTIN_DIR, data_home
-from models.base import History, ParamError
+from models.base import QUANTILE_LEVELS, History, ParamError
 from models.registry import ENTRY_POINT_GROUP, spec_kind
 
-from .evaluate import ForecastError
+from .evaluate import ForecastError, check_quantiles
 from .isolation_worker import FRAME, LEVEL_LANDLOCK, LEVEL_PROCESS, decode_arrays, encode_message, landlock_abi
 
 #: The folder that holds the project's packages (bench/, models/, datasets_registry/).
@@ -431,6 +433,7 @@ class IsolatedPredictor:
         return (f"{self.spec}: forecasts per-source loads (predict_sources), but a sandboxed predictor is shown the "
                 "counts only, not their per-source split: run it without --per-source (its point forecast is then "
                 "scored as usual), or pass the class itself to bench.run in process")
+    probabilistic = property(lambda self: self.metadata["probabilistic"])
 
     @property
     def worker_pid(self) -> int | None:
@@ -491,8 +494,8 @@ class IsolatedPredictor:
 
     def _checked_metadata(self, meta: Any) -> dict[str, Any]:
         kinds = {"name": str, "defaults": dict, "params": dict, "version": int, "needs_training": bool,
-                 "refit_policies": list, "search_space": dict, "replayable": bool, "per_source": bool, "doc": str,
-                 "class_name": str,
+                 "refit_policies": list, "search_space": dict, "replayable": bool, "per_source": bool,
+                 "probabilistic": bool, "doc": str, "class_name": str,
                  "module_file": str}
         if not isinstance(meta, dict):
             self._stop_worker()
@@ -661,7 +664,38 @@ class IsolatedPredictor:
             self._stop_worker()  # the worker's own code never sends such a reply: it is not trusted further
             raise ForecastError(f"forecast refused: {exc}") from None
 
-    def _forecast_from(self, reply: dict, payload: memoryview, n: int, L: int, E: int) -> np.ndarray:
+    def forecast_quantiles(self, target_steps: np.ndarray) -> np.ndarray:
+        """The quantile forecast of the records at `target_steps`: sets :attr:`target_steps`, then
+        ``predict_quantiles``."""
+        self.target_steps = np.asarray(target_steps)
+        return self.predict_quantiles(len(self.target_steps))
+
+    def predict_quantiles(self, records: int) -> np.ndarray:
+        """The worker's quantile forecast ``q[records, layers, experts, levels]``, refused unless it is a real
+        numeric array of exactly that shape (read within that size) that passes ``check_quantiles`` here."""
+        history = self._require_started("predict_quantiles")
+        if not self.probabilistic:
+            raise NotImplementedError(f"{self.spec} gives no quantile forecasts")
+        self._ensure_worker()
+        self._send_records(len(history))
+        n, L, E, Q = int(records), history.layers, history.experts, len(QUANTILE_LEVELS)
+        steps = self.target_steps
+        arrays = [np.asarray(steps, dtype=np.int64)] if steps is not None and len(steps) == n else []
+        try:
+            reply, payload = self._call("predict_quantiles", {"records": n}, arrays,
+                                        seconds=self.limits.seconds_per_call,
+                                        body_cap=n * L * E * Q * 8 + NPY_HEADER_BYTES)
+            q = self._forecast_from(reply, payload, n, L, E, Q)
+        except ProtocolError as exc:
+            self._stop_worker()
+            raise ForecastError(f"quantile forecast refused: {exc}") from None
+        return check_quantiles(q, n, L, E)
+
+    def _forecast_from(self, reply: dict, payload: memoryview, n: int, L: int, E: int,
+                       levels: int | None = None) -> np.ndarray:
+        """The one array of a forecast reply, ``[n, L, E]`` (``[n, L, E, levels]`` for quantiles), expanded if
+        it came as one constant row."""
+        tail = (L, E) if levels is None else (L, E, levels)
         specs, repeat = reply.get("arrays"), reply.get("repeat")
         if not (isinstance(specs, list) and len(specs) == 1 and isinstance(specs[0], dict)):
             raise ProtocolError("a forecast reply must hold exactly one array")
@@ -676,14 +710,14 @@ class IsolatedPredictor:
             raise ProtocolError(f"forecast has dtype {str(dtype or declared)[:50]}, expected real numbers "
                                 "(native integers or floats of at most 8 bytes)")
         shape = tuple(shape) if isinstance(shape, list) else None
-        if shape != ((1 if repeat else n), L, E):
+        if shape != ((1 if repeat else n), *tail):
             said = f"{shape} repeated {repeat} times" if repeat else f"{shape}"
-            raise ProtocolError(f"forecast has shape {said}, expected {(n, L, E)}")
+            raise ProtocolError(f"forecast has shape {said}, expected {(n, *tail)}")
         try:
             (phat,) = decode_arrays(payload, specs)
         except ValueError as exc:
             raise ProtocolError(str(exc)) from None
-        return np.broadcast_to(phat[0], (n, L, E)) if repeat else phat
+        return np.broadcast_to(phat[0], (n, *tail)) if repeat else phat
 
     # ---- the end ----------------------------------------------------------------------------
     def stderr_tail(self, lines: int = 12) -> str:

@@ -15,7 +15,7 @@ is imported, the worker:
 5. restricts itself with Landlock (:func:`sandbox_plan`, :func:`landlock_ruleset`) and ``no_new_privs``.
 
 Only then does it import numpy and the project, load the predictor and serve the harness's
-requests (``start``, ``observe``, ``refit``, ``predict``) until its stdin ends.
+requests (``start``, ``observe``, ``refit``, ``predict``, ``predict_quantiles``) until its stdin ends.
 
 Nothing here imports numpy or the project at module level: Landlock restricts only the thread
 that enforces it and the threads and processes it starts later, so the sandbox must be in place
@@ -402,6 +402,7 @@ def _metadata(predictor: Any, cls: type) -> dict[str, Any]:
             "refit_policies": list(cls.refit_policies),
             "search_space": {k: list(v) if isinstance(v, tuple) else v for k, v in dict(cls.search_space).items()},
             "replayable": bool(predictor.replayable), "per_source": bool(getattr(predictor, "per_source", False)),
+            "probabilistic": bool(getattr(predictor, "probabilistic", False)),
             "doc": doc[0] if doc else "", "class_name": cls.__qualname__,
             "module_file": getattr(sys.modules.get(cls.__module__), "__file__", None) or ""}
 
@@ -431,21 +432,27 @@ def _training_traces(header: dict, arrays: list) -> list:
     return out
 
 
-def _forecast(predictor: Any, header: dict, arrays: list, shape: tuple[int, int]):
-    """(forecast, times it repeats): the predictor's forecast, checked by the harness's own rules
-    before it is sent. A constant forecast (the same row for every record, as ``Predictor.repeat``
-    makes) is checked and sent as its one row."""
+def _forecast(predictor: Any, header: dict, arrays: list, shape: tuple[int, int], quantiles: bool = False):
+    """(forecast, times it repeats): the predictor's forecast (its quantile forecast with `quantiles`),
+    checked by the harness's own rules before it is sent. A constant forecast (the same row for every
+    record, as ``Predictor.repeat`` makes) is checked and sent as its one row."""
     import numpy as np
 
-    from bench.evaluate import check_forecast
+    from bench.evaluate import check_forecast, check_quantiles
+    from models.base import QUANTILE_LEVELS
 
     records = int(header["records"])
-    if arrays and hasattr(predictor, "forecast"):
-        out = predictor.forecast(arrays[0])
+    if quantiles:
+        check, full = check_quantiles, (records, *shape, len(QUANTILE_LEVELS))
+        call, method = "forecast_quantiles", "predict_quantiles"
     else:
-        out = predictor.predict(records)
-    constant = isinstance(out, np.ndarray) and out.shape == (records, *shape) and records > 1 and out.strides[0] == 0
-    phat = check_forecast(out[:1], 1, *shape) if constant else check_forecast(out, records, *shape)
+        check, full, call, method = check_forecast, (records, *shape), "forecast", "predict"
+    if arrays and hasattr(predictor, call):
+        out = getattr(predictor, call)(arrays[0])
+    else:
+        out = getattr(predictor, method)(records)
+    constant = isinstance(out, np.ndarray) and out.shape == full and records > 1 and out.strides[0] == 0
+    phat = check(out[:1], 1, *shape) if constant else check(out, records, *shape)
     if phat.dtype.itemsize > 8 or not phat.dtype.isnative:  # long double, big-endian: sent as float64
         phat = phat.astype(np.float64)
     return phat, records if constant else None
@@ -474,8 +481,8 @@ def serve(channel: Channel, predictor: Any) -> None:
                 predictor.observe(arrays[0], arrays[1])
             elif op == "refit":
                 predictor.refit()
-            elif op == "predict":
-                phat, repeat = _forecast(predictor, header, arrays, shape)
+            elif op in ("predict", "predict_quantiles"):
+                phat, repeat = _forecast(predictor, header, arrays, shape, quantiles=op == "predict_quantiles")
                 if repeat:
                     reply["repeat"] = repeat
                 out = [np.ascontiguousarray(phat)]

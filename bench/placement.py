@@ -14,6 +14,11 @@ consecutive experts, default one expert per group) are first packed onto nodes (
 per node, LPT), then experts are replicated within each node (``(E+R)/N`` slots) and packed
 onto the node's ``G/N`` devices.
 
+Under uncertainty (:func:`place_with_spread`), step 1 replicates by an upper quantile of each
+expert's forecast share instead of its mean: the replicas then keep every expert's probability of
+overloading its devices below a threshold wherever they can (the function's docstring), and step
+2 packs the expected loads as before.
+
 The static placement puts expert ``e`` on device ``e mod G`` with no replicas; the oracle runs
 the policy on the actual horizon-mean load. Each placement is scored on the horizon's actual
 per-step counts: imbalance (mean over steps of max/mean device load), token drop rate with
@@ -225,9 +230,11 @@ def _expand(count: np.ndarray) -> np.ndarray:
     return (np.cumsum(count, axis=1)[:, None, :] <= np.arange(P)[None, :, None]).sum(axis=2)
 
 
-def place(weight: np.ndarray, spec: PlacementSpec) -> Placement:
-    """The EPLB-like placement for a load estimate ``weight[L, E]`` (any non-negative scale)."""
+def place(weight: np.ndarray, spec: PlacementSpec, replicate_by: np.ndarray | None = None) -> Placement:
+    """The EPLB-like placement for a load estimate ``weight[L, E]`` (any non-negative scale); replicas
+    by `replicate_by` ``[L, E]`` where given (default: `weight`), packing always by `weight`."""
     weight = np.asarray(weight, dtype=np.float64)
+    rep = weight if replicate_by is None else np.asarray(replicate_by, dtype=np.float64)
     L, E = weight.shape
     spec.check(E)
     G, N = spec.devices, spec.nodes
@@ -241,7 +248,7 @@ def place(weight: np.ndarray, spec: PlacementSpec) -> Placement:
         local = np.broadcast_to(np.arange(E), (L, E))
     w_local = np.take_along_axis(weight, local.reshape(L, E), axis=1).reshape(L * N, E // N)
     # 2. replicate within each node; 3. pack the node's replicas onto its devices
-    count = replicate(w_local, P // N)
+    count = replicate(np.take_along_axis(rep, local.reshape(L, E), axis=1).reshape(L * N, E // N), P // N)
     slot_item = _expand(count)  # [L*N, P/N]
     rows = np.arange(L * N)[:, None]
     device = pack(w_local[rows, slot_item] / count[rows, slot_item], G // N)
@@ -251,6 +258,29 @@ def place(weight: np.ndarray, spec: PlacementSpec) -> Placement:
     replicas = np.zeros((L, E), dtype=np.int64)
     np.put_along_axis(replicas, local.reshape(L, E), count.reshape(L, E), axis=1)
     return Placement.from_slots(slot_expert, device, replicas, G, N)
+
+
+def place_with_spread(estimate: np.ndarray, quantiles: np.ndarray, spec: PlacementSpec,
+                      threshold: float = 0.05) -> Placement:
+    """The placement under uncertainty: replicas by the ``1 - threshold`` quantile of each expert's share,
+    packing by the expected shares ``estimate[L, E]``; `quantiles` ``[L, E, levels]`` at
+    :data:`models.base.QUANTILE_LEVELS` (a horizon's forecast, e.g. its records' mean quantiles).
+
+    Why this is the overload rule: an expert with ``r`` replicas overloads a device at capacity ``c`` per
+    replica when its share exceeds ``r c``, with probability below `threshold` exactly when its
+    ``1 - threshold`` quantile ``u`` is at most ``r c``. Giving each next replica to the expert of highest
+    ``u / r`` (as :func:`replicate` does) minimises the largest ``u / r`` over the layer's experts, i.e. it
+    finds the lowest capacity at which every expert's overload probability is below `threshold` with the
+    slots there are, and gives a replica to each expert whose probability exceeds it at any higher one.
+    `threshold` 0.5 is the median; the point policy (:func:`place`) replicates by the mean.
+    """
+    from models.base import QUANTILE_LEVELS
+
+    level = round(1.0 - threshold, 6)
+    if level not in QUANTILE_LEVELS:
+        allowed = sorted(round(1 - a, 6) for a in QUANTILE_LEVELS if a >= 0.5)
+        raise ValueError(f"place_with_spread: threshold {threshold} is none of {allowed} (1 - a quantile level)")
+    return place(estimate, spec, replicate_by=np.asarray(quantiles)[..., QUANTILE_LEVELS.index(level)])
 
 
 def deepseek_place(weight: np.ndarray, spec: PlacementSpec) -> Placement:
@@ -338,6 +368,19 @@ def drop_rate(counts: np.ndarray, share: np.ndarray, capacity_factor: float) -> 
     return (over / tokens[..., 0]).mean(axis=0)
 
 
+def placement_scores(placement: Placement, share: np.ndarray, counts: np.ndarray,
+                     spec: PlacementSpec) -> dict[str, np.ndarray]:
+    """One placement on the actual ``counts[T, L, E]``, per layer: ``imbalance``, ``drop_rate`` (capacity allotted
+    from ``share[L, E]``) and ``layer_time_us`` (:mod:`bench.steptime`, mean over the steps)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    loads = placement.device_loads(counts)
+    return {
+        "imbalance": imbalance(loads),
+        "drop_rate": drop_rate(counts, share, spec.capacity_factor),
+        "layer_time_us": 1e6 * spec.hardware.layer_time(loads, spec.nodes).mean(axis=0),
+    }
+
+
 def score(
     estimate: np.ndarray,
     counts: np.ndarray,
@@ -352,15 +395,11 @@ def score(
     """
     counts = np.asarray(counts, dtype=np.float64)
     T, L, E = counts.shape
-    hw = spec.hardware
 
     def scores(placement: Placement, share: np.ndarray, suffix: str) -> dict[str, np.ndarray]:
-        loads = placement.device_loads(counts)
-        return {
-            f"imbalance{suffix}": imbalance(loads),
-            f"drop_rate{suffix}": drop_rate(counts, share, spec.capacity_factor),
-            f"layer_time{suffix}_us": 1e6 * hw.layer_time(loads, spec.nodes).mean(axis=0),
-        }
+        s = placement_scores(placement, share, counts, spec)
+        return {f"imbalance{suffix}": s["imbalance"], f"drop_rate{suffix}": s["drop_rate"],
+                f"layer_time{suffix}_us": s["layer_time_us"]}
 
     out = scores(place(estimate, spec), estimate, "")
     if static is not None:
@@ -465,6 +504,8 @@ __all__ = [
     "Placement",
     "StepTimeModel",
     "place",
+    "place_with_spread",
+    "placement_scores",
     "deepseek_place",
     "static_placement",
     "contiguous_placement",

@@ -22,6 +22,12 @@ Rules:
 - Win rate: over every cell and every other model in it, the share of head-to-head comparisons
   of ``error_rate`` (all) won (ties count half). Mean rank: the mean of the per-cell ranks.
 - The overall rank orders models by skill (all), then win rate.
+- Probabilistic forecasts (runs that carry quantile scores, docs/protocol.md; the others show
+  none): per cell the quantile loss scaled by sw_quantiles' at the same origins (computed in the
+  run, so no reference run is needed) and the coverage of the 80% and 90% intervals; per model
+  the scaled quantile loss over cells as fev aggregates scaled scores, the geometric mean of the
+  ratios clipped to [``CLIP_LOW``, ``CLIP_HIGH``], and the mean coverage (:func:`probabilistic_cell`,
+  :func:`probabilistic_summary`). They do not enter the rank.
 """
 
 from __future__ import annotations
@@ -45,6 +51,8 @@ ERROR_METRICS = ("error_rate", "window_error")
 #: The floors every table shows beside the errors (docs/protocol.md).
 FLOORS = ("noise_floor", "hindsight_floor")
 PLACEMENT_METRICS = ("gap_closed", "layer_time_gain", "drop_rate")
+#: The probabilistic scores shown, where a run has them: the quantile loss over sw_quantiles', interval coverage.
+PROBABILISTIC_METRICS = ("scaled_quantile_loss", "coverage_80", "coverage_90")
 
 
 def params_key(result: RunResult) -> str:
@@ -177,6 +185,38 @@ def _plots(origins, gkey: tuple, H: int, label: str, per_layer: list, curves: li
     curves.append(
         {**where, "origin_step": [int(x) for x in c.index], **{k: [float(x) for x in c[k]] for k in c.columns}}
     )
+
+
+def probabilistic_cell(h) -> dict[str, Any] | None:
+    """One run's probabilistic scores at one horizon (a :class:`bench.results.HorizonResult`), {metric: by state};
+    None for a run without quantile forecasts."""
+    if not all(m in h.metrics for m in PROBABILISTIC_METRICS):
+        return None
+    return {m: h.metrics[m].to_dict() for m in PROBABILISTIC_METRICS}
+
+
+def probabilistic_summary(results: list[RunResult]) -> dict[str, Any] | None:
+    """A model's probabilistic scores over the cells of its `results`: ``scaled_quantile_loss``, the geometric mean
+    over cells of the clipped ratios of its quantile loss to sw_quantiles' (fev's aggregate of scaled scores; below
+    1 is a better spread), and the mean ``coverage_80`` / ``coverage_90`` over cells, per state; None without any."""
+    logs: dict[str, list[float]] = {s: [] for s in STATES}
+    cover: dict[str, dict[str, list[float]]] = {m: {s: [] for s in STATES} for m in PROBABILISTIC_METRICS[1:]}
+    for r in results:
+        for H, h in r.horizons.items():
+            if not in_cell(r, H) or probabilistic_cell(h) is None:
+                continue
+            for s in STATES:
+                loss, ref = h.value("quantile_loss", s), h.value("reference_quantile_loss", s)
+                if loss is not None and ref is not None:
+                    logs[s].append(float(stats.clipped_log_ratio(loss, ref)))
+                for m in cover:
+                    if h.value(m, s) is not None:
+                        cover[m][s].append(h.value(m, s))
+    if not logs["all"]:
+        return None
+    gmean = {s: None if (v := stats.skill_of(logs[s])) is None else 1 - v for s in STATES}
+    return {"scaled_quantile_loss": gmean, "cells": len(logs["all"]),
+            **{m: {s: sum(v) / len(v) if v else None for s, v in by.items()} for m, by in cover.items()}}
 
 
 def _aggregate(points: list[float], boots: list) -> dict[str, Any]:
@@ -319,6 +359,7 @@ def _cell(members: list[RunResult], H: int, base: RunResult | None, labels: dict
             "error_rate_ci": stats.interval(boot[mid]) if mid in boot else None,
             "vs_baseline": versus, "headroom": headroom,
             "placement": {m: h.metrics[m].to_dict() for m in PLACEMENT_METRICS if m in h.metrics},
+            "probabilistic": probabilistic_cell(h),
             "skill": skill, "n_origins": h.origins, "failed_origins": h.failures, "seconds": r.seconds,
             "seconds_per_origin": r.seconds / h.origins if h.origins else None,
             "trained_on": list(r.task.train), "hardware": r.hardware, "run_id": r.mlflow_run_id, "run_key": r.run_key,
@@ -404,6 +445,7 @@ def build(
             "hardware": sorted({r.hardware for r in mine if r.hardware}),
             "trained_on_test_data": sorted({t for r in mine for t in r.task.train} & suite),
             "datasets": sorted({f"{r.dataset}@{r.dataset_version}" for r in mine}),
+            "probabilistic": probabilistic_summary(mine),
         })
 
     def order(e):
@@ -552,4 +594,5 @@ __all__ = [
     "BASELINE",
     "ERROR_METRICS",
     "PLACEMENT_METRICS",
+    "PROBABILISTIC_METRICS",
 ]

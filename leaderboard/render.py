@@ -17,7 +17,7 @@ from typing import Any
 from bench.columns import fit_columns
 from bench.states import STATES
 
-from .build import ERROR_METRICS, FLOORS, PLACEMENT_METRICS
+from .build import ERROR_METRICS, FLOORS, PLACEMENT_METRICS, PROBABILISTIC_METRICS
 
 ABOUT = (
     "Errors are the protocol's means over origins, then layers, in % (L1 distance of load shares), beside two "
@@ -101,6 +101,23 @@ SETS_NOTE = ("Models are ranked only against the models they share a table with 
              "horizon), directly or through others: each set below is ranked apart.")
 
 
+#: Columns of the probabilistic scores (all states): tables show them where a row has them, "-" in the others.
+PROBABILISTIC_HEAD = ["scaled quantile loss", "coverage 80%", "coverage 90%"]
+
+
+def probabilistic_head(items: list[dict]) -> list[str]:
+    """The probabilistic columns, where any of the ranking entries or table rows `items` has quantile scores."""
+    return PROBABILISTIC_HEAD if any(i.get("probabilistic") for i in items) else []
+
+
+def probabilistic_values(scores: dict | None) -> list[str]:
+    """The probabilistic columns of one ranking entry or table row (its ``probabilistic``), all states."""
+    if not scores:
+        return ["-"] * len(PROBABILISTIC_HEAD)
+    return [_num(scores["scaled_quantile_loss"]["all"], 3), pct(scores["coverage_80"]["all"], 1),
+            pct(scores["coverage_90"]["all"], 1)]
+
+
 def ranking_rows(board: dict, runtime: bool = True, entries: list[dict] | None = None) -> tuple[
         list[str], list[list[str]]]:
     """The ranking table of `entries` (default: every ranked model)."""
@@ -109,6 +126,8 @@ def ranking_rows(board: dict, runtime: bool = True, entries: list[dict] | None =
     head = ["rank", "model", "headroom skill [95% CI]", "skill [95% CI]", "window skill [95% CI]", "win rate",
             "mean rank", "cells"] + (["s/origin", "training s", "hardware"] if runtime else []) + [
             "trained on test data", "datasets"]
+    prob = probabilistic_head(entries)
+    head += prob
     rows = []
     for e in entries:
         rows.append(
@@ -117,7 +136,8 @@ def ranking_rows(board: dict, runtime: bool = True, entries: list[dict] | None =
              "-" if e["win_rate"] is None else f"{100 * e['win_rate']:.0f}%", _num(e["mean_rank"]), str(e["cells"])]
             + ([_seconds(e["seconds_per_origin"]), _seconds(e["training_seconds"]), "; ".join(e["hardware"]) or "-"]
                if runtime else [])
-            + [", ".join(e["trained_on_test_data"]) or "no", ", ".join(e["datasets"])])
+            + [", ".join(e["trained_on_test_data"]) or "no", ", ".join(e["datasets"])]
+            + (probabilistic_values(e.get("probabilistic")) if prob else []))
     return head, rows
 
 
@@ -139,6 +159,8 @@ def cell_rows(table: dict, runtime: bool, compact: bool = False) -> tuple[list[s
     head = (["rank", "model"] + [f"{m} ({s})" for m, s in cols] + ([] if compact else ["error_rate 95% CI"])
             + [f"{m} (all)" for m in place] + [f"vs {base}", "headroom", "skill (all)", "failed origins", "origins"]
             + (["s/origin"] if runtime else []))
+    prob = probabilistic_head(table["rows"])
+    head += prob
     rows = []
     for r in table["rows"]:
         ci = r.get("error_rate_ci")
@@ -152,7 +174,8 @@ def cell_rows(table: dict, runtime: bool, compact: bool = False) -> tuple[list[s
                pct((r.get("headroom") or {}).get("value"), 1, signed=True), pct(r["skill"]["all"], 2, signed=True),
                str(r["failed_origins"] if r["failed_origins"] is not None else "-"),
                str(r["n_origins"] if r["n_origins"] is not None else "-")]
-            + ([_seconds(r.get("seconds_per_origin"))] if runtime else []))
+            + ([_seconds(r.get("seconds_per_origin"))] if runtime else [])
+            + (probabilistic_values(r.get("probabilistic")) if prob else []))
     tail = len(head) - 2 - len(cols)
     for floor, name in (("noise_floor", "noise floor"), ("hindsight_floor", "hindsight floor")):
         values = table.get(floor) or {}
@@ -309,6 +332,8 @@ def csv_text(board: dict) -> str:
         + ["vs_baseline", "vs_baseline_ci_low", "vs_baseline_ci_high", "tie", "headroom"]
         + [f"skill_{s}" for s in STATES] + ["failed_origins", "n_origins"]
     )
+    prob = [m for m in PROBABILISTIC_METRICS if any(r.get("probabilistic") for t in board["tables"] for r in t["rows"])]
+    head += [f"{m}_{s}" for m in prob for s in STATES]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(head)
@@ -325,6 +350,7 @@ def csv_text(board: dict) -> str:
                 + [_sig(v.get("difference")), _sig(vci[0]), _sig(vci[1]), "" if not v else int(v["tie"]),
                    _sig((r.get("headroom") or {}).get("value"))]
                 + [_sig(r["skill"][s]) for s in STATES] + [_sig(r["failed_origins"]), _sig(r["n_origins"])]
+                + [_sig((r.get("probabilistic") or {}).get(m, {}).get(s)) for m in prob for s in STATES]
             )
     return buf.getvalue()
 

@@ -106,11 +106,14 @@ def _sf_fit(y: np.ndarray, order: tuple[int, int, int], model: Any = None) -> An
         return Arima(y, order=order, include_mean=order[1] == 0, method="CSS-ML")
 
 
-def _sf_forecast(model: Any, horizon: int) -> np.ndarray:
+def _sf_forecast(model: Any, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     from statsforecast.arima import forecast_arima
 
     with np.errstate(all="ignore"):
-        return np.asarray(forecast_arima(model, h=horizon)["mean"], dtype=np.float64)
+        f = forecast_arima(model, h=horizon, level=list(INTERVAL_LEVELS))
+    mean = np.asarray(f["mean"], dtype=np.float64)
+    half = (f["upper"].to_numpy(dtype=np.float64) - f["lower"].to_numpy(dtype=np.float64)) / 2  # [horizon, levels]
+    return mean, half
 
 
 def _sm_fit(y: np.ndarray, order: tuple[int, int, int], model: Any = None) -> Any:
@@ -122,8 +125,26 @@ def _sm_fit(y: np.ndarray, order: tuple[int, int, int], model: Any = None) -> An
     return spec.fit()
 
 
-def _sm_forecast(model: Any, horizon: int) -> np.ndarray:
-    return np.asarray(model.forecast(horizon), dtype=np.float64)
+def _sm_forecast(model: Any, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    f = model.get_forecast(horizon)
+    mean = np.asarray(f.predicted_mean, dtype=np.float64)
+    half = np.stack(
+        [np.diff(np.asarray(f.conf_int(alpha=1 - c / 100)), axis=1)[:, 0] / 2 for c in INTERVAL_LEVELS], axis=1
+    )
+    return mean, half
+
+
+#: The central prediction intervals (nominal %) the engines are asked for: their bounds are the quantiles at
+#: :data:`models.base.QUANTILE_LEVELS` (0.4/0.6 from the 20% interval ... 0.01/0.99 from the 98%; the median
+#: is the mean).
+INTERVAL_LEVELS = (20, 40, 60, 80, 90, 98)
+
+
+def level_interval(level: float) -> int:
+    """The index in :data:`INTERVAL_LEVELS` of the central interval with a bound at quantile `level` (-1: median)."""
+    if abs(level - 0.5) < 1e-9:
+        return -1
+    return INTERVAL_LEVELS.index(int(round(abs(2 * level - 1) * 100)))
 
 
 ENGINES = {"statsforecast": (_sf_fit, _sf_forecast), "statsmodels": (_sm_fit, _sm_forecast)}
@@ -136,19 +157,31 @@ def _portable(engine: str, model: Any) -> Any:
     return {k: v for k, v in model.items() if k not in ("x", "residuals", "fitted")}  # the data stays here
 
 
+def _z(levels: Sequence[int]) -> np.ndarray:
+    """The standard normal's upper quantile of each central interval (nominal %)."""
+    from statistics import NormalDist
+
+    return np.array([NormalDist().inv_cdf(0.5 + c / 200) for c in levels])
+
+
 def fit_forecast(
     y: np.ndarray, order: tuple[int, int, int], engine: str, horizon: int, min_points: int, state: Any = None
-) -> tuple[np.ndarray, Any, int]:
-    """Forecast one series: (forecast [horizon], model state to re-apply, status code).
+) -> tuple[np.ndarray, np.ndarray, Any, int]:
+    """Forecast one series: (forecast [horizon], half-widths of the engine's prediction intervals
+    [horizon, INTERVAL_LEVELS], model state to re-apply, status code).
 
-    With `state` the coefficients are re-applied to `y` (filtering only); without, estimated.
+    With `state` the coefficients are re-applied to `y` (filtering only); without, estimated. A series
+    forecast by its window mean (too short, or a failed fit) gets the intervals of independent normal
+    draws with the window's spread; a constant one, none.
     """
     fit, forecast = ENGINES[engine]
     mean = float(np.mean(y)) if len(y) else 0.0
+    spread = np.broadcast_to((float(np.std(y, ddof=1)) if len(y) > 1 else 0.0) * _z(INTERVAL_LEVELS),
+                             (horizon, len(INTERVAL_LEVELS)))
     if len(y) < min_points:
-        return np.full(horizon, mean), None, SHORT
+        return np.full(horizon, mean), spread, None, SHORT
     if np.ptp(y) < 1e-9:
-        return np.full(horizon, float(y[-1])), None, CONSTANT
+        return np.full(horizon, float(y[-1])), np.zeros((horizon, len(INTERVAL_LEVELS))), None, CONSTANT
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -156,25 +189,27 @@ def fit_forecast(
                 model = fit(y, order, state if engine == "statsmodels" else dict(state))
             else:
                 model = fit(y, order)
-            f = forecast(model, horizon)
+            f, half = forecast(model, horizon)
         if f.shape != (horizon,) or not np.isfinite(f).all():
             raise FloatingPointError("non-finite forecast")
-        return f, _portable(engine, model), REUSED if state is not None else FITTED
+        half = np.where(np.isfinite(half) & (half >= 0), half, spread)  # an undefined interval: the window's spread
+        return f, half, _portable(engine, model), REUSED if state is not None else FITTED
     except Exception:
         if state is not None:  # re-applying failed (e.g. a now-constant window): estimate anew
             return fit_forecast(y, order, engine, horizon, min_points)
-        return np.full(horizon, mean), None, FAILED
+        return np.full(horizon, mean), spread, None, FAILED
 
 
-def _fit_chunk(Y: np.ndarray, order, engine, horizon, min_points, states) -> tuple[np.ndarray, list, list]:
+def _fit_chunk(Y: np.ndarray, order, engine, horizon, min_points, states) -> tuple[np.ndarray, np.ndarray, list, list]:
     """Worker: fit_forecast over the rows of Y [n, W]."""
     out = np.empty((len(Y), horizon))
+    half = np.empty((len(Y), horizon, len(INTERVAL_LEVELS)))
     new_states, codes = [], []
     for i, y in enumerate(Y):
-        out[i], s, c = fit_forecast(y, order, engine, horizon, min_points, states[i] if states else None)
+        out[i], half[i], s, c = fit_forecast(y, order, engine, horizon, min_points, states[i] if states else None)
         new_states.append(s)
         codes.append(c)
-    return out, new_states, codes
+    return out, half, new_states, codes
 
 
 def _one_blas_thread():
@@ -298,6 +333,37 @@ def fitted_series(p: np.ndarray, steps: np.ndarray, window: int, bin_iterations:
     return np.ascontiguousarray((x * E).reshape(n, L * E).T)
 
 
+def within_bin_variance(x: np.ndarray, steps: np.ndarray, window: int, bin_iterations: int) -> np.ndarray:
+    """[L*E]: the variance of one record of `x` [T, L, E] around its bin's mean over the binned window (0 for
+    bins of one record), in the series' units: what a record adds to the spread of the bin mean a model forecasts."""
+    k, points = point_layout(steps, window, bin_iterations)
+    n = min(len(x) // k, points) * k
+    L, E = x.shape[1:]
+    if k < 2 or n == 0:
+        return np.zeros(L * E)
+    b = x[len(x) - n :].reshape(n // k, k, L * E)
+    return ((b - b.mean(axis=1, keepdims=True)) ** 2).sum(axis=(0, 1)) / (n - n // k)
+
+
+def record_quantiles(F: np.ndarray, half: np.ndarray, within: np.ndarray, layers: int, experts: int) -> np.ndarray:
+    """[points, L, E, Q]: quantiles of one record's share at :data:`models.base.QUANTILE_LEVELS` from the series'
+    forecasts `F` [L*E, points] in units of ``E p`` and their intervals' half-widths `half` [L*E, points, levels].
+
+    The engines' intervals are normal (mean +- z se); a record is its bin's mean plus its own deviation within the
+    bin, independent of the bin's forecast error, so each half-width ``z se`` becomes ``z sqrt(se^2 + within)``.
+    Clipped to [0, 1]; monotone in the level because the half-widths grow with the interval."""
+    from .base import QUANTILE_LEVELS
+
+    z = _z(INTERVAL_LEVELS)
+    half = np.sqrt(half**2 + z**2 * within[:, None, None])  # [S, points, levels]
+    cols = []
+    for level in QUANTILE_LEVELS:
+        i = level_interval(level)
+        cols.append(F if i < 0 else F + np.sign(level - 0.5) * half[..., i])
+    q = np.maximum.accumulate(np.stack(cols, axis=-1), axis=-1) / experts  # [S, points, Q]
+    return np.clip(q.reshape(layers, experts, *q.shape[1:]).transpose(2, 0, 1, 3), 0.0, 1.0)
+
+
 # ---- the predictor ----------------------------------------------------------------------------
 #: What ``order="auto"`` fits until the history fills a window to select from (the order the
 #: procedure picks on smartmoe-ae's windows; see docs/models.md).
@@ -321,7 +387,7 @@ class Arima(Predictor):
         "window": ("log", 200, 4000),
         "order": ("cat", ["1,0,1", "1,1,1", "2,1,2", "1,0,0", "0,1,1", "2,0,2"]),
     }
-    version = 2  # 2: window and bin in iterations (1: window in records, no binning)
+    version = 3  # 3: quantiles (predict_quantiles); 2: window and bin in iterations (1: window in records, no binning)
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -359,7 +425,8 @@ class Arima(Predictor):
         return self._pool
 
     def _map(self, Y: np.ndarray, order, horizon: int, states: list | None):
-        """Forecast every row of Y [series, points] `horizon` points ahead, in the pool."""
+        """Forecast every row of Y [series, points] `horizon` points ahead, in the pool: (forecasts, interval
+        half-widths, states, status codes)."""
         args = (order, self.params["engine"], horizon, self.params["min_points"])
         workers = self._workers()
         if workers == 1 or len(Y) < 2:
@@ -374,8 +441,9 @@ class Arima(Predictor):
         parts = [f.result() for f in futures]
         return (
             np.concatenate([p[0] for p in parts]),
-            [s for p in parts for s in p[1]],
-            [c for p in parts for c in p[2]],
+            np.concatenate([p[1] for p in parts]),
+            [s for p in parts for s in p[2]],
+            [c for p in parts for c in p[3]],
         )
 
     # -- harness hooks
@@ -417,16 +485,26 @@ class Arima(Predictor):
         points = -(-horizon // k)
         states = None if self._stale or self._states is None else self._states
         t0 = time.perf_counter()
-        F, new_states, codes = self._map(Y, order, points, states)
+        F, half, new_states, codes = self._map(Y, order, points, states)
         self.stats["fit_seconds"] += time.perf_counter() - t0
         self.stats.update(STATUS_NAMES[c] for c in codes)
         if states is None:
             self.stats["estimations"] += 1
             self._stale = False  # a series left unfitted (too short, failed) is estimated at its next forecast
         self._states = new_states
-        return self._finish((F.T / E).reshape(points, L, E))[
-            np.arange(horizon) // k
-        ]  # a record takes its point's value
+        which = np.arange(horizon) // k  # a record takes its point's value
+        within = within_bin_variance(h.proportions * E, h.steps, self.params["window"], self.params["bin"])
+        self._quantiles = (len(h), horizon, record_quantiles(F, half, within, L, E)[which])
+        return self._finish((F.T / E).reshape(points, L, E))[which]
+
+    def predict_quantiles(self, records: int) -> np.ndarray:
+        """The engine's prediction intervals of the forecast :meth:`predict` made at this origin (fitted then),
+        widened for a record's spread within its bin; see :func:`record_quantiles`."""
+        cached = getattr(self, "_quantiles", None)
+        if cached is None or cached[:2] != (len(self.history), records):
+            self.predict(records)
+            cached = self._quantiles
+        return cached[2]
 
     def _finish(self, F: np.ndarray) -> np.ndarray:
         """Clip and renormalise each forecast point's row [points, L, E] only where needed; count both."""

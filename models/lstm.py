@@ -34,6 +34,17 @@ Training data:
   window average. With ``--refit once`` and no training traces it may never train (it says so
   in its MLflow metrics: ``lstm.trainings``).
 
+Quantiles (:meth:`LSTMPredictor.predict_quantiles`): the point forecast plus the empirical quantiles of its
+own errors on held-out origins, standardised by the binomial scale ``sqrt(phat (1 - phat))`` and taken per
+layer and horizon chunk (split conformal prediction, as in :func:`residual_quantiles`). The held-out origins
+are the validation tail of the last training (origins the weights were not fitted on), or, before any
+training or with ``val_fraction=0``, the last origins of the history under test, forecast with the model as
+it is. Why residual quantiles and not quantile heads trained with the pinball loss: they leave the trained
+point model, its loss and its checkpoints as they are, cost one forward pass over the held-out origins, and
+are calibrated by construction where the held-out errors are like the next ones; the binomial scale is the
+shape of a share's spread under multinomial and Dirichlet-multinomial routing (models/probabilistic.py), so
+one set of quantiles serves hot and cold experts alike.
+
 Deterministic given ``seed`` (``seed_everything``, ``deterministic=True``, ``num_workers=0``);
 CPU by default, the GPU when one is present (``device=auto``). Checkpoint (``lstm.ckpt``) and
 the per-epoch curves go to the run's MLflow record through :meth:`LSTMPredictor.mlflow_extras`.
@@ -51,7 +62,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .base import ParamError, Predictor, record_spacing
+from .base import QUANTILE_LEVELS, ParamError, Predictor, record_spacing
 
 _QUIET = ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
 
@@ -67,6 +78,41 @@ def window_inputs(p: np.ndarray, origins: np.ndarray, records: int, bins: int) -
     x = p[np.clip(idx, 0, None)]  # [n, span, L, E]
     n, _, L, E = x.shape
     return x.reshape(n, bins, size, L, E).mean(axis=2).transpose(0, 2, 1, 3)
+
+
+#: Held-out origins (per layer) the residual quantiles are taken over, the latest ones, and records per chunk
+#: of each: bounds on the cost of calibrating on a long trace.
+CALIBRATION_ORIGINS, CALIBRATION_RECORDS = 32, 50
+
+
+def binomial_scale(phat: np.ndarray, experts: int) -> np.ndarray:
+    """``sqrt(phat (1 - phat))``, phat floored at ``0.01 / E`` (the model's own floor on its inputs), so that an
+    expert forecast near 0 keeps a spread."""
+    p = np.maximum(phat, 0.01 / experts)
+    return np.sqrt(p * np.clip(1.0 - p, 0.0, None))
+
+
+def residual_quantiles(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray, layer: np.ndarray,
+                       layers: int) -> np.ndarray:
+    """[L, C, Q]: quantiles at ``QUANTILE_LEVELS`` of the standardised errors ``(p - phat) / binomial_scale(phat)``
+    per layer and chunk, from samples' chunk forecasts ``pred[N, C, E]``, actual shares ``truth[N, C, K, E]`` of
+    which the first ``valid[N]`` records exist, and each sample's ``layer[N]``. A chunk no sample reaches takes
+    the nearest earlier chunk's (errors grow with the lead, so this errs narrow); 0 where a layer has none."""
+    N, C, K, E = truth.shape
+    z = (truth - pred[:, :, None, :]) / binomial_scale(pred, E)[:, :, None, :]
+    exists = (np.arange(C * K).reshape(C, K)[None] < valid[:, None, None])  # [N, C, K]
+    out = np.zeros((layers, C, len(QUANTILE_LEVELS)))
+    for l in range(layers):
+        seen = []
+        for c in range(C):
+            sel = z[layer == l, c][exists[layer == l, c]]  # [records, E]
+            if sel.size:
+                out[l, c] = np.quantile(sel, QUANTILE_LEVELS)
+                seen.append(c)
+        for c in range(C):  # a chunk past every sample's end: the nearest earlier chunk's (else the first later one's)
+            if c not in seen and seen:
+                out[l, c] = out[l, max((s for s in seen if s < c), default=min(seen))]
+    return out
 
 
 def _build_module(layers: int, experts: int, cfg: dict):
@@ -178,7 +224,7 @@ class LSTMPredictor(Predictor):
         "lr": ("log", 3e-4, 1e-2),
         "chunks": ("cat", [1, 2, 4, 8]),
     }
-    version = 2
+    version = 3  # 3: quantiles from held-out residuals (predict_quantiles)
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -226,6 +272,7 @@ class LSTMPredictor(Predictor):
         self.module = None
         self.curves = {"lstm/train_loss": [], "lstm/val_loss": []}
         self.trainings, self.train_seconds, self.best_val = 0, 0.0, None
+        self._residual_q: np.ndarray | None = None  # [L, C, Q] from the last training's held-out origins
         self._from_training = bool(training) or self._checkpoint is not None  # then refit never trains
         self._refits_since = None  # refits since the last training on history
         self._layers, self._experts = layers, experts
@@ -241,6 +288,8 @@ class LSTMPredictor(Predictor):
             self.module = _build_module(layers, experts, {**self.params, "base_bins": self._base_bins()})
             self.module.load_state_dict(ck["state_dict"])
             self.module.chunk_records = ck["chunk_records"]
+            if "residual_quantiles" in ck:
+                self._residual_q = np.asarray(ck["residual_quantiles"], dtype=np.float64)
         super().start(layers, experts, training)
 
     def fit(self, training: Sequence[Any]) -> None:
@@ -265,28 +314,82 @@ class LSTMPredictor(Predictor):
             self._train([(np.asarray(h.proportions), np.asarray(h.steps))])
             self._refits_since = 0
 
-    def predict(self, horizon: int) -> np.ndarray:
+    def _chunk_forecasts(self, x: np.ndarray, layer: np.ndarray) -> np.ndarray:
+        """[N, C, E]: the model's chunk forecasts from inputs ``x[N, bins, E]`` (in units of ``E p``) of layers
+        ``layer[N]``; the untrained model's is the base window's average."""
+        E = x.shape[-1]
+        if self.module is None:
+            base = x[:, -self._base_bins() :].mean(axis=1) / E
+            return np.repeat(base[:, None, :], self.params["chunks"], axis=1)
+        import torch
+
+        self.module.eval()
+        with torch.no_grad():
+            xt = torch.as_tensor(x, dtype=torch.float32, device=self.module.device)
+            lt = torch.as_tensor(layer, device=self.module.device)
+            return self.module(xt, lt).double().cpu().numpy()
+
+    def _forecast_chunks(self, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """(chunk forecasts [L, C, E] from the newest window, each of `horizon` records' chunk)."""
         h = self.history
-        E = h.experts
         spacing = record_spacing(h.steps)
-        x = window_inputs(h.proportions * E, np.array([len(h)]), self._records(spacing), self.params["bins"])[
+        x = window_inputs(h.proportions * h.experts, np.array([len(h)]), self._records(spacing), self.params["bins"])[
             0
         ]  # [L, bins, E]
-        if self.module is None:
-            base = x[:, -self._base_bins() :].mean(axis=1) / E  # the untrained model: the base window's average
-            chunk_dist = np.repeat(base[:, None, :], self.params["chunks"], axis=1)
-        else:
-            import torch
-
-            self.module.eval()
-            with torch.no_grad():
-                xt = torch.as_tensor(x, dtype=torch.float32, device=self.module.device)
-                lt = torch.arange(h.layers, device=self.module.device)
-                chunk_dist = self.module(xt, lt).double().cpu().numpy()  # [L, C, E]
+        chunk_dist = self._chunk_forecasts(x, np.arange(h.layers))
         chunk_iters = self.params["horizon"] / self.params["chunks"]
         which = np.minimum((np.arange(horizon) * spacing / chunk_iters).astype(int), self.params["chunks"] - 1)
+        return chunk_dist, which
+
+    def predict(self, horizon: int) -> np.ndarray:
+        chunk_dist, which = self._forecast_chunks(horizon)
         out = chunk_dist[:, which, :].transpose(1, 0, 2)  # [H, L, E]
         return out / out.sum(axis=2, keepdims=True)
+
+    def predict_quantiles(self, records: int) -> np.ndarray:
+        """The point forecast plus the held-out standardised errors' quantiles (module docstring)."""
+        h = self.history
+        chunk_dist, which = self._forecast_chunks(records)
+        z = self._residual_q
+        if z is None:  # no held-out origins of a training: the history's last ones
+            z = self._calibrate([(np.asarray(h.proportions), np.asarray(h.steps))], held_out=1.0)
+        if z is None:  # a history too short for one origin: no spread to learn from yet
+            z = np.zeros((h.layers, self.params["chunks"], len(QUANTILE_LEVELS)))
+        phat = chunk_dist / chunk_dist.sum(axis=2, keepdims=True)  # [L, C, E]
+        q = phat[..., None] + z[:, :, None, :] * binomial_scale(phat, h.experts)[..., None]  # [L, C, E, Q]
+        return np.clip(q[:, which].transpose(1, 0, 2, 3), 0.0, 1.0)
+
+    def _calibrate(self, traces: list[tuple[np.ndarray, np.ndarray]], held_out: float) -> np.ndarray | None:
+        """[L, C, Q]: :func:`residual_quantiles` of the current model over the last `held_out` fraction of each
+        trace's training origins (at most ``CALIBRATION_ORIGINS`` of them), whose targets lie within the trace
+        (with ``held_out=1``, the history's, those whose whole horizon it holds where there are any); None where
+        there are none."""
+        L, E, C = self._layers, self._experts, self.params["chunks"]
+        preds, truths, valids, layers = [], [], [], []
+        for p, steps in traces:
+            x, layer, row, valid, K, n = self._samples(p, steps, 0)
+            if held_out >= 1 and (valid == K * C).any():  # the history's last origins whose horizon it holds whole
+                whole = valid == K * C
+                x, layer, row, valid = x[whole], layer[whole], row[whole], valid[whole]
+                n = len(row) // L
+            keep = min(n if held_out >= 1 else n - 1, CALIBRATION_ORIGINS, math.ceil(n * held_out)) * L
+            if keep <= 0:
+                continue
+            x, layer, row, valid = x[-keep:], layer[-keep:], row[-keep:], valid[-keep:]
+            pick = np.unique(np.linspace(0, K - 1, min(K, CALIBRATION_RECORDS)).astype(int))  # records of a chunk
+            idx = row[:, None, None] + (np.arange(C)[:, None] * K + pick[None, :])[None]  # [N, C, k]
+            padded = np.concatenate([p, np.zeros((K * C, L, E))])
+            truths.append(padded[idx, layer[:, None, None]])  # [N, C, k, E]
+            # a record counts if it exists: its offset in the horizon is below `valid`
+            offsets = np.arange(C)[:, None] * K + pick[None, :]
+            valids.append((offsets[None] < valid[:, None, None]).reshape(len(row), -1))  # [N, C*k]
+            preds.append(self._chunk_forecasts(x, layer))
+            layers.append(layer)
+        if not preds:
+            return None
+        # the offsets grow along (chunk, record), so the records that exist come first: count them
+        valid = np.concatenate(valids).sum(axis=1)
+        return residual_quantiles(np.concatenate(preds), np.concatenate(truths), valid, np.concatenate(layers), L)
 
     # ---- training ----------------------------------------------------------------------------
     def _accelerator(self) -> str:
@@ -403,6 +506,8 @@ class LSTMPredictor(Predictor):
             self.best_val = self.module.best[0]
         self.module.best = (math.inf, None)
         self.module.targets = None
+        if self.params["val_fraction"] > 0:  # the validation tail: origins the weights were not fitted on
+            self._residual_q = self._calibrate(traces, held_out=self.params["val_fraction"])
         self.curves["lstm/train_loss"] += self.module.losses["train"]
         self.curves["lstm/val_loss"] += self.module.losses["val"]
         self.trainings += 1
@@ -432,6 +537,11 @@ class LSTMPredictor(Predictor):
                         "layers": self._layers,
                         "experts": self._experts,
                         "chunk_records": self.module.chunk_records,
+                        **(
+                            {"residual_quantiles": torch.as_tensor(self._residual_q)}
+                            if self._residual_q is not None
+                            else {}
+                        ),
                     },
                     path,
                 )

@@ -9,7 +9,9 @@ what they add is only the spread, and a comparison with sw_avg's scores is one o
   multinomially over experts whose shares are themselves drawn from a Dirichlet around the mean
   (tokens of one sequence route alike, so a batch varies more than independent tokens would).
   The concentration is fitted by the method of moments; its predictive quantiles for a record
-  with N routed slots account for both the batch-to-batch spread and the finite N.
+  with N routed slots account for both the batch-to-batch spread and the finite N. With few slots
+  per record (up to ``LATTICE_SLOTS``: serving steps of a few dozen tokens) a record's share can only
+  be one of ``k / N``, and the quantiles are the exact beta-binomial's on that lattice.
 """
 
 from __future__ import annotations
@@ -36,6 +38,34 @@ class SlidingWindowQuantiles(SlidingWindowAverage):
     def predict_quantiles(self, records):
         h = self.history
         return self.repeat(window_quantiles(h.proportions[h.since(self.params["window"])]), records)
+
+
+#: Routed slots per record up to which dirmult's quantiles are the exact beta-binomial's, on the lattice ``k / N`` of
+#: the shares a record can take: there a continuous quantile between two lattice points is a share no record has,
+#: and an interval with such ends covers less than its level. Above it, the Beta of the same mean and variance,
+#: within one routed slot of the exact quantile (tests/models/test_probabilistic.py) and cheaper.
+LATTICE_SLOTS = 1024
+
+
+def lattice_quantiles(mean: np.ndarray, variance_factor: float, slots: int, levels) -> np.ndarray:
+    """[E, Q]: the quantiles of ``x_e / N`` for ``x_e`` beta-binomial over ``N = slots`` with mean ``N mean_e`` and
+    variance ``N^2 mean_e (1 - mean_e) variance_factor`` (binomial where that is at most the binomial's), each the
+    smallest share ``k / N`` whose probability of not being exceeded reaches the level."""
+    from scipy.stats import betabinom, binom
+
+    n = int(slots)
+    k = np.arange(n + 1)
+    inner = (mean > 0) & (mean < 1)
+    q = np.where(inner, mean, 0.5)[:, None]
+    rho = (variance_factor - 1.0 / n) / (1.0 - 1.0 / n)  # the Dirichlet's share of the variance, as in the fit
+    if rho <= 0:
+        pmf = binom.pmf(k[None, :], n, q)
+    else:
+        kappa = 1.0 / min(rho, 1.0 - 1e-12) - 1.0
+        pmf = betabinom.pmf(k[None, :], n, kappa * q, kappa * (1 - q))
+    cdf = np.cumsum(pmf, axis=1)  # [E, N + 1]
+    out = (cdf[:, None, :] >= np.asarray(levels)[None, :, None] - 1e-12).argmax(axis=2) / n
+    return np.where(inner[:, None], out, mean[:, None])
 
 
 @dataclass(frozen=True)
@@ -74,7 +104,8 @@ class DirichletMultinomialFit:
 
         The beta-binomial marginal ``x_e / N`` is approximated by the Beta distribution of the same mean
         and variance (the variance fixes its concentration); tests/models/test_probabilistic.py holds
-        it against the exact beta-binomial.
+        it against the exact beta-binomial. A layer of at most ``LATTICE_SLOTS`` slots per record takes the
+        exact beta-binomial's quantiles on the lattice ``k / N`` (:func:`lattice_quantiles`).
         """
         from scipy.stats import beta
 
@@ -87,6 +118,9 @@ class DirichletMultinomialFit:
         qs = np.where(inner, q, 0.5)
         out = beta.ppf(np.asarray(levels)[None, None, :], (kappa * qs)[..., None], (kappa * (1 - qs))[..., None])
         out = np.where(inner[..., None], out, q[..., None])
+        for layer, slots_l in enumerate(np.rint(n[:, 0]).astype(int)):
+            if 2 <= slots_l <= LATTICE_SLOTS:
+                out[layer] = lattice_quantiles(q[layer], float(c[layer, 0]), slots_l, levels)
         return np.clip(out, 0.0, 1.0)
 
 
@@ -119,6 +153,7 @@ class DirichletMultinomial(SlidingWindowAverage):
     """sw_avg's point forecast with a Dirichlet-multinomial's quantiles, fitted on the window's counts."""
 
     name = "dirmult"
+    version = 2  # 2: the exact beta-binomial's lattice quantiles on few routed slots (LATTICE_SLOTS)
 
     def fitted(self) -> DirichletMultinomialFit:
         """The fit on the records of the last `window` iterations."""

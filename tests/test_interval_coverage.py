@@ -17,6 +17,10 @@ def test_the_docs_show_what_the_script_computes():
     fresh = interval_coverage.rows("tiny-cpu-s1")
     assert [shown[("tiny-cpu-s1", r[1])] for r in fresh] == fresh, (
         "docs/results.md's coverage table is stale: run benchmarks/interval_coverage.py --write")
-    sw_quantiles, dirmult = fresh
+    sw_quantiles, dirmult, arima, lstm = fresh
     assert sw_quantiles[6] == "1.000"  # the reference scaled by itself
     assert float(dirmult[8]) > 1  # routing varies more than a multinomial of its slots would
+    assert (arima[1], lstm[1]) == ("arima", "lstm")  # the models' own intervals
+    # ARIMA and the LSTM on the costly subset, the window predictors everywhere
+    assert {k for k in shown if k[1] in interval_coverage.COSTLY_MODELS} == {
+        (d, m) for d in interval_coverage.COSTLY_DATASETS for m in interval_coverage.COSTLY_MODELS}

@@ -20,6 +20,13 @@ A library adapter turns a forecaster of a time-series library into a :class:`~mo
   layer) row sums to 1. How often that was needed is counted (:attr:`LibraryAdapter.stats`) and
   logged with the run (``adapter.*`` metrics). NaN or inf from a library is a failed forecast,
   never repaired.
+- **quantiles**: where the wrapped forecaster gives probabilistic forecasts (sktime's
+  ``capability:pred_int`` tag, darts' ``supports_probabilistic_prediction``), the adapter is a
+  probabilistic predictor (:attr:`models.base.Predictor.probabilistic`) and passes the library's
+  quantiles at ``QUANTILE_LEVELS`` through, from the same fitted model as the point forecast:
+  clipped to [0, 1] and sorted along the levels where a library's quantiles cross
+  (:func:`to_quantiles`). While it falls back to the window's mean, its quantiles are the
+  window's empirical ones (``sw_quantiles``').
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from models.base import ParamError, Predictor
+from models.base import QUANTILE_LEVELS, ParamError, Predictor
 
 #: Parameters every adapter adds to the library's own constructor parameters.
 ADAPTER_DEFAULTS: dict[str, Any] = {"window": 2000, "min_records": 5, "fit_every": 0}
@@ -137,6 +144,16 @@ def to_distribution(raw: np.ndarray, layers: int, experts: int, stats: dict[str,
     return x
 
 
+def to_quantiles(raw: np.ndarray, layers: int, experts: int) -> np.ndarray:
+    """Library quantiles ``[H, L*E, Q]`` -> ``q[H, L, E, Q]``: clipped to [0, 1] and sorted along the levels (the
+    rearrangement that makes crossing quantiles monotone without moving the others). NaN/inf raises, as in
+    :func:`to_distribution`."""
+    q = np.array(raw, dtype=np.float64).reshape(-1, layers, experts, len(QUANTILE_LEVELS))
+    if not np.isfinite(q).all():
+        raise FloatingPointError(f"library quantiles have {int((~np.isfinite(q)).sum())} NaN/inf values")
+    return np.sort(np.clip(q, 0.0, 1.0), axis=-1)
+
+
 class LibraryAdapter(Predictor):
     """Base of the generated adapter classes; a library module fills in the ``_library_*`` hooks."""
 
@@ -153,6 +170,8 @@ class LibraryAdapter(Predictor):
     adapter_keys: ClassVar[frozenset[str]] = frozenset(ADAPTER_DEFAULTS)
     #: Whether one model is trained over all series and forecasts any series it is given.
     global_model: ClassVar[bool] = False
+    #: 2: the library's quantiles where it has them (:meth:`predict_quantiles`).
+    version: ClassVar[int] = 2
 
     # ---- building the class ----------------------------------------------------------------
     @classmethod
@@ -235,6 +254,31 @@ class LibraryAdapter(Predictor):
                 raw = self._library_forecast(self._state, offset, horizon)
         return to_distribution(raw, h.layers, h.experts, self.stats)
 
+    @property
+    def probabilistic(self) -> bool:
+        """Whether the wrapped forecaster gives probabilistic forecasts (asked of the library once)."""
+        if "_probabilistic" not in self.__dict__:
+            with quiet():
+                self.__dict__["_probabilistic"] = bool(self._library_probabilistic())
+        return self.__dict__["_probabilistic"]
+
+    def predict_quantiles(self, records):
+        """The library's quantiles from the model :meth:`predict` used at this origin (module docstring)."""
+        if not self.probabilistic:
+            raise NotImplementedError(f"{self.name} gives no probabilistic forecasts")
+        h = self.history
+        if self._fit_end is None or (self._state is None and not self._fallback):
+            self.predict(records)  # fits the model the point forecast would use
+        if self._fallback:
+            from models.probabilistic import window_quantiles
+
+            Y = self.matrix(self._fit_end)
+            q = window_quantiles(Y.reshape(len(Y), h.layers, h.experts))
+            return np.broadcast_to(q, (records,) + q.shape)
+        with quiet():
+            raw = self._library_quantiles(self._state, len(h) - self._fit_end, records)
+        return to_quantiles(raw, h.layers, h.experts)
+
     def matrix(self, end: int | None = None) -> np.ndarray:
         """``Y[n, L*E]``: the proportions of the trailing window ending at history record `end`."""
         h = self.history
@@ -291,4 +335,13 @@ class LibraryAdapter(Predictor):
     def _library_forecast(self, state: Any, offset: int, horizon: int) -> np.ndarray:
         """``[horizon, S]``: records ``offset+1 .. offset+horizon`` after the fit's last record
         (a global model forecasts from the current window instead: ``self.matrix()``)."""
+        raise NotImplementedError
+
+    def _library_probabilistic(self) -> bool:
+        """Whether the configured library forecaster gives probabilistic forecasts."""
+        return False
+
+    def _library_quantiles(self, state: Any, offset: int, horizon: int) -> np.ndarray:
+        """``[horizon, S, Q]``: the quantiles at ``QUANTILE_LEVELS`` of the records :meth:`_library_forecast`
+        forecasts, from the same fitted `state`."""
         raise NotImplementedError

@@ -2,7 +2,8 @@
 
 The trailing window's ``L*E`` proportion series go to one forecaster as the columns of a wide
 DataFrame; sktime fits univariate forecasters column by column (its own vectorisation) and
-multivariate ones natively. Everything else (window, refit, clipping) is
+multivariate ones natively. A forecaster with prediction intervals (``capability:pred_int``) gives its
+``predict_quantiles`` at the benchmark's levels. Everything else (window, refit, clipping) is
 :mod:`models.adapters.common`.
 """
 
@@ -13,6 +14,8 @@ import importlib
 from typing import Any
 
 import numpy as np
+
+from models.base import QUANTILE_LEVELS
 
 from .common import LibraryAdapter, constructor_params, quiet
 
@@ -80,6 +83,21 @@ class SktimeAdapter(LibraryAdapter):
         else:
             f.fit(pd.DataFrame(Y))
         return [f, steps_ahead, Y]
+
+    def _library_probabilistic(self) -> bool:
+        return bool(self.new_estimator().get_tag("capability:pred_int", False))
+
+    def _library_quantiles(self, state, offset, horizon):
+        f, fitted_ahead, Y = state
+        alpha = list(QUANTILE_LEVELS)
+        if not f.get_tag("requires-fh-in-fit", False):
+            q = f.predict_quantiles(fh=np.arange(offset + 1, offset + horizon + 1), alpha=alpha)
+        else:
+            if offset + horizon > fitted_ahead:
+                state[:] = self._library_fit(Y, offset + horizon)
+            q = state[0].predict_quantiles(alpha=alpha).iloc[offset : offset + horizon]
+        q = q[sorted(q.columns)]  # columns (series, level): series-major, levels ascending
+        return q.to_numpy().reshape(horizon, Y.shape[1], len(alpha))
 
     def _library_forecast(self, state, offset, horizon):
         f, fitted_ahead, Y = state

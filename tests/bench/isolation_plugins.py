@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from models.base import Predictor
+from models.base import QUANTILE_LEVELS, Predictor
 from models.baselines import SlidingWindowAverage
+from models.probabilistic import SlidingWindowQuantiles
 
 
 class SwAvgClone(SlidingWindowAverage):
@@ -38,6 +39,12 @@ class SplitForecaster(SlidingWindowAverage):
     def predict_sources(self, records):
         S = self.history.source_counts.shape[2]
         return self.predict(records)[:, :, None, :] / S * np.ones((1, 1, S, 1))
+
+
+class SwQuantilesClone(SlidingWindowQuantiles):
+    """sw_quantiles itself under another name: a probabilistic submission."""
+
+    name = "sw_quantiles_clone"
 
 
 class Cheater(Predictor):
@@ -312,3 +319,34 @@ class Slow(SwAvgClone):
 
 class NotAPredictor:
     """Not a Predictor subclass."""
+
+
+class QuantileCheater(SwAvgClone):
+    """An honest point forecast (sw_avg's) with a quantile forecast that cheats or breaks the rules (`how`):
+    "read" puts every quantile at the truth read from the file `path`; "decreasing" reverses the levels;
+    "shape" gives one level too few; "range" goes above 1; "huge" forges a reply that declares a terabyte."""
+
+    defaults = {"window": 100, "path": "", "how": ""}
+
+    def predict_quantiles(self, records):
+        layers, experts = self.history.layers, self.history.experts
+        q = np.broadcast_to(np.linspace(0.0, 2.0 / experts, len(QUANTILE_LEVELS)), (records, layers, experts,
+                                                                                     len(QUANTILE_LEVELS)))
+        how = self.params["how"]
+        if how == "read":
+            truth = np.load(self.params["path"], allow_pickle=False)[len(self.history) : len(self.history) + records]
+            return np.repeat(truth[..., None], len(QUANTILE_LEVELS), axis=-1)
+        if how == "decreasing":
+            return q[..., ::-1]
+        if how == "shape":
+            return q[..., 1:]
+        if how == "range":
+            return q + 1.0
+        if how == "huge":
+            channel = next(o for o in gc.get_objects() if type(o).__name__ == "Channel")
+            requests = [o for o in gc.get_objects() if isinstance(o, dict) and o.get("op") == "predict_quantiles"
+                        and "seq" in o]
+            head = json.dumps({"seq": max(r["seq"] for r in requests), "ok": True}).encode()
+            os.write(channel.write_fd, len(head).to_bytes(4, "little") + (1 << 40).to_bytes(8, "little") + head)
+            time.sleep(3600)
+        return q

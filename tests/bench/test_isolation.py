@@ -447,3 +447,36 @@ def test_a_per_source_run_splits_a_sandboxed_point_forecast_and_refuses_one_that
         runner.compute(spec("SplitForecaster"), "split", task=SPLIT_TASK, per_source=True)
     with IsolatedPredictor(spec("SplitForecaster")) as p:
         assert p.metadata["per_source"] is True and p.per_source is False
+
+
+# ---- quantile forecasts through the sandbox ---------------------------------------------------------
+def test_a_probabilistic_submission_scores_its_quantiles_exactly_as_in_process(short):
+    inside = run(short, spec("SwQuantilesClone"), isolated=False)
+    isolated = run(short, spec("SwQuantilesClone"))
+    assert not isolated.failures and isolated.rows == inside.rows
+    assert {"quantile_loss", "coverage_80", "coverage_90"} <= set(isolated.rows[0])
+    with IsolatedPredictor(spec("SwQuantilesClone")) as p, IsolatedPredictor(spec("SwAvgClone")) as q:
+        assert p.probabilistic and not q.probabilistic
+        q.start(short.layers, short.experts)
+        with pytest.raises(NotImplementedError, match="no quantile forecasts"):
+            q.predict_quantiles(3)
+    assert "quantile_loss" not in run(short, spec("SwAvgClone")).rows[0]
+
+
+@pytest.mark.parametrize("how, message", [
+    ("decreasing", "ForecastError: quantile forecast decreases with the level"),
+    ("shape", "ForecastError: quantile forecast has shape (100, 2, 8, 11), expected (100, 2, 8, 12)"),
+    ("range", "ForecastError: quantile forecast has shares outside [0, 1]"),
+    ("huge", "quantile forecast refused: reply of 1099511627776 bytes of arrays"),
+])
+def test_a_malformed_quantile_forecast_fails_its_origin(short, honest, how, message):
+    ev = run(short, spec("QuantileCheater"), {"how": how}, limits=Limits(seconds_per_call=5.0))
+    assert_all_origins_fail(ev, honest, message)
+
+
+@SANDBOXED
+def test_a_quantile_forecast_cannot_reach_the_truth(short, honest, leaked):
+    inside = run(short, spec("QuantileCheater"), {"how": "read", "path": str(leaked)}, isolated=False)
+    assert not inside.failures and max(r["quantile_loss"] for r in inside.rows) < 1e-12  # the route is real
+    ev = run(short, spec("QuantileCheater"), {"how": "read", "path": str(leaked)})
+    assert_all_origins_fail(ev, honest, "PermissionError")

@@ -261,3 +261,27 @@ def test_docs_quote_the_comparison_with_deepseeks_eplb_on_real_traces():
         "docs/placement.md's EPLB table is stale: run `python benchmarks/eplb_reference.py --write`")
     own, eplb = (float(fresh[2].split("|")[k]) for k in (4, 5))
     assert abs(own - eplb) < 1e-3  # equal up to float32 ties
+
+
+def test_placement_with_spread_replicates_the_expert_likely_to_overload():
+    """Two experts of nearly equal mean: the one whose share swings gets the replica under uncertainty, the one of
+    the higher mean under the point policy; with the spread equal to the mean it is the point policy."""
+    from statistics import NormalDist
+
+    from bench.placement import PlacementSpec, place, place_with_spread
+    from models.base import QUANTILE_LEVELS
+
+    spec = PlacementSpec(devices=2, replicas=2)
+    mean = np.array([[0.26, 0.25, 0.25, 0.24]])
+    spread = np.array([0.0, 0.0, 0.0, 0.1])  # expert 3 swings
+    levels = np.array(QUANTILE_LEVELS)
+    z = np.array([NormalDist().inv_cdf(a) for a in levels])
+    quantiles = np.clip(mean[..., None] + spread[None, :, None] * z, 0, 1)  # [1, 4, Q]
+    point = place(mean, spec)
+    risky = place_with_spread(mean, quantiles, spec, threshold=0.05)
+    assert point.replicas[0].tolist() == [2, 2, 1, 1]
+    assert risky.replicas[0, 3] == 2 and risky.replicas[0].sum() == 6
+    flat = np.repeat(mean[..., None], len(levels), axis=-1)
+    assert np.array_equal(place_with_spread(mean, flat, spec).slots, point.slots)
+    with pytest.raises(ValueError, match="threshold 0.03 is none of"):
+        place_with_spread(mean, quantiles, spec, threshold=0.03)

@@ -86,3 +86,13 @@ def test_another_schema_is_refused():
     doc = {**r.to_dict(), "schema": 0}
     with pytest.raises(ResultError, match="schema"):
         RunResult.from_dict(doc, "x.json")
+
+
+def test_a_probabilistic_run_logs_its_quantile_scores_to_mlflow(home):
+    result = runner.run("dirmult", "tiny-cpu-s1", task=Task("tiny-cpu-s1", horizons=(1000,), stride=500))
+    run = tracking.client().get_run(result.mlflow_run_id)
+    for metric in ("quantile_loss", "scaled_quantile_loss", "coverage_80", "coverage_90", "width_90"):
+        for state in ("all", "transient", "stable"):
+            value = result.value(1000, metric, state)
+            assert value is not None and run.data.metrics[f"h1000/{metric}/{state}"] == value
+    assert tracking.load_results() == [result]

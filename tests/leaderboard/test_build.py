@@ -136,3 +136,33 @@ def test_placement_columns_shown_when_present(runs_2x2):
     )
     md = render.markdown(build.build([placed]))
     assert "gap_closed (all)" in md and "42.0%" in md and "layer_time_gain (all)" in md
+
+
+def test_probabilistic_columns_for_runs_with_quantile_scores_and_dashes_for_the_others(runs_2x2):
+    """sw_quantiles is the reference itself (scaled quantile loss exactly 1); dirmult's is fev's aggregate, the
+    geometric mean over cells of its clipped quantile-loss ratios; point-only models show "-"."""
+    from leaderboard import stats
+
+    prob = {m: runner.run(m, SECOND) for m in ("sw_quantiles", "dirmult")}
+    board = build.build([runs_2x2[("sw_avg", SECOND)], *prob.values()])
+    entries = {e["model"]: e for e in board["ranking"]}
+    assert entries["sw_avg"]["probabilistic"] is None
+    assert entries["sw_quantiles"]["probabilistic"]["scaled_quantile_loss"]["all"] == pytest.approx(1.0, abs=1e-12)
+    r = prob["dirmult"]
+    logs = [float(stats.clipped_log_ratio(r.value(H, "quantile_loss"), r.value(H, "reference_quantile_loss")))
+            for H in r.horizons]
+    got = entries["dirmult"]["probabilistic"]
+    assert got["scaled_quantile_loss"]["all"] == pytest.approx(math.exp(sum(logs) / len(logs)), rel=1e-12)
+    assert got["coverage_90"]["all"] == pytest.approx(sum(r.value(H, "coverage_90") for H in r.horizons) / 2)
+    assert got["cells"] == len(r.horizons) == 2
+    cell = next(t for t in board["tables"] if t["horizon"] == 1000)
+    assert {row["model"]: row["probabilistic"] is None for row in cell["rows"]} == {
+        "sw_avg": True, "sw_quantiles": False, "dirmult": False}
+    md = render.markdown(board)
+    assert "scaled quantile loss" in md and "coverage 90%" in md
+    sw_avg_line = next(line for line in md.splitlines() if line.startswith("| 3 ") or "| sw_avg |" in line)
+    assert sw_avg_line.rstrip(" |").endswith("- | - | -")
+    assert "coverage_90_all" in render.csv_text(board).splitlines()[0]
+    # a board of point forecasts alone has no such columns
+    plain = build.build([runs_2x2[(m, SECOND)] for m in MODELS])
+    assert "quantile" not in render.markdown(plain) and "coverage_90" not in render.csv_text(plain)

@@ -283,3 +283,34 @@ def test_kill_9_of_a_run_leaves_no_pool_worker(tmp_path):
     for w in alive:
         os.kill(w, signal.SIGKILL)
     assert not alive, f"pool workers left behind after kill -9: {alive}"
+
+
+def test_quantiles_are_the_engines_intervals_widened_for_a_record_within_its_bin():
+    from models.arima import INTERVAL_LEVELS, _z, record_quantiles
+    from models.base import QUANTILE_LEVELS
+
+    F = np.array([[2.0, 2.0]])  # one series (L=1, E=2 ... here one of two experts) two points, in units of E p
+    se = 0.5
+    half = np.broadcast_to(se * _z(INTERVAL_LEVELS), (1, 2, len(INTERVAL_LEVELS)))
+    q = record_quantiles(np.vstack([F, F]), np.vstack([half, half]), np.array([0.0, 0.75]), 1, 2)  # [2, 1, 2, Q]
+    from statistics import NormalDist
+
+    for e, sd in ((0, se), (1, (se**2 + 0.75) ** 0.5)):
+        want = [min(1.0, max(0.0, NormalDist(2.0, sd).inv_cdf(lv) / 2)) for lv in QUANTILE_LEVELS]
+        np.testing.assert_allclose(q[0, 0, e], want, atol=1e-9)
+
+
+@pytest.mark.parametrize("engine", ["statsforecast", "statsmodels"])
+def test_quantiles_are_valid_and_cover_the_real_trace(small, engine):
+    """Both engines' intervals on 3 layers of smartmoe-ae: valid quantiles, whose 80% and 90% intervals cover
+    near their nominal share of the actual records (0.90 and 0.93 measured with either engine)."""
+    from bench.evaluate import check_quantiles
+
+    pred = Arima(n_jobs=1, window=600, engine=engine)
+    assert pred.probabilistic
+    ev = evaluate(small, pred, Task(dataset="x", horizons=(300,), stride=400))
+    frame = ev.frame()
+    assert not ev.failures
+    assert 0.75 < frame["coverage_80"].mean() < 0.97 and 0.85 < frame["coverage_90"].mean() < 0.99
+    q = check_quantiles(pred.predict_quantiles(7), 7, 3, 32)
+    assert (q[..., -1] > q[..., 0]).any()

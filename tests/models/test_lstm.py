@@ -177,3 +177,40 @@ def test_bench_run_lstm_logs_checkpoint_and_curves_to_mlflow(bench_run):
     curve = client.get_metric_history(run.info.run_id, "lstm/train_loss")
     assert sorted(x.step for x in curve) == [0, 1]  # one point per epoch
     assert m["h1000/error_rate/all"] == pytest.approx(result["horizons"]["1000"]["error_rate"]["all"])
+
+
+def test_residual_quantiles_recover_a_known_spread():
+    """Errors drawn as binomial_scale(phat) x N(0, 1): their standardised quantiles are the normal's."""
+    from statistics import NormalDist
+
+    from models.base import QUANTILE_LEVELS
+    from models.lstm import binomial_scale, residual_quantiles
+
+    rng = np.random.default_rng(0)
+    N, C, K, E = 40, 2, 50, 16
+    pred = rng.dirichlet(np.full(E, 5.0), size=(N, C))
+    truth = pred[:, :, None, :] + binomial_scale(pred, E)[:, :, None, :] * rng.standard_normal((N, C, K, E))
+    truth[:, 1] += 100.0  # records past `valid` (all of chunk 1 here) must not count
+    z = residual_quantiles(pred, truth, np.full(N, K), np.zeros(N, dtype=int), 1)
+    np.testing.assert_allclose(z[0, 0], [NormalDist().inv_cdf(q) for q in QUANTILE_LEVELS], atol=0.05)
+    np.testing.assert_array_equal(z[0, 1], z[0, 0])  # a chunk no sample reaches: the nearest earlier chunk's
+
+
+def test_quantiles_from_held_out_origins_cover_and_survive_the_checkpoint(halves, tmp_path):
+    from bench.evaluate import check_quantiles
+
+    train, test = halves
+    pred = LSTMPredictor(**{**SMALL, "val_fraction": 0.2})
+    assert pred.probabilistic
+    ev = evaluate(test, pred, TASK, [train])
+    frame = ev.frame()
+    assert not ev.failures and frame["coverage_90"].mean() > 0.85  # 0.93 measured
+    q = check_quantiles(pred.predict_quantiles(60), 60, 3, 32)
+    phat = pred.predict(60)
+    assert (q[..., 0] <= phat + 1e-12).all() and (q[..., -1] >= phat - 1e-12).all()
+    pred.mlflow_extras(tmp_path)
+    restored = LSTMPredictor.from_checkpoint(tmp_path / "lstm.ckpt")  # the held-out quantiles are in it
+    restored.start(3, 32)
+    seen = len(pred.history)
+    restored.observe(test.counts[:seen].copy(), test.steps[:seen].copy())
+    np.testing.assert_allclose(restored.predict_quantiles(60), q, atol=1e-6)

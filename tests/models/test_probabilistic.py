@@ -78,15 +78,49 @@ def test_the_fit_recovers_a_known_concentration_and_a_multinomial_has_none():
 
 def test_the_beta_matched_quantiles_follow_the_exact_beta_binomial():
     """The predictive marginal of one expert's count is beta-binomial; the quantiles use the Beta of its mean and
-    variance. Against scipy's exact beta-binomial they are within one routed slot."""
+    variance. Against scipy's exact beta-binomial they are within one routed slot (with more slots than
+    LATTICE_SLOTS, below which they are the exact ones)."""
     from scipy.stats import betabinom
 
-    slots, alpha, share = 512, 50.0, np.array([0.02, 0.1, 0.3, 0.58])
+    from models.probabilistic import LATTICE_SLOTS
+
+    slots, alpha, share = 2 * LATTICE_SLOTS, 50.0, np.array([0.02, 0.1, 0.3, 0.58])
     fit = DirichletMultinomialFit(share[None, :], np.array([1 / (alpha + 1)]), np.array([float(slots)]), 10**9)
     approx = fit.quantiles()[0] * slots
     exact = betabinom.ppf(np.asarray(QUANTILE_LEVELS)[None, :], slots, alpha * share[:, None],
                           alpha * (1 - share[:, None]))
     assert np.abs(approx - exact).max() <= 1.0
+
+
+def test_with_few_slots_the_quantiles_are_the_exact_beta_binomials_on_the_lattice():
+    from scipy.stats import betabinom
+
+    slots, alpha, share = 32, 50.0, np.array([0.02, 0.1, 0.3, 0.58])
+    fit = DirichletMultinomialFit(share[None, :], np.array([1 / (alpha + 1)]), np.array([float(slots)]), 10**9)
+    q = fit.quantiles()[0] * slots
+    exact = betabinom.ppf(np.asarray(QUANTILE_LEVELS)[None, :], slots, alpha * share[:, None],
+                          alpha * (1 - share[:, None]))
+    np.testing.assert_allclose(q, exact, atol=1e-9)  # whole routed slots
+
+
+def test_on_few_slots_the_lattice_quantiles_cover_at_least_their_level(monkeypatch):
+    """SYNTHETIC: 32 routed slots a record (a serving step of 16 tokens, top-2). A share is k/32, so the Beta's
+    continuous quantiles fall between the values a record can take and their intervals cover less than their level;
+    the lattice quantiles cover at least it (a discrete distribution's central interval with inclusive ends)."""
+    import models.probabilistic
+
+    trace = synthetic_trace(600, slots=32, concentration=200.0, seed=5)
+    task = Task("synthetic", horizons=(100,), stride=50, min_history=100)
+
+    def coverage():
+        frame = evaluate(trace, DirichletMultinomial(), task).frame()
+        return frame["coverage_80"].mean(), frame["coverage_90"].mean()
+
+    lattice = coverage()
+    monkeypatch.setattr(models.probabilistic, "LATTICE_SLOTS", 0)
+    beta = coverage()
+    assert lattice[0] >= 0.79 and lattice[1] >= 0.89
+    assert beta[1] < lattice[1] - 0.02
 
 
 def test_more_routed_slots_narrow_the_interval_down_to_the_dirichlet_spread():

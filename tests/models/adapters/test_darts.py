@@ -86,3 +86,21 @@ def test_a_run_is_logged_to_mlflow_with_the_adapter_counts(small_trace):
     assert run.data.params["model.window"] == "300" and run.data.tags["model"] == "darts:NaiveDrift"
     assert run.data.metrics["adapter.forecasts"] > 0 and "adapter.rows_clipped_frac" in run.data.metrics
     assert "h1000/error_rate/all" in run.data.metrics
+
+
+def test_sampled_quantiles_of_a_probabilistic_model_pass_through(small_trace, feed, evaluate_on):
+    """ExponentialSmoothing samples paths: the adapter gives their quantiles at the benchmark's levels;
+    NaiveDrift (deterministic in darts) stays point-only."""
+    from bench.evaluate import check_quantiles
+    from models.base import QUANTILE_LEVELS
+
+    c, s = small_trace.counts, small_trace.steps
+    assert not predictor_class("darts:NaiveDrift")().probabilistic
+    es = feed(predictor_class("darts:ExponentialSmoothing")(), c, s, 80)
+    assert es.probabilistic
+    phat = es.predict(20)
+    q = check_quantiles(es.predict_quantiles(20), 20, 2, 6)
+    assert (q[..., -1] > q[..., 0]).all()  # sample paths spread
+    assert np.abs(q[..., QUANTILE_LEVELS.index(0.5)] - phat).max() < 0.05
+    ev = evaluate_on(predictor_class("darts:ExponentialSmoothing")(), stride=300)
+    assert np.isfinite(ev.frame()["coverage_80"]).all()

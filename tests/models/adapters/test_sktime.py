@@ -77,3 +77,24 @@ def test_too_little_history_falls_back_to_the_window_mean(small_trace, feed):
     pred = feed(predictor_class("sktime:ThetaForecaster")(min_records=10), small_trace.counts, small_trace.steps, 4)
     np.testing.assert_allclose(pred.predict(3)[0], small_trace.proportions[:4].mean(axis=0))
     assert pred.stats["fallback_forecasts"] == 1 and pred.stats["library_fits"] == 0
+
+
+def test_prediction_intervals_pass_through_as_quantiles(small_trace, feed, evaluate_on):
+    """ThetaForecaster has prediction intervals: the adapter gives sktime's own predict_quantiles, at the
+    benchmark's levels, from the model of the point forecast; a forecaster without them stays point-only."""
+    from bench.evaluate import check_quantiles
+    from models.base import QUANTILE_LEVELS
+
+    c, s = small_trace.counts, small_trace.steps
+    theta = feed(predictor_class("sktime:ThetaForecaster")(), c, s, 80)
+    assert theta.probabilistic and not predictor_class("sktime:Croston")().probabilistic
+    phat = theta.predict(30)
+    q = check_quantiles(theta.predict_quantiles(30), 30, 2, 6)
+    # the library's own quantiles of series 0 (layer 0, expert 0) at the same fit
+    f = theta._state[0]
+    direct = f.predict_quantiles(fh=np.arange(1, 31), alpha=list(QUANTILE_LEVELS)).to_numpy()[:, : len(QUANTILE_LEVELS)]
+    np.testing.assert_allclose(q[:, 0, 0], np.clip(np.sort(direct, axis=1), 0, 1), atol=1e-12)
+    assert (q[..., -1] >= q[..., 0]).all() and (q[..., -1] > q[..., 0]).any()
+    assert np.abs(q[..., QUANTILE_LEVELS.index(0.5)] - phat).max() < 0.05  # the median is the point forecast's
+    ev = evaluate_on(theta, stride=300)
+    assert {"quantile_loss", "coverage_90"} <= set(ev.frame().columns)
