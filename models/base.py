@@ -219,6 +219,23 @@ class Predictor:
         """
         raise NotImplementedError
 
+    def predict_all(self, counts: np.ndarray, proportions: np.ndarray, steps: np.ndarray, origins: np.ndarray,
+                    origin_steps: np.ndarray) -> np.ndarray:
+        """Built-in constant-forecast estimators only: the ``[n, L, E]`` estimate at each of the `origins` (record
+        indices, ascending; `origin_steps` their iterations), each from the records before its origin, bit for bit
+        what :meth:`predict` returns there when the harness shows the history origin by origin.
+
+        `counts`, `proportions` and `steps` hold the records before the last origin. The harness calls it
+        after :meth:`start`, only for the classes of :data:`models.registry.BUILTIN` themselves (never a
+        subclass or a predictor from outside the package): code it does not ship is only ever shown the past.
+        """
+        raise NotImplementedError
+
+    @property
+    def vectorised(self) -> bool:
+        """Whether it computes every origin at once (:meth:`predict_all`)."""
+        return type(self).predict_all is not Predictor.predict_all
+
     # ---- helpers ---------------------------------------------------------------------------
     @staticmethod
     def repeat(estimate: np.ndarray, records: int) -> np.ndarray:
