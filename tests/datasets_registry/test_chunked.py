@@ -1,0 +1,63 @@
+"""The chunked layout: same fingerprint as the whole-trace layout, pieces read by records and layers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from datasets_registry import registry, storage
+from datasets_registry.chunked import CHUNKED_FILE, ChunkedTrace, ChunkedWriter, save_chunked
+from datasets_registry.trace import Card, TraceError
+
+
+@pytest.mark.parametrize("dataset", ["tiny-cpu-s1", "gpt3-125m-16e-top2-s3-probe", "gpt3-125m-16e-serve-code-b512"])
+def test_builtin_traces_keep_their_fingerprint_chunked(dataset, tmp_path):
+    tr = registry.load(dataset)
+    folder = save_chunked(tr, tmp_path / "v1", group_records=37)  # row groups that cut nowhere in particular
+    stored = ChunkedTrace(folder)  # verifies the fingerprint chunk by chunk
+    assert stored.fingerprint == tr.fingerprint and stored.shape == tr.shape
+    assert np.array_equal(stored.steps, tr.steps)
+    assert np.array_equal(stored.read((5, 90), (1, 2)), tr.counts[5:90, 1:2])
+    assert np.array_equal(stored.read((36, 38)), tr.counts[36:38])
+    back = storage.load(folder)
+    assert back.fingerprint == tr.fingerprint and np.array_equal(back.counts, tr.counts)
+    piece = stored.piece((0, 2))
+    assert np.array_equal(piece.counts, tr.counts[:, 0:2]) and piece.card.layer_names == tr.card.layer_names[0:2]
+
+
+def test_writer_streams_blocks_and_registry_reads_them(tmp_path):
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 9, (250, 3, 5))
+    with registry.chunked_writer("chunky", Card(id="chunky", title="SYNTHETIC"), 3, 5, dtype="uint8",
+                                 group_records=64) as w:
+        for a in range(0, 250, 30):
+            w.append(counts[a : a + 30], np.arange(a, min(a + 30, 250)) * 10)
+    stored = registry.open_chunked("chunky", verify=True)
+    whole = registry.load("chunky")
+    assert stored.fingerprint == whole.fingerprint
+    from datasets_registry.trace import fingerprint
+
+    assert whole.fingerprint == fingerprint(counts, np.arange(250) * 10)
+    assert [r["records"] for r in registry.listing() if r["id"] == "chunky"] == [250]
+    assert len(list(stored.blocks())) == 4
+
+
+def test_bad_blocks_and_files_are_refused_by_name(tmp_path):
+    w = ChunkedWriter(tmp_path / "v1", Card(id="x"), 2, 4, dtype="uint8")
+    with pytest.raises(TraceError, match="routes no tokens"):
+        w.append(np.zeros((3, 2, 4)), [0, 1, 2])
+    w.append(np.ones((3, 2, 4)), [0, 1, 2])
+    with pytest.raises(TraceError, match="strictly increasing"):
+        w.append(np.ones((3, 2, 4)), [2, 3, 4])
+    with pytest.raises(TraceError, match="do not fit in uint8"):
+        w.append(np.full((1, 2, 4), 300), [9])
+    folder = w.close()
+    card = json.loads((folder / "card.json").read_text())
+    card["fingerprint"] = "sha256:" + "0" * 64
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(TraceError, match="does not match the counts"):
+        ChunkedTrace(folder)
+    (folder / CHUNKED_FILE).write_bytes(b"PAR1 not really")
+    with pytest.raises(TraceError, match=f"{CHUNKED_FILE}.*not a readable Parquet"):
+        ChunkedTrace(folder)
+    assert not list(tmp_path.glob(".*saving"))
