@@ -128,6 +128,9 @@ class Predictor:
     #: tallies for `mlflow_extras`: then a run's origins can be evaluated in independent chunks
     #: (bench.executors, docs/scaling.md). May be a property reading the params.
     replayable: ClassVar[bool] = False
+    #: Whether each layer's forecast depends on that layer's records alone: then a trace's layers can be
+    #: evaluated in separate groups (bench.sharded) with the same results.
+    layerwise: ClassVar[bool] = False
 
     #: Set by the harness before each :meth:`predict`: the iteration numbers of the records to forecast.
     target_steps: np.ndarray | None = None

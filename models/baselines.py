@@ -20,6 +20,7 @@ class SlidingWindowAverage(Predictor):
     name = "sw_avg"
     defaults = {"window": 100}
     replayable = True
+    layerwise = True
     search_space = {"window": ("log", 10, 2000)}
 
     def predict(self, horizon):
@@ -35,6 +36,7 @@ class LastValue(Predictor):
 
     name = "last"
     replayable = True
+    layerwise = True
 
     def predict(self, horizon):
         return self.repeat(self.history.proportions[-1], horizon)
@@ -55,6 +57,7 @@ class ExponentialMovingAverage(Predictor):
     name = "ema"
     defaults = {"decay": 0.95}
     replayable = True  # the state is updated record by record, however the records arrive
+    layerwise = True
     search_space = {"decay": ("float", 0.5, 0.9999)}
 
     def start(self, layers, experts, training=()):
@@ -90,6 +93,7 @@ class StaticShare(Predictor):
 
     name = "static"
     defaults = {"source": "history"}
+    layerwise = True
 
     def start(self, layers, experts, training=()):
         self._sum = np.zeros((layers, experts))
@@ -128,6 +132,7 @@ class SlidingWindowSum(Predictor):
 
     name = "sw_sum"
     defaults = {"window": 1000, "rebalance_every": 0}
+    layerwise = True
     search_space = {"window": ("log", 10, 5000)}
 
     @property

@@ -89,6 +89,8 @@ class PeriodicWindowSum(EngineEstimator):
     Subclasses map an engine's own settings onto (first, every, window); window < 0 sums every pass so far.
     """
 
+    layerwise = True  # TensorRT-LLM's is not: its round-robin plan depends on the number of layers
+
     def schedule(self) -> tuple[int, int, int]:
         """(first, every, window) in passes: the first estimate takes effect at pass `first`."""
         raise NotImplementedError
