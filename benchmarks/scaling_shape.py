@@ -36,6 +36,34 @@ sys.path.insert(0, str(ROOT))
 SIZES = "5000x6x16,10000x12x64,20000x24x128,50000x58x256"
 PARAMS = {"sw_avg": {"window": 100}, "ema": {"decay": 0.95}}
 RESULTS = ROOT / "benchmarks" / "results" / "scaling_shape.txt"
+DOC = ROOT / "docs" / "scale.md"
+
+
+def slopes(rows: list[dict]) -> dict[tuple[str, str], float]:
+    """(model, implementation) -> log-log slope of CPU seconds against records x layers x experts."""
+    out = {}
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for kind in ("harness", "bare"):
+            pts = [(np.prod(r["size"]), r["cpu_s"]) for r in rows if r["model"] == model and r["kind"] == kind]
+            if len(pts) > 1:
+                out[model, kind] = float(np.polyfit(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]), 1)[0])
+    return out
+
+
+def doc_table(rows: list[dict]) -> str:
+    """docs/scale.md's table from the saved measurements (benchmarks/results/scaling_shape.json)."""
+    out = ["| records x layers x experts | model | harness CPU s | harness peak MB | bare CPU s | bare peak MB "
+           "| harness / bare |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["kind"] != "harness":
+            continue
+        b = next(x for x in rows if x["kind"] == "bare" and x["model"] == r["model"] and x["size"] == r["size"])
+        out.append(f"| {' x '.join(f'{n:,}' for n in r['size'])} | {r['model']} | {r['cpu_s']:.1f} | "
+                   f"{r['peak_mb']:.0f} | {b['cpu_s']:.1f} | {b['peak_mb']:.0f} | {r['cpu_s'] / b['cpu_s']:.2f}x |")
+    out.append("")
+    out += [f"- log-log slope of CPU seconds against records x layers x experts, {m} {k}: {v:.2f}"
+            for (m, k), v in slopes(rows).items()]
+    return "\n".join(out) + "\n"
 
 
 def dataset_id(size: tuple[int, int, int]) -> str:
@@ -154,9 +182,15 @@ def main() -> int:
     ap.add_argument("--layers-per-piece", type=int, default=2)
     ap.add_argument("--floors", action="store_true", help="the harness also computes the hindsight floors")
     ap.add_argument("--write", action="store_true", help=f"also save the output in {RESULTS.relative_to(ROOT)}")
+    ap.add_argument("--doc", action="store_true", help="only rewrite docs/scale.md's table from the saved figures")
     ap.add_argument("--generate", help=argparse.SUPPRESS)
     ap.add_argument("--measure", nargs=3, metavar=("KIND", "MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.doc:
+        from benchmarks.doc_tables import write_table
+
+        write_table(DOC, "shape", doc_table(json.loads(RESULTS.with_suffix(".json").read_text())))
+        return 0
     if args.generate:
         generate(tuple(int(x) for x in args.generate.split("x")))
         print(json.dumps({"ok": True}))
@@ -202,18 +236,17 @@ def main() -> int:
                     f"{(f'{ratio:.2f}x' if kind == 'harness' else ''):>13}")
         say(f"  (trace written in {gen_s:.0f} s, or found in the data home)")
     say()
-    for model in models:
-        for kind in ("harness", "bare"):
-            pts = [(np.prod(r["size"]), r["cpu_s"]) for r in rows if r["model"] == model and r["kind"] == kind]
-            if len(pts) > 1:
-                slope = np.polyfit(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]), 1)[0]
-                say(f"log-log slope of CPU seconds against records x layers x experts, {model} {kind}: {slope:.2f}")
+    for (model, kind), slope in slopes(rows).items():
+        say(f"log-log slope of CPU seconds against records x layers x experts, {model} {kind}: {slope:.2f}")
     say(f"mean error_rate per horizon agreed between harness and bare at every size (relative 1e-9); load average "
         f"{os.getloadavg()[0]:.1f} at the end")
     if args.write:
         RESULTS.write_text("\n".join(lines) + "\n")
-        RESULTS.with_suffix(".json").write_text(json.dumps(
-            [{**r, "size": list(r["size"])} for r in rows], indent=1) + "\n")
+        saved = [{**r, "size": list(r["size"])} for r in rows]
+        RESULTS.with_suffix(".json").write_text(json.dumps(saved, indent=1) + "\n")
+        from benchmarks.doc_tables import write_table
+
+        write_table(DOC, "shape", doc_table(saved))
     return 0
 
 

@@ -246,6 +246,8 @@ class ChunkedTrace:
 
     def read(self, records: tuple[int, int] | None = None, layers: tuple[int, int] | None = None) -> np.ndarray:
         """int64 counts ``[b - a, l1 - l0, E]`` of records ``a..b-1`` and layers ``l0..l1-1`` (default: all)."""
+        import pyarrow as pa
+
         a, b = records if records is not None else (0, self.records)
         l0, l1 = layers if layers is not None else (0, self.layers)
         if not (0 <= a <= b <= self.records and 0 <= l0 < l1 <= self.layers):
@@ -259,10 +261,14 @@ class ChunkedTrace:
             lo, hi = max(a, g0), min(b, g1)
             if lo >= hi:
                 continue
-            table = self._file.read_row_group(g, columns=[layer_column(layer) for layer in range(l0, l1)])
-            for j in range(l1 - l0):
-                values = table.column(j).combine_chunks().flatten().to_numpy()
-                out[lo - a : hi - a, j] = values.reshape(g1 - g0, self.experts)[lo - g0 : hi - g0]
+            try:
+                table = self._file.read_row_group(g, columns=[layer_column(layer) for layer in range(l0, l1)])
+                for j in range(l1 - l0):
+                    values = table.column(j).combine_chunks().flatten().to_numpy()
+                    out[lo - a : hi - a, j] = values.reshape(g1 - g0, self.experts)[lo - g0 : hi - g0]
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                raise TraceError(str(self.path), f"row group {g} (records {g0}..{g1 - 1}) is unreadable ({exc})"
+                                 ) from None
         return out
 
     def blocks(self, layers: tuple[int, int] | None = None) -> Iterator[tuple[int, np.ndarray]]:

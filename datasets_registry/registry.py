@@ -325,7 +325,12 @@ def _check_version_folder(folder: Path, name: str, version: int) -> Problem | No
         if (card.id, card.version) != (name, version):
             return Problem(folder / storage.CARD_FILE, f"card says {card.id}@{card.version} but the folder holds "
                                                        f"{name}@{version}")
-        storage.load(folder)
+        from .chunked import ChunkedTrace, is_chunked
+
+        if is_chunked(folder) and not (folder / storage.TRACE_FILE).exists():
+            ChunkedTrace(folder, card=card)  # the fingerprint recomputed chunk by chunk: memory of one row group
+        else:
+            storage.load(folder)
     except TraceError as exc:
         return Problem(Path(exc.source), " ".join(exc.problem.split()))
     except Exception as exc:  # a health check reports whatever it finds and never raises

@@ -61,3 +61,23 @@ def test_bad_blocks_and_files_are_refused_by_name(tmp_path):
     with pytest.raises(TraceError, match=f"{CHUNKED_FILE}.*not a readable Parquet"):
         ChunkedTrace(folder)
     assert not list(tmp_path.glob(".*saving"))
+
+
+def test_health_check_reads_a_chunked_dataset_chunk_by_chunk(tmp_path):
+    tr = registry.load("tiny-cpu-s1")
+    entry = registry.add_chunked(tr, "chunky-check", group_records=500)
+    assert not [p for p in registry.check_datasets(builtin=False) if "chunky-check" in str(p.path)]
+    data = entry.folder / CHUNKED_FILE
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte in the middle of the counts
+    data.write_bytes(bytes(raw))
+    assert [p for p in registry.check_datasets(builtin=False) if "chunky-check" in str(p.path)]
+
+
+def test_a_damaged_row_group_is_named(tmp_path):
+    folder = save_chunked(registry.load("tiny-cpu-s1"), tmp_path / "v1", group_records=500)
+    raw = bytearray((folder / CHUNKED_FILE).read_bytes())
+    raw[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
+    (folder / CHUNKED_FILE).write_bytes(bytes(raw))
+    with pytest.raises(TraceError, match=r"trace.parquet.*(row group|does not match)"):
+        ChunkedTrace(folder)
