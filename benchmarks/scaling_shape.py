@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-SIZES = "5000x6x16,10000x12x64,20000x24x128,50000x58x256"
+SIZES = "5000x6x16,10000x12x64,50000x58x256,20000x24x128"  # the largest before the last: it is the one needed
 PARAMS = {"sw_avg": {"window": 100}, "ema": {"decay": 0.95}}
 RESULTS = ROOT / "benchmarks" / "results" / "scaling_shape.txt"
 DOC = ROOT / "docs" / "scale.md"
@@ -54,7 +54,7 @@ def doc_table(rows: list[dict]) -> str:
     """docs/scale.md's table from the saved measurements (benchmarks/results/scaling_shape.json)."""
     out = ["| records x layers x experts | model | harness CPU s | harness peak MB | bare CPU s | bare peak MB "
            "| harness / bare |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in sorted(rows, key=lambda r: (int(np.prod(r["size"])), r["model"])):
         if r["kind"] != "harness":
             continue
         b = next(x for x in rows if x["kind"] == "bare" and x["model"] == r["model"] and x["size"] == r["size"])
@@ -215,6 +215,19 @@ def main() -> int:
     say(f"{'records':>8} {'layers':>6} {'experts':>7} {'cells':>13} {'model':>7} {'impl':>8} {'CPU s':>9} "
         f"{'wall s':>9} {'peak MB':>8} {'harness/bare':>13}")
     rows = []
+
+    def save(final: bool) -> None:
+        """With --write: the output so far (a long run stopped early keeps what it measured)."""
+        if not args.write:
+            return
+        RESULTS.write_text("\n".join(lines) + ("\n" if final else "\n(stopped before the end)\n"))
+        saved = [{**r, "size": list(r["size"])} for r in rows]
+        RESULTS.with_suffix(".json").write_text(json.dumps(saved, indent=1) + "\n")
+        if final:
+            from benchmarks.doc_tables import write_table
+
+            write_table(DOC, "shape", doc_table(saved))
+
     for size in sizes:
         w0 = time.perf_counter()
         child(["--generate", "x".join(map(str, size))])
@@ -234,19 +247,14 @@ def main() -> int:
                 say(f"{size[0]:>8} {size[1]:>6} {size[2]:>7} {int(np.prod(size)):>13,} {model:>7} {kind:>8} "
                     f"{m['cpu_s']:9.1f} {m['wall_s']:9.1f} {m['peak_mb']:8.0f} "
                     f"{(f'{ratio:.2f}x' if kind == 'harness' else ''):>13}")
+            save(final=False)
         say(f"  (trace written in {gen_s:.0f} s, or found in the data home)")
     say()
     for (model, kind), slope in slopes(rows).items():
         say(f"log-log slope of CPU seconds against records x layers x experts, {model} {kind}: {slope:.2f}")
     say(f"mean error_rate per horizon agreed between harness and bare at every size (relative 1e-9); load average "
         f"{os.getloadavg()[0]:.1f} at the end")
-    if args.write:
-        RESULTS.write_text("\n".join(lines) + "\n")
-        saved = [{**r, "size": list(r["size"])} for r in rows]
-        RESULTS.with_suffix(".json").write_text(json.dumps(saved, indent=1) + "\n")
-        from benchmarks.doc_tables import write_table
-
-        write_table(DOC, "shape", doc_table(saved))
+    save(final=True)
     return 0
 
 
