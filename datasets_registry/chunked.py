@@ -204,7 +204,8 @@ class ChunkedTrace:
             experts = t.list_size
         meta = self._file.metadata
         records = meta.num_rows
-        check_dims(src, records=records, layers=layers, experts=experts)
+        for name, value in (("records", records), ("layers", layers), ("experts", experts)):
+            check_dims(src, **{name: value})  # not their product: the cells limit bounds what is read at once
         if records == 0:
             raise TraceError(src, "no records")
         self.shape = (records, layers, int(experts))

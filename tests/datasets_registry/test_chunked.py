@@ -81,3 +81,15 @@ def test_a_damaged_row_group_is_named(tmp_path):
     (folder / CHUNKED_FILE).write_bytes(bytes(raw))
     with pytest.raises(TraceError, match=r"trace.parquet.*(row group|does not match)"):
         ChunkedTrace(folder)
+
+
+def test_a_stored_trace_may_exceed_the_cells_limit_that_bounds_each_read(tmp_path, monkeypatch):
+    """The cells limit bounds what is read into memory at once, not the stored trace."""
+    monkeypatch.setenv("MOE_LOAD_BENCH_MAX_CELLS", "1000")
+    with ChunkedWriter(tmp_path / "v1", Card(id="big"), 4, 8, dtype="uint8", group_records=16) as w:
+        for a in range(0, 96, 24):  # 96 x 4 x 8 = 3,072 cells in all, 768 per block
+            w.append(np.ones((24, 4, 8)), np.arange(a, a + 24))
+    stored = ChunkedTrace(tmp_path / "v1")
+    assert stored.shape == (96, 4, 8) and stored.piece((0, 1)).shape == (96, 1, 8)
+    with pytest.raises(TraceError, match="cells"):
+        stored.load()
