@@ -253,6 +253,7 @@ class ChunkedTrace:
         l0, l1 = layers if layers is not None else (0, self.layers)
         if not (0 <= a <= b <= self.records and 0 <= l0 < l1 <= self.layers):
             raise IndexError(f"{self.path}: records {a}..{b} and layers {l0}..{l1} are outside {self.shape}")
+        check_dims(str(self.path), cells=(b - a) * (l1 - l0) * self.experts)
         out = np.empty((b - a, l1 - l0, self.experts), dtype=np.int64)
         first = int(np.searchsorted(self.group_starts, a, side="right")) - 1
         for g in range(max(first, 0), len(self.group_starts) - 1):
