@@ -12,6 +12,7 @@ by replaying the past (with the refit that was last due), and only the rest is c
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import time
@@ -26,7 +27,7 @@ import numpy as np
 from datasets_registry.trace import Trace
 from models.base import QUANTILE_LEVELS, Predictor
 
-from .metrics import crossing, forecast_errors, noise_floor, remote_share, source_errors
+from .metrics import crossing, forecast_errors, forecast_errors_prefixes, noise_floor, remote_share, source_errors
 from .probabilistic import QUANTILE_SCORES, quantile_record_scores, reference_quantiles
 from .states import detect_states
 from .task import Task, rolling_origins
@@ -176,6 +177,37 @@ def _states_at(trace: Trace, task: Task) -> np.ndarray:
     return detect_states(trace.proportions, trace.steps, task.states)
 
 
+def builtin_vectorised(predictor: Any) -> bool:
+    """Whether `predictor` is one of the package's own estimators (a class of :data:`models.registry.BUILTIN`
+    itself, not a subclass) that computes every origin at once (:meth:`models.base.Predictor.predict_all`).
+
+    Only those are handed the trace's past in one piece; any other predictor, and every predictor from
+    outside the package (run in :mod:`bench.isolation`'s sandbox), gets the past origin by origin.
+    """
+    from models.registry import BUILTIN
+
+    cls = type(predictor)
+    if f"{cls.__module__}:{cls.__qualname__}" not in BUILTIN.values():
+        return False
+    module = importlib.import_module(cls.__module__)
+    return getattr(module, cls.__qualname__, None) is cls and cls.predict_all is not Predictor.predict_all
+
+
+def vectorised_estimates(predictor: Predictor, trace: Trace, origins: Sequence[int]) -> np.ndarray | None:
+    """A built-in estimator's ``[n, L, E]`` estimates at `origins` (record indices, ascending) from the records
+    before the last one, or None where one of them would not be a valid forecast (an exception, a bad row):
+    the origin-by-origin path then records the failure where it happens."""
+    origins = np.asarray(origins, dtype=np.int64)
+    last = int(origins[-1])
+    try:
+        est = np.asarray(predictor.predict_all(trace.counts[:last], trace.proportions[:last], trace.steps[:last],
+                                               origins, trace.steps[origins]))
+        check_forecast(est, len(origins), trace.layers, trace.experts)
+    except Exception:  # noqa: BLE001 - the slow path reports it, origin by origin
+        return None
+    return est
+
+
 class Journal:
     """Append-only record of finished origins, one JSON line each with a checksum of its content.
 
@@ -251,6 +283,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     span: tuple[int, int] | None = None,
     per_source: bool = False,
+    vectorised: bool = True,
 ) -> Evaluation:
     """Run `predictor` over every rolling origin of `task` on `trace`.
 
@@ -261,6 +294,9 @@ def evaluate(
     `span=(i, j)` evaluates only the origins ``i..j-1`` (in order), one chunk of a run evaluated on
     its own (:mod:`bench.executors`): with refit "every" the predictor is shown the whole past at
     the chunk's first origin, which gives the same forecasts for a predictor marked ``replayable``.
+
+    A built-in estimator that computes every origin at once (:func:`builtin_vectorised`) does so when
+    nothing is resumed, unless `vectorised` is False; its results are identical either way.
     """
     if trace.card.static:
         raise ValueError(
@@ -298,12 +334,13 @@ def evaluate(
         rec["traceback"] = "".join(traceback.format_exception_only(type(exc), exc)).strip()
 
     def measure(phat: np.ndarray, o: int, n: int, scored: dict | None = None,
-                phat_src: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                phat_src: np.ndarray | None = None, errors: dict | None = None) -> dict[str, np.ndarray]:
         """The forecast's metrics at origin record `o` over its `n` target records, per layer; `scored`, a quantile
         forecast's scores per record (:func:`quantile_record_scores`), adds their means over the `n` records;
-        `phat_src`, the per-source forecast [H, L, S, E] of a per-source run, adds its errors."""
+        `phat_src`, the per-source forecast [H, L, S, E] of a per-source run, adds its errors; `errors`, the
+        forecast errors already computed (:func:`forecast_errors_prefixes`)."""
         truth_p, truth_c = p_all[o : o + n], counts[o : o + n]
-        m = forecast_errors(phat, truth_p)
+        m = dict(errors) if errors is not None else forecast_errors(phat, truth_p)
         for scorer in scorers:
             m.update(scorer(phat, truth_c, truth_p))
         if scored is not None:
@@ -367,6 +404,7 @@ def evaluate(
         if own_split:
             predictor.observe_sources(split.counts[fed:upto].copy(), steps[fed:upto].copy())
 
+    buffers: dict = {}  # forecast_errors_prefixes' work arrays, reused from origin to origin
     broken: str | None = None  # a failure in start/update that leaves the predictor unusable
     try:
         timed(ev.timings, "start", predictor.start, L, E, training)
@@ -374,6 +412,12 @@ def evaluate(
         broken = f"predictor failed to start: {type(exc).__name__}: {exc}"
     resume_at = next((i for i, o in enumerate(order) if o not in book.done), len(order))
     last_refit = max((i for i in range(resume_at) if task.refit_due(i)), default=None)
+    estimates = None  # a built-in estimator's forecasts at every origin, computed at once
+    if (vectorised and not broken and resume_at == 0 and not probabilistic and not own_split
+            and builtin_vectorised(predictor)):
+        t = time.perf_counter()
+        estimates = vectorised_estimates(predictor, trace, order)
+        per_origin = (time.perf_counter() - t) / len(order)  # in each origin's record, like the other path
     fed = 0
     for i, o in enumerate(order):
         if i < resume_at:
@@ -395,17 +439,21 @@ def evaluate(
         try:
             if broken:
                 raise RuntimeError(broken)
-            timed(rec["seconds"], "observe", feed, o)
-            fed = o
-            if task.refit_due(i):
-                timed(rec["seconds"], "refit", predictor.refit)
-            phat = timed(rec["seconds"], "forecast", predictor.forecast, steps[o : o + need].copy())
-            phat = check_forecast(phat, need, L, E)
             phat_src = None
-            if own_split:
-                ps = timed(rec["seconds"], "forecast", predictor.forecast_sources, steps[o : o + need].copy())
-                phat_src = check_source_forecast(ps, need, L, split.sources, E)
-            elif split is not None:
+            if estimates is not None:  # checked as a whole; the same forecast, held over the horizon
+                rec["seconds"]["forecast"] = per_origin
+                phat = np.broadcast_to(estimates[i], (need, L, E))
+            else:
+                timed(rec["seconds"], "observe", feed, o)
+                fed = o
+                if task.refit_due(i):
+                    timed(rec["seconds"], "refit", predictor.refit)
+                phat = timed(rec["seconds"], "forecast", predictor.forecast, steps[o : o + need].copy())
+                phat = check_forecast(phat, need, L, E)
+                if own_split:
+                    ps = timed(rec["seconds"], "forecast", predictor.forecast_sources, steps[o : o + need].copy())
+                    phat_src = check_source_forecast(ps, need, L, split.sources, E)
+            if phat_src is None and split is not None:
                 phat_src = split.split(phat, o)
             scored = None
             if probabilistic:
@@ -418,10 +466,15 @@ def evaluate(
             for H, n in by_origin[o].items():
                 rec["horizons"][str(H)] = {"metrics": store({**charged(o, n, ref), **truth(o, n, ref)})}
         else:
+            errors = {}  # all horizons at once where the layout gives the same sums as one at a time
+            if phat.dtype == np.float64 and (phat.flags.c_contiguous
+                                             or (phat.strides[0] == 0 and phat[0].flags.c_contiguous)):
+                lengths = sorted(set(by_origin[o].values()))
+                errors = forecast_errors_prefixes(phat, p_all[o : o + need], lengths, buffers)
             for H, n in by_origin[o].items():
                 ph = phat[:n]
                 rec["horizons"][str(H)] = {
-                    "metrics": store({**measure(ph, o, n, scored, phat_src), **truth(o, n, ref)}),
+                    "metrics": store({**measure(ph, o, n, scored, phat_src, errors.get(n)), **truth(o, n, ref)}),
                     "window_forecast": ph.mean(axis=0).tolist(),
                 }
         rec["stable"] = stable[o].tolist()

@@ -166,6 +166,13 @@ def merge_unit(
         return result
 
 
+def piece_unit(fn: Callable, args: tuple, env: dict[str, str]):
+    """One piece of a run evaluated in pieces: ``fn(*args)`` of :mod:`bench.sharded` in the driver's environment
+    (it opens the stored dataset and reads its own chunks)."""
+    with _environment(env):
+        return fn(*args)
+
+
 def origin_count(trace, task: Task) -> int:
     """How many origins a run evaluates (the union over horizons), as :func:`bench.evaluate.evaluate` does."""
     return len(set().union(*(o.records.tolist() for o in rolling_origins(trace.steps, task).values())))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .task import Task, rolling_origins
+from .task import Origins, Task, rolling_origins
 
 #: IRLS: at most this many reweightings; stop when no layer's error improved by more than
 #: `LINE_RTOL` (relative) in the last one.
@@ -203,28 +203,34 @@ class OriginFloors:
         return idx
 
 
-def floors_at_origins(p: np.ndarray, steps: np.ndarray, task: Task, mape: bool = False) -> dict[int, OriginFloors]:
+def floors_at_origins(p: np.ndarray, steps: np.ndarray, task: Task, mape: bool = False,
+                      origins: dict[int, Origins] | None = None, offset: int = 0) -> dict[int, OriginFloors]:
     """The hindsight floors at every origin of `task` on a trace's ``p[T, L, E]`` and ``steps[T]``.
 
     Horizon -> floors, rows in the order of :func:`bench.task.rolling_origins`. They depend only
     on the trace and the task, not on a predictor: compute them once per (dataset, task). `mape`
     adds the weighted-median floor of ``mape`` (a sort per origin).
+
+    `origins` (horizon -> :class:`~bench.task.Origins`) replaces the task's own, with records counted
+    from `offset`, the record that ``p[0]`` is: the floors of some origins of a longer trace from the
+    records their windows cover (bench.sharded). The layers are always all of ``p``'s: the line fit's
+    stopping rule looks at blocks of layers.
     """
     steps = np.asarray(steps)
     if np.ndim(p) != 3 or len(p) != len(steps):
         raise ValueError(f"p has shape {np.shape(p)}, expected [{len(steps)}, L, E] to match steps")
     L = p.shape[1]
     out = {}
-    for H, o in rolling_origins(steps, task).items():
+    for H, o in (rolling_origins(steps, task) if origins is None else origins).items():
         count = len(o.records)
         const, line = np.empty((count, L)), np.empty((count, L))
         cmape = np.empty((count, L)) if mape else None
-        for i, (rec, n) in enumerate(zip(o.records.tolist(), o.lengths.tolist())):
+        for i, (rec, n) in enumerate(zip((o.records - offset).tolist(), o.lengths.tolist())):
             window = np.asarray(p[rec : rec + n], dtype=np.float64)
             const[i], line[i] = _window_floors(window, steps[rec : rec + n])
             if cmape is not None:
                 cmape[i] = constant_mape_floor(window)
-        out[H] = OriginFloors(H, o.records.copy(), steps[o.records].astype(np.int64), const, line, cmape)
+        out[H] = OriginFloors(H, o.records.copy(), steps[o.records - offset].astype(np.int64), const, line, cmape)
     return out
 
 

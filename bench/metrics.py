@@ -15,13 +15,37 @@ METRICS = ("error_rate", "window_error", "mape", "noise_floor", "hindsight_floor
 
 def forecast_errors(phat: np.ndarray, p: np.ndarray) -> dict[str, np.ndarray]:
     """error_rate, window_error and mape per layer for one origin."""
+    return forecast_errors_prefixes(phat, p, (len(p),))[len(p)]
+
+
+def forecast_errors_prefixes(phat: np.ndarray, p: np.ndarray, lengths, buffers: dict | None = None
+                             ) -> dict[int, dict[str, np.ndarray]]:
+    """:func:`forecast_errors` of the first ``n`` records, for each ``n`` in `lengths` (one origin's horizons):
+    the element-wise work is done once for the longest, and the numbers are those of separate calls bit for bit
+    (the same values, reduced over the same contiguous layout).
+
+    `buffers`, a dict kept between calls, holds the work arrays, so that a loop over origins does not
+    allocate (and fault in) fresh ones each time.
+    """
     E = p.shape[-1]
-    diff = np.abs(phat - p)
-    return {
-        "error_rate": diff.sum(axis=2).mean(axis=0),
-        "window_error": np.abs(phat.mean(axis=0) - p.mean(axis=0)).sum(axis=1),
-        "mape": (diff / np.maximum(p, 1.0 / (100 * E))).mean(axis=(0, 2)),
-    }
+    need = max(lengths)
+    buffers = {} if buffers is None else buffers
+    if "diff" not in buffers or buffers["diff"].shape[0] < need or buffers["diff"].shape[1:] != p.shape[1:]:
+        buffers["diff"] = np.empty((need,) + p.shape[1:])
+        buffers["ratio"] = np.empty((need,) + p.shape[1:])
+    diff, ratio = buffers["diff"][:need], buffers["ratio"][:need]
+    np.subtract(phat[:need], p[:need], out=diff)
+    np.abs(diff, out=diff)
+    np.maximum(p[:need], 1.0 / (100 * E), out=ratio)
+    np.divide(diff, ratio, out=ratio)
+    out = {}
+    for n in lengths:
+        out[n] = {
+            "error_rate": diff[:n].sum(axis=2).mean(axis=0),
+            "window_error": np.abs(phat[:n].mean(axis=0) - p[:n].mean(axis=0)).sum(axis=1),
+            "mape": ratio[:n].mean(axis=(0, 2)),
+        }
+    return out
 
 
 def noise_floor(q: np.ndarray, n: np.ndarray) -> np.ndarray:

@@ -385,7 +385,7 @@ def task_floors(prep: Prepared) -> dict:
     return cached_floors(prep.trace.proportions, prep.trace.steps, prep.task, path)
 
 
-def _with_hindsight(ev: Evaluation, floors: dict):
+def with_hindsight(ev: Evaluation, floors: dict):
     """The evaluation's rows (pandas) with each (origin, layer)'s hindsight floor beside its noise floor."""
     import pandas as pd
 
@@ -419,7 +419,7 @@ def _evaluate(prep: Prepared, placement: str | None, progress) -> RunResult:
     floors = task_floors(prep)
     ev = evaluate(prep.trace, prep.predictor, prep.task, prep.training, scorers=prep.scorers,
                   journal=folder / "journal.jsonl", progress=progress, per_source=prep.per_source)
-    frame = _with_hindsight(ev, floors)
+    frame = with_hindsight(ev, floors)
     verdicts = _verdicts(ev, floors, prep)
     metrics = list(METRICS) + [c for c in frame.columns if c not in METRICS and c not in ROW_KEYS]
     predictor, trace = prep.predictor, prep.trace

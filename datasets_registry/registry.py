@@ -18,6 +18,7 @@ The data home is ``$MOE_LOAD_BENCH_HOME``, else ``$XDG_DATA_HOME/moe-load-bench`
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -187,6 +188,46 @@ def add(trace: Trace, name: str, version: int | None = None) -> Entry:
     return Entry(name, version, "user", folder)
 
 
+@contextlib.contextmanager
+def chunked_writer(name: str, card, layers: int, experts: int, version: int | None = None, **options):
+    """A :class:`~datasets_registry.chunked.ChunkedWriter` into user dataset `name` (next free version by
+    default), for a trace too large for memory: append blocks of records; the version appears when the
+    block ends without an error. `options`: ``dtype``, ``group_records``."""
+    from .chunked import ChunkedWriter
+
+    check_user_id(name, version)
+    with dataset_lock(name):
+        version = next_version(name) if version is None else version
+        folder = user_datasets_dir() / name / f"v{version}"
+        card = dataclasses.replace(card, id=name, version=version)
+        with ChunkedWriter(folder, card, layers, experts, **options) as writer:
+            yield writer
+
+
+def add_chunked(trace: Trace, name: str, version: int | None = None, **options) -> Entry:
+    """:func:`add` in the chunked layout (:mod:`datasets_registry.chunked`): the same card and fingerprint."""
+    from .chunked import save_chunked
+
+    check_user_id(name, version)
+    with dataset_lock(name):
+        version = next_version(name) if version is None else version
+        folder = user_datasets_dir() / name / f"v{version}"
+        save_chunked(Trace(trace.counts, trace.steps, dataclasses.replace(trace.card, id=name, version=version)),
+                     folder, **options)
+    return Entry(name, version, "user", folder)
+
+
+def open_chunked(ref: str, verify: bool = False):
+    """A stored dataset as a :class:`~datasets_registry.chunked.ChunkedTrace` (read a piece at a time); one stored
+    whole (``trace.npz``) is refused: :func:`load` it. `verify` recomputes the fingerprint (reads every chunk)."""
+    from .chunked import ChunkedTrace, is_chunked
+
+    entry = resolve(ref)
+    if not is_chunked(entry.folder):
+        raise TraceError(str(entry.folder), "not stored in the chunked layout; load it whole")
+    return ChunkedTrace(entry.folder, verify=verify)
+
+
 def build_public(name: str, path: str | Path | None = None) -> Entry:
     """Build declared public dataset `name` from its local copy (or `path`) as version 1, unless already built.
 
@@ -241,15 +282,21 @@ def refresh_public(entry: Entry) -> Entry:
 def summary(entry: Entry) -> dict[str, Any]:
     """The listing fields of a stored dataset, read without decompressing its counts."""
     card = storage.read_card(entry.folder)
-    npz = entry.folder / storage.TRACE_FILE
-    headers = storage.npz_headers(npz)
-    shape = headers["counts"][0] if "counts" in headers else ()
-    if "steps" not in headers or len(shape) != 3:
-        raise TraceError(str(npz), f"expected arrays counts [T, L, E] and steps [T]; found {sorted(headers)}")
-    T, L, E = shape
-    steps = storage.read_npz_arrays(npz, required=("steps",), names=("steps",))["steps"]
-    if steps.shape != (T,) or T == 0:
-        raise TraceError(str(npz), f"steps has shape {steps.shape} but counts has {T} records")
+    from .chunked import ChunkedTrace, is_chunked
+
+    if is_chunked(entry.folder) and not (entry.folder / storage.TRACE_FILE).exists():
+        stored = ChunkedTrace(entry.folder, card=card, verify=False)  # the schema and steps only
+        (T, L, E), steps = stored.shape, stored.steps
+    else:
+        npz = entry.folder / storage.TRACE_FILE
+        headers = storage.npz_headers(npz)
+        shape = headers["counts"][0] if "counts" in headers else ()
+        if "steps" not in headers or len(shape) != 3:
+            raise TraceError(str(npz), f"expected arrays counts [T, L, E] and steps [T]; found {sorted(headers)}")
+        T, L, E = shape
+        steps = storage.read_npz_arrays(npz, required=("steps",), names=("steps",))["steps"]
+        if steps.shape != (T,) or T == 0:
+            raise TraceError(str(npz), f"steps has shape {steps.shape} but counts has {T} records")
     return {
         "id": card.id,
         "version": card.version,
@@ -320,7 +367,12 @@ def _check_version_folder(folder: Path, name: str, version: int) -> Problem | No
         if (card.id, card.version) != (name, version):
             return Problem(folder / storage.CARD_FILE, f"card says {card.id}@{card.version} but the folder holds "
                                                        f"{name}@{version}")
-        storage.load(folder)
+        from .chunked import ChunkedTrace, is_chunked
+
+        if is_chunked(folder) and not (folder / storage.TRACE_FILE).exists():
+            ChunkedTrace(folder, card=card)  # the fingerprint recomputed chunk by chunk: memory of one row group
+        else:
+            storage.load(folder)
     except TraceError as exc:
         return Problem(Path(exc.source), " ".join(exc.problem.split()))
     except Exception as exc:  # a health check reports whatever it finds and never raises

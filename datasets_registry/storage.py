@@ -292,8 +292,15 @@ def read_source_counts(folder: str | os.PathLike, card: Card) -> dict[str, np.nd
 
 def load(folder: str | os.PathLike) -> Trace:
     """Load and re-validate a stored trace; the card's fingerprint must match the arrays, and a per-source split
-    (read from ``extras.npz`` when the card declares sources) must add up to the counts."""
+    (read from ``extras.npz`` when the card declares sources) must add up to the counts.
+
+    A folder in the chunked layout (:mod:`datasets_registry.chunked`) is read whole into memory.
+    """
     folder = Path(folder)
+    from .chunked import ChunkedTrace, is_chunked
+
+    if is_chunked(folder) and not (folder / TRACE_FILE).exists():
+        return ChunkedTrace(folder, verify=False).load()  # the load checks the fingerprint
     card = read_card(folder)
     arrays = read_npz_arrays(folder / TRACE_FILE, required=("counts", "steps"), names=("counts", "steps"))
     return Trace.from_arrays(arrays["counts"], arrays["steps"], card, source=str(folder / TRACE_FILE),

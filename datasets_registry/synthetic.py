@@ -52,3 +52,38 @@ def switching_trace(
         extra={"synthetic": True, "switch_record": switch, "switch_step": switch * step_every},
     )
     return Trace.from_arrays(counts, np.arange(records) * step_every + 1, card, source="<synthetic>")
+
+
+def drifting_blocks(records: int, layers: int, experts: int, block: int = 2048, tokens: int = 4096, top_k: int = 2,
+                    drift: float = 0.01, seed: int = 0):
+    """SYNTHETIC counts of a trace too large to build in memory, one block of records at a time.
+
+    Yields ``(counts [n, L, E], steps [n])``: logits that random-walk by `drift` per record, and counts
+    drawn as Poisson around ``tokens * top_k`` slots per layer (not exactly that many: cheaper to draw
+    than a multinomial, and only the shape and the statistics' scale matter to the benchmarks using it).
+    Write them with :func:`datasets_registry.registry.chunked_writer` and :func:`drifting_card`.
+    """
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.0, (layers, experts))
+    for start in range(0, records, block):
+        n = min(block, records - start)
+        z = logits + np.cumsum(rng.normal(0, drift, (n, layers, experts)), axis=0)
+        logits = z[-1].copy()
+        q = np.exp(z - z.max(axis=2, keepdims=True))
+        q /= q.sum(axis=2, keepdims=True)
+        counts = rng.poisson(q * (tokens * top_k))
+        counts[:, :, 0] += 1  # no layer without tokens
+        yield counts, np.arange(start, start + n) + 1
+
+
+def drifting_card(name: str, layers: int, experts: int, tokens: int = 4096, top_k: int = 2) -> Card:
+    """The card of a :func:`drifting_blocks` trace, labelled synthetic."""
+    return Card(
+        id=name,
+        title="SYNTHETIC benchmark trace (not real data)",
+        source={"command": "datasets_registry.synthetic.drifting_blocks", "synthetic": True},
+        licence="n/a",
+        model=ModelInfo(moe_layers=layers, experts=experts, top_k=top_k, tokens_per_step=tokens),
+        notes="Synthetic: random-walk logits, Poisson counts. For benchmarks of the harness's scale only.",
+        extra={"synthetic": True},
+    )

@@ -20,8 +20,9 @@ import numpy as np
 
 from .guards import TraceError, check_dims
 
-__all__ = ["Card", "ModelInfo", "Trace", "TraceError", "validate_arrays", "validate_source_counts", "fingerprint",
-           "FINGERPRINT_SCHEME", "SOURCE_COUNTS", "SOURCE_UNITS"]
+__all__ = ["Card", "ModelInfo", "Trace", "TraceError", "validate_arrays", "validate_steps",
+           "validate_source_counts", "fingerprint", "FingerprintHasher", "FINGERPRINT_SCHEME", "SOURCE_COUNTS",
+           "SOURCE_UNITS"]
 
 #: Bumped only if the canonical byte layout hashed by :func:`fingerprint` changes.
 FINGERPRINT_SCHEME = "moe-load-bench/v1"
@@ -266,20 +267,39 @@ def validate_source_counts(source_counts: Any, counts: np.ndarray, card: Card | 
     return arr
 
 
+class FingerprintHasher:
+    """:func:`fingerprint` fed one block of records at a time (a trace too large for memory, read in chunks):
+    the same bytes in the same order, so the same fingerprint."""
+
+    def __init__(self, shape: tuple[int, int, int]):
+        self._h = hashlib.sha256()
+        self._h.update(f"{FINGERPRINT_SCHEME}:{list(shape)}".encode())
+
+    def add_counts(self, block: np.ndarray) -> None:
+        """The counts of the next records, ``[n, L, E]``, in record order."""
+        self._h.update(memoryview(np.ascontiguousarray(block, dtype="<i8")).cast("B"))
+
+    def finish(self, steps: np.ndarray) -> str:
+        self._h.update(memoryview(np.ascontiguousarray(steps, dtype="<i8")).cast("B"))
+        return "sha256:" + self._h.hexdigest()
+
+
 def fingerprint(counts: np.ndarray, steps: np.ndarray) -> str:
     """sha256 of the canonical arrays (shape, then int64 little-endian C-order counts and steps).
 
     It depends on the numbers only: not on the file's compression, dtype or the order the
-    source files were read in.
+    source files were read in, nor on how the file is cut into chunks (:class:`FingerprintHasher`).
     """
-    h = hashlib.sha256()
-    h.update(f"{FINGERPRINT_SCHEME}:{list(counts.shape)}".encode())
+    h = FingerprintHasher(counts.shape)
     chunk = max(1, (1 << 22) // max(1, counts.shape[1] * counts.shape[2]))
     for start in range(0, counts.shape[0], chunk):
-        block = np.ascontiguousarray(counts[start : start + chunk], dtype="<i8")
-        h.update(memoryview(block).cast("B"))
-    h.update(memoryview(np.ascontiguousarray(steps, dtype="<i8")).cast("B"))
-    return "sha256:" + h.hexdigest()
+        h.add_counts(counts[start : start + chunk])
+    return h.finish(steps)
+
+
+def validate_steps(steps: Any, n_records: int, source: str) -> np.ndarray:
+    """Check a trace's steps alone (whole numbers, strictly increasing, one per record); canonical int64."""
+    return _as_steps(steps, n_records, source)
 
 
 class Trace:

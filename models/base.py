@@ -153,6 +153,9 @@ class Predictor:
     #: tallies for `mlflow_extras`: then a run's origins can be evaluated in independent chunks
     #: (bench.executors, docs/scaling.md). May be a property reading the params.
     replayable: ClassVar[bool] = False
+    #: Whether each layer's forecast depends on that layer's records alone: then a trace's layers can be
+    #: evaluated in separate groups (bench.sharded) with the same results.
+    layerwise: ClassVar[bool] = False
 
     #: Set by the harness before each :meth:`predict`: the iteration numbers of the records to forecast.
     target_steps: np.ndarray | None = None
@@ -268,6 +271,23 @@ class Predictor:
         1. The past split is in ``self.history.source_counts``. A predictor without it is given the split of its
         point forecast by the history's per-source shares (docs/protocol.md, "Per-source loads")."""
         raise NotImplementedError
+
+    def predict_all(self, counts: np.ndarray, proportions: np.ndarray, steps: np.ndarray, origins: np.ndarray,
+                    origin_steps: np.ndarray) -> np.ndarray:
+        """Built-in constant-forecast estimators only: the ``[n, L, E]`` estimate at each of the `origins` (record
+        indices, ascending; `origin_steps` their iterations), each from the records before its origin, bit for bit
+        what :meth:`predict` returns there when the harness shows the history origin by origin.
+
+        `counts`, `proportions` and `steps` hold the records before the last origin. The harness calls it
+        after :meth:`start`, only for the classes of :data:`models.registry.BUILTIN` themselves (never a
+        subclass or a predictor from outside the package): code it does not ship is only ever shown the past.
+        """
+        raise NotImplementedError
+
+    @property
+    def vectorised(self) -> bool:
+        """Whether it computes every origin at once (:meth:`predict_all`)."""
+        return type(self).predict_all is not Predictor.predict_all
 
     # ---- helpers ---------------------------------------------------------------------------
     @staticmethod

@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
+from . import kernels
 from .base import Predictor
 
 
@@ -19,11 +20,15 @@ class SlidingWindowAverage(Predictor):
     name = "sw_avg"
     defaults = {"window": 100}
     replayable = True
+    layerwise = True
     search_space = {"window": ("log", 10, 2000)}
 
     def predict(self, horizon):
         h = self.history
         return self.repeat(h.proportions[h.since(self.params["window"])].mean(axis=0), horizon)
+
+    def predict_all(self, counts, proportions, steps, origins, origin_steps):
+        return kernels.window_means(proportions, kernels.window_starts(steps, origins, self.params["window"]), origins)
 
 
 class LastValue(Predictor):
@@ -31,9 +36,13 @@ class LastValue(Predictor):
 
     name = "last"
     replayable = True
+    layerwise = True
 
     def predict(self, horizon):
         return self.repeat(self.history.proportions[-1], horizon)
+
+    def predict_all(self, counts, proportions, steps, origins, origin_steps):
+        return proportions[np.asarray(origins) - 1].copy()
 
 
 class ExponentialMovingAverage(Predictor):
@@ -48,6 +57,7 @@ class ExponentialMovingAverage(Predictor):
     name = "ema"
     defaults = {"decay": 0.95}
     replayable = True  # the state is updated record by record, however the records arrive
+    layerwise = True
     search_space = {"decay": ("float", 0.5, 0.9999)}
 
     def start(self, layers, experts, training=()):
@@ -69,6 +79,10 @@ class ExponentialMovingAverage(Predictor):
     def predict(self, horizon):
         return self.repeat(self._state / self._state.sum(axis=-1, keepdims=True), horizon)
 
+    def predict_all(self, counts, proportions, steps, origins, origin_steps):
+        state = kernels.ema_states(proportions, steps, origins, self.params["decay"])
+        return state / state.sum(axis=-1, keepdims=True)
+
 
 class StaticShare(Predictor):
     """MoE-GPS's distribution-only predictor: the mean share over all history seen.
@@ -79,6 +93,7 @@ class StaticShare(Predictor):
 
     name = "static"
     defaults = {"source": "history"}
+    layerwise = True
 
     def start(self, layers, experts, training=()):
         self._sum = np.zeros((layers, experts))
@@ -97,6 +112,14 @@ class StaticShare(Predictor):
             return self.repeat(self._fixed, horizon)
         return self.repeat(self._sum / len(self.history), horizon)
 
+    def predict_all(self, counts, proportions, steps, origins, origin_steps):
+        """The harness's origin-by-origin path observes the records between consecutive origins in one call each:
+        the running sum adds the same blocks."""
+        if self._fixed is not None:
+            return np.broadcast_to(self._fixed, (len(origins),) + self._fixed.shape).copy()
+        origins = np.asarray(origins, dtype=np.int64)
+        return kernels.block_sums(proportions, origins) / origins[:, None, None]
+
 
 class SlidingWindowSum(Predictor):
     """Token counts summed over the last `window` iterations, normalised (the EPLB engines' statistic).
@@ -109,6 +132,7 @@ class SlidingWindowSum(Predictor):
 
     name = "sw_sum"
     defaults = {"window": 1000, "rebalance_every": 0}
+    layerwise = True
     search_space = {"window": ("log", 10, 5000)}
 
     @property
@@ -128,3 +152,18 @@ class SlidingWindowSum(Predictor):
             self._estimate = total / total.sum(axis=-1, keepdims=True)
             self._refreshed_at = now
         return self.repeat(self._estimate, horizon)
+
+    def predict_all(self, counts, proportions, steps, origins, origin_steps):
+        """From one cumulative sum of the counts (exact in integers); with rebalancing, each origin takes the
+        estimate of the last origin at which it was refreshed, as the calls of :meth:`predict` in order would."""
+        origins = np.asarray(origins, dtype=np.int64)
+        every, csum = self.params["rebalance_every"], kernels.count_cumsum(counts)
+        source, refreshed_at = np.empty(len(origins), dtype=np.int64), None
+        for i, o in enumerate(origins.tolist()):
+            now = int(steps[o - 1])
+            if refreshed_at is None or every <= 0 or now - refreshed_at >= every:
+                at, refreshed_at = o, now
+            source[i] = at
+        starts = kernels.window_starts(steps, source, self.params["window"])
+        total = (csum[source] - csum[starts]).astype(np.float64)
+        return total / total.sum(axis=-1, keepdims=True)

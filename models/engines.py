@@ -47,6 +47,7 @@ import math
 
 import numpy as np
 
+from . import kernels
 from .base import ParamError, Predictor
 
 
@@ -88,6 +89,8 @@ class PeriodicWindowSum(EngineEstimator):
     Subclasses map an engine's own settings onto (first, every, window); window < 0 sums every pass so far.
     """
 
+    layerwise = True  # TensorRT-LLM's is not: its round-robin plan depends on the number of layers
+
     def schedule(self) -> tuple[int, int, int]:
         """(first, every, window) in passes: the first estimate takes effect at pass `first`."""
         raise NotImplementedError
@@ -106,6 +109,23 @@ class PeriodicWindowSum(EngineEstimator):
         if span.start == span.stop:  # a sparse trace with no record in the window: the last one before
             span = slice(max(span.stop - 1, 0), span.stop)
         return shares(self.history.counts[span].sum(axis=0, dtype=np.float64))
+
+    def predict_all(self, counts, proportions, steps, origins, origin_steps):
+        """Every origin's window from one cumulative sum of the counts (sums of whole counts are exact)."""
+        first, every, window = self.schedule()
+        start, csum = int(steps[0]), kernels.count_cumsum(counts)
+        out = np.empty((len(origins),) + counts.shape[1:])
+        for i, now in enumerate(np.asarray(origin_steps).tolist()):
+            if now < start + first:
+                out[i] = shares(np.zeros(counts.shape[1:]))
+                continue
+            point = start + first + (now - start - first) // every * every
+            lo = int(np.searchsorted(steps, point - window, side="left")) if window >= 0 else 0
+            hi = int(np.searchsorted(steps, point, side="left"))
+            if lo == hi:
+                lo = max(hi - 1, 0)
+            out[i] = shares((csum[hi] - csum[lo]).astype(np.float64))
+        return out
 
 
 class SGLangEPLB(PeriodicWindowSum):

@@ -368,3 +368,80 @@ def test_check_source_forecast_rules():
                           (good * 2, "sum to 1"), ("x", "not an array")):
         with pytest.raises(ForecastError, match=fragment):
             check_source_forecast(bad, 3, 1, 2, 2)
+
+
+# ---- the vectorised path of the built-in estimators --------------------------------------------------------------
+
+#: Every built-in estimator with a vectorised path, with settings that make each of its branches happen on short traces.
+VECTORISED = [
+    ("sw_avg", {}), ("sw_avg", {"window": 500}), ("last", {}), ("ema", {}), ("ema", {"decay": 0.999}),
+    ("static", {}), ("sw_sum", {}), ("sw_sum", {"window": 300, "rebalance_every": 400}),
+    ("sglang", {}), ("sglang", {"rebalance_num_iterations": 300, "buffer_size": 100}),
+    ("vllm", {}), ("vllm", {"window_size": 100, "step_interval": 400}),
+]
+#: The small built-in traces (the probes, recorded every 100 iterations, and the short ones); all of them with
+#: MOE_LOAD_BENCH_ALL_BUILTIN=1.
+SMALL_BUILTIN = ("probe", "tiny-cpu", "serve")
+
+
+def _builtin_ids():
+    import os
+
+    ids = sorted(e.id for e in registry.entries() if e.kind == "builtin")
+    if os.environ.get("MOE_LOAD_BENCH_ALL_BUILTIN"):
+        return ids
+    return [i for i in ids if any(k in i for k in SMALL_BUILTIN)]
+
+
+def _task_for(tr) -> Task:
+    span = int(tr.steps[-1] - tr.steps[0])
+    return Task(tr.id, horizons=(span // 10, span // 5), stride=max(1, span // 25), min_history=max(1, span // 25))
+
+
+@pytest.mark.parametrize("dataset", _builtin_ids())
+def test_vectorised_path_is_the_origin_by_origin_path(dataset):
+    """Rows, window forecasts and failures are identical, bit for bit, for every vectorised built-in estimator."""
+    from bench.evaluate import builtin_vectorised
+    from models import predictor_class
+
+    tr = registry.load(dataset)
+    task = _task_for(tr)
+    for name, params in VECTORISED:
+        fast, slow = predictor_class(name)(**params), predictor_class(name)(**params)
+        assert builtin_vectorised(fast), name
+        a, b = evaluate(tr, fast, task), evaluate(tr, slow, task, vectorised=False)
+        assert a.frame().equals(b.frame()), (name, params)
+        assert a.window_forecasts == b.window_forecasts and a.failures == b.failures, (name, params)
+        assert not a.failures
+
+
+def test_vectorised_path_only_for_the_packages_own_classes(trace):
+    from bench.evaluate import builtin_vectorised
+    from models.baselines import ExponentialMovingAverage
+
+    class Mine(SlidingWindowAverage):  # a subclass may change predict: it goes origin by origin
+        def predict(self, horizon):
+            return self.repeat(np.full((self.history.layers, self.history.experts), 1 / self.history.experts), horizon)
+
+    class Impostor(SlidingWindowAverage):  # claims a built-in's module and name
+        pass
+
+    Impostor.__module__, Impostor.__qualname__ = "models.baselines", "SlidingWindowAverage"
+    assert builtin_vectorised(SlidingWindowAverage()) and builtin_vectorised(ExponentialMovingAverage())
+    assert not builtin_vectorised(Mine()) and not builtin_vectorised(Impostor())
+    ev = evaluate(trace, Mine(), TASK)
+    assert all(np.allclose(np.asarray(w), 1 / 8) for h in ev.window_forecasts.values() for w in h.values())
+
+
+def test_vectorised_path_falls_back_on_a_bad_estimate(trace, monkeypatch):
+    """Estimates that are not valid forecasts (here NaN) are not used: the origin-by-origin path runs instead."""
+    calls = []
+
+    def broken(self, counts, proportions, steps, origins, origin_steps):
+        calls.append(len(origins))
+        return np.full((len(origins),) + counts.shape[1:], np.nan)
+
+    monkeypatch.setattr(SlidingWindowAverage, "predict_all", broken)
+    a = evaluate(trace, SlidingWindowAverage(), TASK)
+    b = evaluate(trace, SlidingWindowAverage(), TASK, vectorised=False)
+    assert calls and a.frame().equals(b.frame()) and not a.failures
