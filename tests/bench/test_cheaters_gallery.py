@@ -77,8 +77,9 @@ def test_a_predictor_that_never_returns_ends_within_its_limits(home, capsys):
     assert "FAIL  forecasts" in out and "TimeoutError" in out
 
 
-def test_a_cheat_that_reaches_the_truth_is_disqualified_and_never_ranked(home, baseline, capsys):
+def test_a_cheat_that_reaches_the_truth_is_disqualified_and_never_ranked(home, baseline, capsys, monkeypatch):
     """Code run in this process (the Python API) can reach the harness's truth; its scores give it away."""
+    monkeypatch.syspath_prepend(str(HERE))
     from gaming_plugins import Peeker
 
     from bench import run as api_run
