@@ -65,19 +65,24 @@ def check_forecast(phat: Any, horizon: int, layers: int, experts: int) -> np.nda
     return phat
 
 
+def _finite_array(x: Any, shape: tuple[int, ...], what: str, axes: str) -> np.ndarray:
+    """`x` as float64 of exactly `shape` (its `axes` named in the error), every value finite; else ForecastError."""
+    try:
+        x = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ForecastError(f"{what} is not an array of numbers (got {type(x).__name__})") from None
+    if x.shape != shape:
+        raise ForecastError(f"{what} has shape {x.shape}, expected {shape} ({axes})")
+    if not np.isfinite(x).all():
+        raise ForecastError(f"{what} has NaN or inf")
+    return x
+
+
 def check_quantiles(qhat: Any, horizon: int, layers: int, experts: int) -> np.ndarray:
     """A quantile forecast's rules: shape [H, L, E, levels] at the levels of ``QUANTILE_LEVELS``, finite,
     shares within [0, 1], non-decreasing in the level. Anything else fails the origin, like a bad point forecast."""
-    levels = len(QUANTILE_LEVELS)
-    try:
-        qhat = np.asarray(qhat, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ForecastError(f"quantile forecast is not an array of numbers (got {type(qhat).__name__})") from None
-    if qhat.shape != (horizon, layers, experts, levels):
-        raise ForecastError(f"quantile forecast has shape {qhat.shape}, expected {(horizon, layers, experts, levels)} "
-                            f"(records, layers, experts, one per level of {QUANTILE_LEVELS})")
-    if not np.isfinite(qhat).all():
-        raise ForecastError("quantile forecast has NaN or inf")
+    qhat = _finite_array(qhat, (horizon, layers, experts, len(QUANTILE_LEVELS)), "quantile forecast",
+                         f"records, layers, experts, one per level of {QUANTILE_LEVELS}")
     if (qhat < 0).any() or (qhat > 1).any():
         raise ForecastError(f"quantile forecast has shares outside [0, 1] (from {qhat.min():.3g} to {qhat.max():.3g})")
     drop = np.diff(qhat, axis=-1).min(initial=0.0)
@@ -90,15 +95,8 @@ def check_quantiles(qhat: Any, horizon: int, layers: int, experts: int) -> np.nd
 def check_source_forecast(ps: Any, horizon: int, layers: int, sources: int, experts: int) -> np.ndarray:
     """A per-source forecast's rules: shape [H, L, S, E], finite, non-negative, each [S, E] slice summing to 1
     (1e-6). Anything else fails the origin, like a bad point forecast."""
-    try:
-        ps = np.asarray(ps, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ForecastError(f"per-source forecast is not an array of numbers (got {type(ps).__name__})") from None
-    if ps.shape != (horizon, layers, sources, experts):
-        raise ForecastError(f"per-source forecast has shape {ps.shape}, expected {(horizon, layers, sources, experts)} "
-                            "(records, layers, sources, experts)")
-    if not np.isfinite(ps).all():
-        raise ForecastError("per-source forecast has NaN or inf")
+    ps = _finite_array(ps, (horizon, layers, sources, experts), "per-source forecast",
+                       "records, layers, sources, experts")
     if (ps < 0).any():
         raise ForecastError("per-source forecast has negative shares")
     dev = np.abs(ps.sum(axis=(2, 3)) - 1.0).max()
