@@ -295,7 +295,7 @@ def versus_engines(cell: list[RunResult], errs: list[float], H: int, sample, lab
         return None
     (eb, rb), (ez, rz) = engine, zoo
     paired = sample is not None and model_id(rz) in sample.error and model_id(rb) in sample.error
-    ci = stats.interval(sample.difference(model_id(rz), model_id(rb))) if paired else None
+    ci = sample.cell_interval(sample.difference(model_id(rz), model_id(rb))) if paired else None
     verdict = None if ci is None else "beats" if ci[1] < 0 else "loses" if ci[0] > 0 else "ties"
     placement = {m: {"zoo": rz.value(H, m), "engine": rb.value(H, m)} for m in PLACEMENT_METRICS
                  if rz.value(H, m) is not None and rb.value(H, m) is not None}
@@ -333,7 +333,7 @@ def _cell(members: list[RunResult], H: int, base: RunResult | None, labels: dict
         versus, headroom = None, None
         if bmid is not None:
             b, paired = base.value(H, "error_rate"), mid in boot and bmid in boot
-            ci = stats.interval(sample.difference(mid, bmid)) if paired else None
+            ci = sample.cell_interval(sample.difference(mid, bmid)) if paired else None
             versus = {"difference": e - b, "ci": ci, "tie": e == b or (ci is not None and ci[0] <= 0 <= ci[1])}
             floor = h.value("hindsight_floor")
             if floor is not None:
@@ -344,7 +344,7 @@ def _cell(members: list[RunResult], H: int, base: RunResult | None, labels: dict
                 sc.headroom.append(log_r)
                 sc.headroom_boots.append(hb)
                 headroom = {"value": stats.skill_of([log_r]), "ci": None if hb is None else
-                            stats.interval(1 - np.exp(hb))}
+                            sample.cell_interval(1 - np.exp(hb))}
             w, wb = h.value("window_error"), base.value(H, "window_error")
             if w is not None and wb is not None:
                 sc.window.append(float(stats.clipped_log_ratio(w, wb)))
@@ -356,7 +356,7 @@ def _cell(members: list[RunResult], H: int, base: RunResult | None, labels: dict
             "rank": rank, "model": r.model, "label": labels[mid], "params": dict(r.params),
             "model_fingerprint": r.model_fingerprint,
             **{m: h.metrics[m].to_dict() if m in h.metrics else None for m in ERROR_METRICS + FLOORS},
-            "error_rate_ci": stats.interval(boot[mid]) if mid in boot else None,
+            "error_rate_ci": sample.cell_interval(boot[mid]) if mid in boot else None,
             "vs_baseline": versus, "headroom": headroom,
             "placement": {m: h.metrics[m].to_dict() for m in PLACEMENT_METRICS if m in h.metrics},
             "probabilistic": probabilistic_cell(h),

@@ -71,9 +71,16 @@ class CellSample:
     window: dict[Hashable, np.ndarray]  # model -> [RESAMPLES] mean window_error
     layers: dict[Hashable, np.ndarray]  # model -> [L, RESAMPLES] per-layer mean error_rate
     hindsight: np.ndarray | None  # [RESAMPLES] mean hindsight floor, None where the rows lack it
+    #: False where one resampled block spans every origin: each resample is the whole sample, so the cell's own
+    #: intervals would have width 0 (it still counts, at its value, in the aggregates over cells).
+    spread: bool = True
 
     def difference(self, a: Hashable, b: Hashable) -> np.ndarray:
         return self.error[a] - self.error[b]
+
+    def cell_interval(self, values: np.ndarray) -> tuple[float, float] | None:
+        """The interval of a statistic of this cell's resamples; None where the cell has no spread."""
+        return interval(values) if self.spread else None
 
     def tie(self, a: Hashable, b: Hashable) -> bool:
         ci = interval(self.difference(a, b))
@@ -139,4 +146,5 @@ def sample_cell(frames: Mapping[Hashable, object], horizon: int, stride: int, ke
         window={m: boot[M + i] for i, m in enumerate(models)},
         layers={m: boot[2 * M + i * layers: 2 * M + (i + 1) * layers] for i, m in enumerate(models)},
         hindsight=boot[-1] if len(rows) > M * (2 + layers) else None,
+        spread=len(common) > block_length(horizon, stride),
     )

@@ -71,7 +71,9 @@ def test_intervals_contain_the_estimate_and_the_board_is_deterministic(runs_2x2)
         for key in ("headroom_skill", "window_skill"):
             lo, hi = entry[key]["ci"]
             assert lo - 1e-12 <= entry[key]["value"] <= hi + 1e-12
-    for table in first["tables"]:
+    with_spread = [t for t in first["tables"] if t["rows"][0]["error_rate_ci"] is not None]
+    assert with_spread  # a table whose origins one resampled block spans has none (test_a_cell_without_spread_...)
+    for table in with_spread:
         for row in table["rows"]:
             lo, hi = row["error_rate_ci"]
             assert lo - 1e-12 <= row["error_rate"]["all"] <= hi + 1e-12
@@ -93,7 +95,8 @@ def test_a_clearly_better_model_wins_and_a_twin_ties(runs_2x2):
     assert by["better"]["win_rate"] == pytest.approx(1.0)
     for table in board["tables"]:
         rows = {r["model"]: r for r in table["rows"]}
-        assert not rows["better"]["vs_baseline"]["tie"] and rows["better"]["vs_baseline"]["ci"][1] < 0
+        ci = rows["better"]["vs_baseline"]["ci"]
+        assert not rows["better"]["vs_baseline"]["tie"] and (ci is None or ci[1] < 0)
         assert rows["twin"]["vs_baseline"]["tie"]
     assert by["twin"]["cells"] == len(board["tables"]) and len(board["ranking"]) == n_models
 
@@ -112,3 +115,24 @@ def test_clipping_keeps_a_tiny_gap_from_dominating():
     assert stats.clipped_log_ratio(-0.2, 1.0) == pytest.approx(math.log(stats.CLIP_LOW))
     assert np.isnan(stats.clipped_log_ratio(1.0, 0.0))
     assert stats.skill_of([math.log(0.5), math.log(2.0)]) == pytest.approx(0.0)
+
+
+def test_a_cell_without_spread_has_no_interval_of_its_own_but_counts_in_the_aggregates():
+    """Where one resampled block spans every origin, each resample is the whole sample: a per-table interval
+    would have width 0, so there is none; the cell still enters the ranking's intervals at its value."""
+    import pandas as pd
+
+    def frame(values):
+        return pd.DataFrame({"horizon": 1000, "origin_step": np.repeat(np.arange(len(values)) * 100, 2),
+                             "layer": np.tile([0, 1], len(values)), "error_rate": np.repeat(values, 2),
+                             "window_error": np.repeat(values, 2)})
+
+    short = {"a": frame(np.linspace(0.1, 0.2, 10)), "b": frame(np.linspace(0.2, 0.3, 10))}
+    wiggle = 0.01 * np.sin(np.arange(11))
+    longer = {"a": frame(np.linspace(0.1, 0.2, 11)), "b": frame(np.linspace(0.2, 0.3, 11) + wiggle)}
+    none = stats.sample_cell(short, 1000, 100, ("t",))  # 10 origins, blocks of 10
+    some = stats.sample_cell(longer, 1000, 100, ("t",))
+    assert not none.spread and none.cell_interval(none.difference("a", "b")) is None
+    assert np.ptp(none.difference("a", "b")) < 1e-12  # what the interval would have been: one point
+    lo, hi = some.cell_interval(some.difference("a", "b"))
+    assert some.spread and lo < hi < 0
