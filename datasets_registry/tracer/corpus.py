@@ -111,6 +111,8 @@ _CACHE: dict[tuple, Corpus] = {}
 
 def build_corpus(root: str | os.PathLike | None = None, suffixes: tuple[str, ...] = SUFFIXES) -> Corpus:
     """Read the corpus under `root` (default: this Python's stdlib). Cached per process."""
+    # a card names the default corpus by what it is, not by where this machine keeps it (the digest pins it)
+    shown = "the Python standard library" if root is None else str(root)
     root = Path(root) if root is not None else default_root()
     key = (str(root.resolve()), tuple(suffixes))
     if key in _CACHE:
@@ -120,7 +122,7 @@ def build_corpus(root: str | os.PathLike | None = None, suffixes: tuple[str, ...
         raise FileNotFoundError(f"{root}: no {'/'.join(suffixes)} files to train on")
     data, starts, digest = _concatenate(files, [(root / rel).read_bytes() for rel in files])
     info = {
-        "root": str(root),
+        "root": shown,
         "python": platform.python_version(),
         "files": len(files),
         "bytes": int(data.shape[0]),

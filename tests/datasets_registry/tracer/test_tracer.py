@@ -194,3 +194,13 @@ def test_clipping_folded_into_the_fused_step_equals_clip_then_step():
         for a, b in zip(*results):
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
         assert not torch.equal(results[0][0], torch.zeros_like(results[0][0]))
+
+
+def test_the_card_names_the_default_corpus_without_this_machines_path(tmp_path):
+    """A trace's card travels to other machines: the default corpus is named by what it is (its digest pins it),
+    a corpus the user gives by the path given."""
+    from datasets_registry.tracer.corpus import build_corpus
+
+    assert build_corpus().info["root"] == "the Python standard library"
+    (tmp_path / "a.py").write_text("x = 1\n")
+    assert build_corpus(tmp_path).info["root"] == str(tmp_path)
