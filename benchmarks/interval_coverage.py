@@ -1,13 +1,12 @@
 """Coverage of the probabilistic predictors' 80% and 90% intervals by state, and the routing's overdispersion.
 
-    python benchmarks/interval_coverage.py                      # every trace, print the table
-    python benchmarks/interval_coverage.py --write              # replace the table in docs/results.md
-    python benchmarks/interval_coverage.py --dataset tiny-cpu-s1  # some traces only (repeatable; with --write,
-                                                                # only their rows are replaced)
-    python benchmarks/interval_coverage.py --all-models --write # ARIMA and the LSTM on every trace too (hours)
+    python benchmarks/interval_coverage.py --write                  # every trace and predictor (about 1.5 h of CPU)
+    python benchmarks/interval_coverage.py --dataset tiny-cpu-s1    # some traces only (repeatable)
+    python benchmarks/interval_coverage.py --model sw_quantiles --model dirmult --write  # some predictors (minutes)
 
-sw_quantiles and dirmult run on every trace; ARIMA and the LSTM (their own intervals, docs/models.md) on
-:data:`COSTLY_DATASETS` only, unless ``--all-models``: on every trace they take hours of CPU.
+With --dataset or --model and --write, only those rows of the table are replaced; the others stay as the doc
+shows them. sw_quantiles and dirmult take seconds to a minute a trace; ARIMA and the LSTM (their own intervals,
+docs/models.md) one to twenty minutes on 2 cores, the most on the 350M and 128-expert traces.
 
 For every built-in training or serving trace (the probe traces, a record every 100 iterations, have
 one record in sw_avg's 100-iteration window and are left out) and smartmoe-ae, on the default task
@@ -31,10 +30,8 @@ from benchmarks.doc_tables import table_cells, write_table  # noqa: E402
 
 DOC = REPO / "docs" / "results.md"
 HORIZON = 1000  # iterations
-MODELS = ("sw_quantiles", "dirmult")
-#: Predictors whose runs cost minutes to hours per trace, and the traces they run on by default.
-COSTLY_MODELS = ("arima", "lstm")
-COSTLY_DATASETS = ("gpt3-125m-16e-serve-shift-b512", "gpt3-125m-16e-top2-s1", "tiny-cpu-s1", "smartmoe-ae")
+#: The window's empirical quantiles (the reference), the Dirichlet-multinomial, and two models' own intervals.
+MODELS = ("sw_quantiles", "dirmult", "arima", "lstm")
 HEAD = ["dataset", "model", "80% transient", "80% stable", "90% transient", "90% stable", "scaled quantile loss",
         "overdispersion transient", "overdispersion stable", "routed slots"]
 
@@ -76,13 +73,8 @@ def overdispersion(dataset: str) -> dict[str, float]:
     return {"transient": med[False], "stable": med[True], "slots": float(np.median(slots))}
 
 
-def models_for(dataset: str, all_models: bool = False) -> tuple[str, ...]:
-    """The predictors the table shows on `dataset`."""
-    return MODELS + (COSTLY_MODELS if all_models or dataset in COSTLY_DATASETS else ())
-
-
-def rows(dataset: str, models: tuple[str, ...] | None = None) -> list[list[str]]:
-    """The table's rows of one trace: one per model (default :func:`models_for`)."""
+def rows(dataset: str, models: tuple[str, ...] = MODELS) -> list[list[str]]:
+    """The table's rows of one trace: one per model."""
     from bench.api import run
 
     disp = overdispersion(dataset)
@@ -94,7 +86,7 @@ def rows(dataset: str, models: tuple[str, ...] | None = None) -> list[list[str]]
         return "-" if x != x else f"{x:.1f}"
 
     out = []
-    for model in models or models_for(dataset):
+    for model in models:
         h = run(model, dataset, horizons=[HORIZON], track=False).horizons[HORIZON]
         scaled = h.value("scaled_quantile_loss")
         coverage = [pct(h.value(f"coverage_{c}", s)) for c in (80, 90) for s in ("transient", "stable")]
@@ -120,21 +112,20 @@ def shown_rows() -> dict[tuple[str, str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", action="append", help="only these traces (default: every one)")
-    parser.add_argument("--write", action="store_true", help="replace the table in docs/results.md")
-    parser.add_argument("--all-models", action="store_true", help="ARIMA and the LSTM on every trace (hours)")
+    parser.add_argument("--model", action="append", choices=MODELS, help="only these predictors (default: every one)")
+    parser.add_argument("--write", action="store_true", help="replace the table's rows in docs/results.md")
     args = parser.parse_args(argv)
+    models = tuple(m for m in MODELS if m in (args.model or MODELS))
     body = []
     for dataset in args.dataset or datasets():
-        for r in rows(dataset, models_for(dataset, args.all_models)):
+        for r in rows(dataset, models):
             body.append(r)
             print(" | ".join(r[:2] + r[2:7]), file=sys.stderr, flush=True)
-    if args.dataset:  # the other traces keep the rows the doc shows
+    if args.dataset or args.model:  # the other rows stay as the doc shows them
         fresh = {(r[0].strip("`"), r[1]): r for r in body}
-        kept = {k: r for k, r in shown_rows().items() if k[0] not in args.dataset}
-        merged = {**kept, **fresh}
+        merged = {**shown_rows(), **fresh}
         order = {d: i for i, d in enumerate(datasets())}
-        body = sorted(merged.values(), key=lambda r: (order.get(r[0].strip("`"), len(order)),
-                                                      (MODELS + COSTLY_MODELS).index(r[1])))
+        body = sorted(merged.values(), key=lambda r: (order.get(r[0].strip("`"), len(order)), MODELS.index(r[1])))
     text = table(body)
     print(text, end="")
     if args.write:

@@ -16,8 +16,10 @@ on the horizon's actual per-step counts by the step-time model (bench.placement,
 
 The table gives the point policy's layer-time gain over the static placement, the oracle's (the policy on
 the horizon's actual mean), and each spread policy's change of layer time against the point policy
-(negative: faster), mean over origins then layers, with the transient / stable split for threshold 0.05
-and the shares of (origin, layer) pairs where it is faster and slower. The table in docs/placement.md sits between
+(negative: faster), mean over origins then layers, with the transient / stable split for threshold 0.05,
+its 95% interval (a paired circular block bootstrap of the origins, blocks of the 10 origins one horizon spans,
+as the leaderboard's intervals: :func:`bench.fairplay.block_bootstrap_means`) and the shares of (origin, layer)
+pairs where it is faster and slower. The table in docs/placement.md sits between
 ``<!-- table: spread -->`` and ``<!-- /table -->``; tests/test_uncertain_placement.py recomputes a row.
 """
 
@@ -41,7 +43,8 @@ SPEC = "G=8,R=8"
 THRESHOLDS = (0.1, 0.05, 0.01)
 HEAD = (["dataset", "experts", "quantiles", "origins", "point vs static", "oracle vs static"]
         + [f"spread {t:g}" for t in THRESHOLDS]
-        + ["spread 0.05 transient", "spread 0.05 stable", "spread 0.05 faster / slower"])
+        + ["spread 0.05 95% interval", "spread 0.05 transient", "spread 0.05 stable", "spread 0.05 faster / slower"])
+LEVEL = 0.95  # of the interval
 
 
 def compare(dataset: str, model: str) -> dict:
@@ -112,9 +115,23 @@ def row(dataset: str, model: str) -> list[str]:
         return f"{100 * (mean(c['static']) / mean(faster) - 1):.1f}%"
 
     return [f"`{dataset}`", str(registry.load(dataset).experts), model, str(len(base)), gain(base), gain(c["oracle"]),
-            *[change(c[t], base) for t in THRESHOLDS],
+            *[change(c[t], base) for t in THRESHOLDS], interval(c[0.05], base),
             change(c[0.05], base, ~c["stable"]), change(c[0.05], base, c["stable"]),
             f"{100 * float((c[0.05] < base).mean()):.0f}% / {100 * float((c[0.05] > base).mean()):.0f}%"]
+
+
+def interval(spread, point) -> str:
+    """The LEVEL interval of the change of mean layer time from `point` to `spread` (both [origins, layers]):
+    both resampled alike (paired), by blocks of the origins one horizon spans, since neighbouring plans share
+    most of their horizon."""
+    import numpy as np
+
+    from bench.fairplay import block_bootstrap_means
+
+    means = block_bootstrap_means(np.stack([spread.mean(axis=1), point.mean(axis=1)]), -(-HORIZON // STRIDE),
+                                  circular=True)
+    lo, hi = np.percentile(means[0] / means[1] - 1.0, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
+    return f"[{100 * lo:+.2f}, {100 * hi:+.2f}]%"
 
 
 def table(body: list[list[str]]) -> str:
@@ -123,9 +140,10 @@ def table(body: list[list[str]]) -> str:
             "iterations, default step-time hardware (docs/placement.md, \"Step-time model\"). *point vs static*, "
             "*oracle vs static*: how much faster than the static placement the layer runs (mean layer time over "
             "origins, then layers). *spread t*: the change of layer time when the replicas follow the 1 - t quantile "
-            "instead of the mean (negative: faster), all origins, then by the layer's state for t = 0.05 (- where a "
-            "trace has no origin in that state); *faster / slower*: the shares of (origin, layer) pairs where spread "
-            "0.05 is faster and slower than point (the rest: the same placement).\n")
+            "instead of the mean (negative: faster), all origins, with its 95% interval for t = 0.05 (paired block "
+            "bootstrap of the origins), then by the layer's state (- where a trace has no origin in that state); "
+            "*faster / slower*: the shares of (origin, layer) pairs where spread 0.05 is faster and slower than point "
+            "(the rest: the same placement).\n")
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body]) + "\n" + note
 
 

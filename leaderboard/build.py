@@ -280,17 +280,24 @@ def is_engine(r: RunResult) -> bool:
     return r.model in ENGINE_ESTIMATORS and r.model_source == "builtin"
 
 
+def tie_order(run: RunResult, labels: Mapping) -> tuple[float, str]:
+    """How runs of one table with equal scores are ordered: the one that took fewer seconds first (the same forecast
+    for less), then by label."""
+    return run.seconds, labels[model_id(run)]
+
+
 def versus_engines(cell: list[RunResult], errs: list[float], H: int, sample, labels: dict) -> dict[str, Any] | None:
     """The best model of the zoo (every other model) against the best engine estimator in one table.
 
-    "Best" is the lowest ``error_rate`` (all). The interval is that of the paired bootstrap difference
+    "Best" is the lowest ``error_rate`` (all); between equal errors (the probabilistic predictors forecast sw_avg's
+    point), the cheaper run (:func:`tie_order`). The interval is that of the paired bootstrap difference
     (zoo less engine) on the cell's shared resamples; a zoo model *beats* the engines where it lies below
     0, *loses* where above, and ties where it contains 0. Placement metrics are compared where both runs
     have them. None where the table lacks either kind.
     """
-    scored = sorted(zip(errs, (labels[model_id(r)] for r in cell), cell), key=lambda x: x[:2])
-    engine = next(((e, r) for e, _, r in scored if is_engine(r)), None)
-    zoo = next(((e, r) for e, _, r in scored if not is_engine(r)), None)
+    scored = sorted(zip(errs, cell), key=lambda x: (x[0], *tie_order(x[1], labels)))
+    engine = next(((e, r) for e, r in scored if is_engine(r)), None)
+    zoo = next(((e, r) for e, r in scored if not is_engine(r)), None)
     if engine is None or zoo is None:
         return None
     (eb, rb), (ez, rz) = engine, zoo

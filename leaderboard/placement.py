@@ -57,23 +57,38 @@ def _rounded(values: np.ndarray, have: np.ndarray | None = None) -> list[float |
     return [float(f"{x:.7g}") if h else None for x, h in zip(values, have)]
 
 
-def score(results: Iterable[RunResult], spec: str = SPEC, say: Callable[[str], None] = lambda s: None) -> dict:
+def score(results: Iterable[RunResult], spec: str = SPEC, say: Callable[[str], None] = lambda s: None,
+          previous: Mapping | None = None) -> dict:
     """Score the stored forecasts of `results` (in this data home) as placements: the document :func:`save` writes.
 
     A run without stored forecasts raises FileNotFoundError naming it; at an origin where a run failed (it has no
-    forecast there) its scores are None.
+    forecast there) its scores are None. With `previous` (:func:`load`'s document, of the same spec), a run it
+    already scores at the same origins keeps those scores and needs no forecasts here: only the runs it lacks
+    are scored (a run's scores depend on its forecasts and the trace alone, both pinned by its run key and the
+    dataset's fingerprint). Runs of `previous` that are not in `results` are dropped.
     """
     from bench.placement import PlacementSpec, score_windows
     from bench.task import rolling_origins
     from datasets_registry import registry
 
     parsed = PlacementSpec.parse(spec)
+    if previous is not None and previous.get("spec") != parsed.describe():
+        previous = None  # scored with another placement: nothing to keep
     cells: dict[tuple, list[RunResult]] = {}
     for r in results:
         for H in r.horizons:
             cells.setdefault(_cell_key(r.dataset, r.dataset_version, r.task_fingerprint, H), []).append(r)
     out = []
-    for (dataset, version, task_fp, H), runs in sorted(cells.items()):
+    for key, all_runs in sorted(cells.items()):
+        dataset, version, task_fp, H = key
+        kept_cell = (previous or {}).get("index", {}).get(key)
+        kept = {r.run_key: kept_cell["runs"][r.run_key] for r in all_runs
+                if kept_cell and r.run_key in kept_cell["runs"]}
+        runs = [r for r in all_runs if r.run_key not in kept]
+        if not runs:
+            say(f"{dataset}@{version} horizon {H}: {len(kept)} runs kept")
+            out.append({**{k: v for k, v in kept_cell.items() if k != "runs"}, "runs": kept})
+            continue
         trace = registry.load(f"{dataset}@{version}")
         if trace.card.fingerprint != runs[0].dataset_fingerprint:
             raise ValueError(f"{dataset}@{version}: the local trace has fingerprint {trace.card.fingerprint}, the "
@@ -91,14 +106,18 @@ def score(results: Iterable[RunResult], spec: str = SPEC, say: Callable[[str], N
             estimate[at] = stored.predicted
             estimates.append(estimate)
             present.append(np.isin(steps, stored.origin_steps))
-        say(f"{dataset}@{version} horizon {H}: {len(runs)} runs x {len(steps)} origins")
+        if kept and kept_cell["origin_steps"] != [int(s) for s in steps]:
+            raise ValueError(f"{dataset}@{version} horizon {H}: the previous scores are at other origins than the "
+                             f"task's; score every run again")
+        say(f"{dataset}@{version} horizon {H}: {len(runs)} runs x {len(steps)} origins scored, {len(kept)} kept")
         fixed, own = score_windows(trace, origins.records, origins.lengths, estimates, parsed)
+        scored = {r.run_key: {"model": r.model, **{k: _rounded(m[k].mean(axis=1), have) for k in OWN}}
+                  for r, m, have in zip(runs, own, present)}
         out.append({
             "dataset": dataset, "dataset_version": version, "task_fingerprint": task_fp, "horizon": H,
             "origin_steps": [int(s) for s in steps],
             **{k: _rounded(fixed[k].mean(axis=1)) for k in FIXED},
-            "runs": {r.run_key: {"model": r.model, **{k: _rounded(m[k].mean(axis=1), have) for k in OWN}}
-                     for r, m, have in zip(runs, own, present)},
+            "runs": {r.run_key: kept.get(r.run_key) or scored[r.run_key] for r in all_runs},
         })
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "spec": parsed.describe(),
             "hardware": dict(parsed.hardware.__dict__), "cells": out}
@@ -197,7 +216,7 @@ def versus_engines(cell: list[RunResult], H: int, gkey: tuple, labels: Mapping, 
     origin of the table (every resample is the whole sample: no interval). Runs without a forecast at every
     origin of the table (failed origins) cannot be paired and are ``left_out``.
     """
-    from .build import is_engine, model_id
+    from .build import is_engine, model_id, tie_order
 
     found = (scores or {}).get("index", {}).get(_cell_key(*gkey, H))
     if found is None:
@@ -212,7 +231,7 @@ def versus_engines(cell: list[RunResult], H: int, gkey: tuple, labels: Mapping, 
     def best(kind: bool) -> RunResult | None:
         mine = [r for r in runs if is_engine(r) == kind]
         return min(mine, key=lambda r: (-gap[r.run_key] if gap[r.run_key] == gap[r.run_key] else math.inf,
-                                        labels[model_id(r)]), default=None)
+                                        *tie_order(r, labels)), default=None)
 
     engine, zoo = best(True), best(False)
     if engine is None or zoo is None:

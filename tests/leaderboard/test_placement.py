@@ -37,6 +37,24 @@ def test_a_committed_run_scores_as_the_committed_file_says():
                                        rtol=1e-6, err_msg=name)
 
 
+def test_scores_of_a_previous_file_are_kept_and_only_new_runs_scored():
+    """`score(previous=...)` keeps the runs the previous scores hold (their forecasts are not needed any more) and
+    scores the others, as a full scoring would; a previous file of another placement is not used."""
+    from bench import api
+    from bench.results import run_folder, window_forecasts_file
+
+    H = 700  # a task of this test alone: it deletes a cached run's forecasts
+    a, b = (api.run(m, "tiny-cpu-s1", horizons=[H], track=False) for m in ("sw_avg", "last"))
+    full = placement.score([a, b])
+    previous = placement.load_document(placement.score([a]))
+    (run_folder(a.run_key) / window_forecasts_file(H)).unlink()  # a's forecasts are gone
+    said = []
+    again = placement.score([a, b], previous=previous, say=said.append)
+    assert again == full and any("1 runs x" in s and "1 kept" in s for s in said)
+    with pytest.raises(FileNotFoundError, match=a.run_key):  # another placement: every run is scored again
+        placement.score([a, b], spec="G=4,R=4", previous=previous)
+
+
 def test_every_committed_run_is_scored():
     from bench import submission
 
@@ -62,9 +80,11 @@ def test_each_table_sets_the_best_placement_of_the_zoo_against_the_engines(board
         static, oracle = np.mean(cell["imbalance_static"]), np.mean(cell["imbalance_oracle"])
         gap = {row["label"]: (static - np.mean(cell["runs"][row["run_key"]]["imbalance"])) / (static - oracle)
                for row in t["rows"] if None not in cell["runs"][row["run_key"]]["imbalance"]}
+        seconds = {row["label"]: row["seconds"] for row in t["rows"]}
         engines = {label: g for label, g in gap.items() if label in ENGINE_ESTIMATORS}
         zoo = {label: g for label, g in gap.items() if label not in ENGINE_ESTIMATORS}
-        assert v["engine"] == max(engines, key=engines.get) and v["zoo"] == max(zoo, key=zoo.get)
+        for kind, side in ((engines, "engine"), (zoo, "zoo")):  # equal gaps: the cheaper run, then the label
+            assert v[side] == min(kind, key=lambda label: (-kind[label], seconds[label], label))
         assert v["engine_gap_closed"] == pytest.approx(engines[v["engine"]])
         assert v["difference"] == pytest.approx(zoo[v["zoo"]] - engines[v["engine"]])
         if len(cell["origin_steps"]) <= stats.block_length(t["horizon"], int(t["task"]["stride"])):
