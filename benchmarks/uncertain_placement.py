@@ -17,8 +17,8 @@ on the horizon's actual per-step counts by the step-time model (bench.placement,
 The table gives the point policy's layer-time gain over the static placement, the oracle's (the policy on
 the horizon's actual mean), and each spread policy's change of layer time against the point policy
 (negative: faster), mean over origins then layers, with the transient / stable split for threshold 0.05,
-its 95% interval (a paired circular block bootstrap of the origins, blocks of the 10 origins one horizon spans,
-as the leaderboard's intervals: :func:`bench.fairplay.block_bootstrap_means`) and the shares of (origin, layer)
+its 95% interval (the leaderboard's paired circular block bootstrap of the origins, blocks of the 10 origins one
+horizon spans: :func:`leaderboard.stats.resample_means`) and the shares of (origin, layer)
 pairs where it is faster and slower. The table in docs/placement.md sits between
 ``<!-- table: spread -->`` and ``<!-- /table -->``; tests/test_uncertain_placement.py recomputes a row.
 """
@@ -44,7 +44,6 @@ THRESHOLDS = (0.1, 0.05, 0.01)
 HEAD = (["dataset", "experts", "quantiles", "origins", "point vs static", "oracle vs static"]
         + [f"spread {t:g}" for t in THRESHOLDS]
         + ["spread 0.05 95% interval", "spread 0.05 transient", "spread 0.05 stable", "spread 0.05 faster / slower"])
-LEVEL = 0.95  # of the interval
 
 
 def compare(dataset: str, model: str) -> dict:
@@ -115,22 +114,21 @@ def row(dataset: str, model: str) -> list[str]:
         return f"{100 * (mean(c['static']) / mean(faster) - 1):.1f}%"
 
     return [f"`{dataset}`", str(registry.load(dataset).experts), model, str(len(base)), gain(base), gain(c["oracle"]),
-            *[change(c[t], base) for t in THRESHOLDS], interval(c[0.05], base),
+            *[change(c[t], base) for t in THRESHOLDS], interval(c[0.05], base, dataset),
             change(c[0.05], base, ~c["stable"]), change(c[0.05], base, c["stable"]),
             f"{100 * float((c[0.05] < base).mean()):.0f}% / {100 * float((c[0.05] > base).mean()):.0f}%"]
 
 
-def interval(spread, point) -> str:
-    """The LEVEL interval of the change of mean layer time from `point` to `spread` (both [origins, layers]):
-    both resampled alike (paired), by blocks of the origins one horizon spans, since neighbouring plans share
-    most of their horizon."""
+def interval(spread, point, dataset: str) -> str:
+    """The leaderboard's 95% interval of the change of mean layer time from `point` to `spread` (both [origins,
+    layers]): both resampled alike (paired), by blocks of the origins one horizon spans (:mod:`leaderboard.stats`)."""
     import numpy as np
 
-    from bench.fairplay import block_bootstrap_means
+    from leaderboard import stats
 
-    means = block_bootstrap_means(np.stack([spread.mean(axis=1), point.mean(axis=1)]), -(-HORIZON // STRIDE),
-                                  circular=True)
-    lo, hi = np.percentile(means[0] / means[1] - 1.0, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
+    means = stats.resample_means(np.stack([spread.mean(axis=1), point.mean(axis=1)]), HORIZON, STRIDE,
+                                 (dataset, HORIZON, "spread"))
+    lo, hi = stats.interval(means[0] / means[1] - 1.0)
     return f"[{100 * lo:+.2f}, {100 * hi:+.2f}]%"
 
 
